@@ -400,7 +400,8 @@ def random_hflip(pixels: torch.Tensor, generator: torch.Generator | None = None)
 
 def collate_examples(examples: list[dict], random_flip: bool = False) -> dict[str, torch.Tensor]:
     """Collate rows of a dataset in ``torch`` format into ``pixel_values`` ([-1, 1], NCHW) and ``labels`` (B, 24)."""
-    images = torch.stack([torch.as_tensor(example["image"]) for example in examples])
+    # datasets' numpy/torch formatters widen uint8 arrays to int64; narrow back before scaling.
+    images = torch.stack([torch.as_tensor(example["image"]) for example in examples]).to(torch.uint8)
     pixels = to_model_input(images)
     if random_flip:
         pixels = random_hflip(pixels)

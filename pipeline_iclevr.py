@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Iterable, Mapping, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Union
 
 import torch
 

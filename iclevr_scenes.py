@@ -1,0 +1,137 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""CLEVR-like scene sampling: pure logic (numpy RNG in, object lists out), no rendering and no I/O.
+
+A scene is a list of `SceneObject`; i-CLEVR images are the prefixes of one scene (1, 2, then 3 objects).
+Visibility is checked by the caller through a callback, so this module stays free of the ray caster.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline_iclevr import COLORS, LABELS, SHAPES
+
+# CLEVR's colours (sRGB, 0-255) and sizes.
+CLEVR_RGB = {
+    "gray": (87, 87, 87),
+    "red": (173, 35, 35),
+    "blue": (42, 75, 215),
+    "green": (29, 105, 20),
+    "brown": (129, 74, 25),
+    "purple": (129, 38, 192),
+    "cyan": (41, 208, 208),
+    "yellow": (255, 238, 51),
+}
+SIZES = {"large": 0.7, "small": 0.35}
+MATERIALS = ("rubber", "metal")
+PLACEMENT_RANGE = 3.0  # objects are placed with x, y in [-3, 3], as in CLEVR
+MIN_GAP = 0.25  # free space between two objects' bounding circles
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One CLEVR object standing on the ground plane."""
+
+    color: str
+    shape: str
+    size: str
+    material: str
+    x: float
+    y: float
+    yaw: float  # radians; only changes the look of cubes
+
+    @property
+    def label(self) -> str:
+        return f"{self.color} {self.shape}"
+
+    @property
+    def radius(self) -> float:
+        return SIZES[self.size]
+
+    @property
+    def footprint(self) -> float:
+        """Radius of the circle the object covers on the ground (a cube's half diagonal)."""
+        return self.radius  # CLEVR shrinks cubes by sqrt(2) so their half diagonal equals the size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_label(label: str) -> tuple[str, str]:
+    color, shape = label.split(" ")
+    if color not in COLORS or shape not in SHAPES:
+        raise ValueError(f"Not an i-CLEVR label: {label!r}")
+    return color, shape
+
+
+def _sample_object(rng: np.random.Generator, label: str) -> SceneObject:
+    color, shape = split_label(label)
+    return SceneObject(
+        color=color,
+        shape=shape,
+        size=str(rng.choice(list(SIZES))),
+        material=str(rng.choice(MATERIALS)),
+        x=float(rng.uniform(-PLACEMENT_RANGE, PLACEMENT_RANGE)),
+        y=float(rng.uniform(-PLACEMENT_RANGE, PLACEMENT_RANGE)),
+        yaw=float(rng.uniform(0.0, math.pi / 2)),
+    )
+
+
+def _fits(candidate: SceneObject, placed: Sequence[SceneObject]) -> bool:
+    return all(
+        math.hypot(candidate.x - other.x, candidate.y - other.y) >= candidate.footprint + other.footprint + MIN_GAP
+        for other in placed
+    )
+
+
+def sample_labels(
+    rng: np.random.Generator, num_objects: int, excluded: Iterable[frozenset[str]] = (), max_tries: int = 1000
+) -> list[str]:
+    """Distinct labels for a scene whose every prefix (1..num_objects objects) avoids the ``excluded`` label sets."""
+    if not 1 <= num_objects <= len(LABELS):
+        raise ValueError(f"num_objects must be in 1..{len(LABELS)}, got {num_objects}.")
+    excluded = set(excluded)
+    for _ in range(max_tries):
+        labels = [LABELS[i] for i in rng.choice(len(LABELS), size=num_objects, replace=False)]
+        if not any(frozenset(labels[: k + 1]) in excluded for k in range(num_objects)):
+            return labels
+    raise ValueError(f"Could not sample {num_objects} labels avoiding {len(excluded)} excluded combinations.")
+
+
+def place_objects(
+    rng: np.random.Generator,
+    labels: Sequence[str],
+    is_visible: Callable[[list[SceneObject]], bool] | None = None,
+    max_tries: int = 200,
+) -> list[SceneObject]:
+    """Place objects with the given labels one at a time, re-placing the newest until it fits and all are visible.
+
+    Args:
+        rng: the scene's own random generator (one per scene keeps scenes independent of batching).
+        labels: labels in the order the objects are added.
+        is_visible: callback telling whether every object of a candidate scene is visible enough; objects only
+            get more occluded as the scene grows, so checking each prefix as it is built checks every image.
+        max_tries: re-placements of one object before the whole scene is re-placed from scratch.
+    """
+    for _ in range(max_tries):
+        placed: list[SceneObject] = []
+        for label in labels:
+            for _ in range(max_tries):
+                candidate = _sample_object(rng, label)
+                if _fits(candidate, placed) and (is_visible is None or is_visible([*placed, candidate])):
+                    placed.append(candidate)
+                    break
+            else:
+                break  # this layout is too crowded for the next object; start the scene over
+        if len(placed) == len(labels):
+            return placed
+    raise RuntimeError(f"Could not place {list(labels)} visibly after {max_tries} attempts.")
+
+
+def scene_rng(seed: int, scene_index: int) -> np.random.Generator:
+    """The random generator of one scene, so a scene's content depends only on (seed, scene index)."""
+    return np.random.default_rng([seed, scene_index])

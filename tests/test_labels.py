@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+from iclevr_data import check_objects_json
+from pipeline_iclevr import COLORS, LABELS, SHAPES, LabelVocabulary, validate_objects_json
+
+from .conftest import shared_file
+
+
+@pytest.fixture
+def vocab():
+    return LabelVocabulary()
+
+
+def test_order_is_shape_major_colour_minor():
+    assert len(LABELS) == 24
+    for s, shape in enumerate(SHAPES):
+        for c, color in enumerate(COLORS):
+            assert LABELS[s * 8 + c] == f"{color} {shape}"
+
+
+def test_matches_course_objects_json():
+    course = json.loads(shared_file("objects.json").read_text())
+    assert course == {name: i for i, name in enumerate(LABELS)}
+    check_objects_json(shared_file("objects.json"))
+
+
+def test_names_indices_multi_hot_round_trip(vocab):
+    vector = vocab.encode(["Red Sphere", " cyan_cube "])
+    assert vector.dtype == torch.float32 and vector.shape == (24,)
+    assert vector.nonzero().flatten().tolist() == [6, 9]
+    assert vocab.decode(vector) == ["cyan cube", "red sphere"]
+    assert torch.equal(vocab.encode([9, 6]), vector)
+    assert torch.equal(vocab.encode(vector), vector)
+    assert vocab.indices(["red sphere", "cyan cube"]) == [6, 9]
+    assert vocab.names(["Red Sphere", 6]) == ["red sphere", "cyan cube"]
+
+
+def test_batches(vocab):
+    batch = vocab.encode_batch([["gray cube"], [23, 0], torch.eye(24)[5]])
+    assert batch.shape == (3, 24)
+    assert vocab.decode_batch(batch) == [["gray cube"], ["gray cube", "yellow cylinder"], ["purple cube"]]
+    assert torch.equal(vocab.encode_batch(batch), batch)
+    assert vocab.null_condition(4).shape == (4, 24) and vocab.null_condition().sum() == 0
+
+
+@pytest.mark.parametrize(
+    "condition, message",
+    [
+        (["red spher"], "Did you mean 'red sphere'"),
+        (["pink cube"], "Unknown i-CLEVR label 'pink cube'"),
+        (["red sphere", "Red Sphere"], "Duplicate label"),
+        ([3, 3], "Duplicate label"),
+        ([], "Empty condition"),
+        ([24], "out of range"),
+        ([-1], "out of range"),
+        ([1.0], "must be a name or an integer index"),
+        ([True], "must be a name or an integer index"),
+        ("red sphere", "bare string"),
+        (torch.ones(23), r"must have shape \(24,\)"),
+        (torch.zeros(24), "Empty condition"),
+        (torch.full((24,), 0.5), "may hold only 0 and 1"),
+        (None, "must be a list"),
+    ],
+)
+def test_bad_conditions(vocab, condition, message):
+    with pytest.raises(ValueError, match=message):
+        vocab.encode(condition)
+
+
+def test_unknown_label_lists_valid_labels(vocab):
+    with pytest.raises(ValueError) as info:
+        vocab.index("violet cone")
+    assert "gray cube" in str(info.value) and "yellow cylinder" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ([], "Empty batch"),
+        ("red sphere", "list of conditions"),
+        (["red sphere", "blue cube"], "single label 'red sphere'"),
+        ([["red sphere"], ["blu cube"]], "Condition 1: Unknown i-CLEVR label 'blu cube'"),
+        (torch.ones(2, 3, 24), r"shape \(batch, 24\)"),
+        (torch.stack([torch.eye(24)[0], torch.zeros(24)]), r"Empty condition \(row 1\)"),
+    ],
+)
+def test_bad_batches(vocab, batch, message):
+    with pytest.raises(ValueError, match=message):
+        vocab.encode_batch(batch)
+
+
+def test_decode_batch_rejects_vectors(vocab):
+    with pytest.raises(ValueError, match="expects a"):
+        vocab.decode_batch(torch.eye(24)[0])
+
+
+def test_objects_json_mismatch(tmp_path):
+    swapped = {name: i for i, name in enumerate(LABELS)}
+    swapped["gray cube"], swapped["red cube"] = 1, 0
+    with pytest.raises(ValueError, match="'gray cube' has index 1, the course order gives 0"):
+        validate_objects_json(swapped)
+    with pytest.raises(ValueError, match="missing label"):
+        validate_objects_json({"gray cube": 0})
+    with pytest.raises(ValueError, match="unknown label 'pink cube'"):
+        LabelVocabulary({**{n: i for i, n in enumerate(LABELS)}, "pink cube": 24})
+    path = tmp_path / "objects.json"
+    path.write_text(json.dumps(swapped))
+    with pytest.raises(ValueError, match=str(path)):
+        check_objects_json(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        check_objects_json(path)
