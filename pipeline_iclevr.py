@@ -20,7 +20,6 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Union
 
 import torch
 
@@ -29,7 +28,7 @@ SHAPES = ("cube", "sphere", "cylinder")
 LABELS = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
 
 # One condition: label names, label indices, or a multi-hot tensor of length 24.
-Condition = Union[Sequence[str], Sequence[int], torch.Tensor]
+Condition = Sequence[str] | Sequence[int] | torch.Tensor
 
 
 def normalize_label_name(name: str) -> str:

@@ -1,0 +1,207 @@
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import render_iclevr
+from iclevr_raycast import render, visible_pixels
+from iclevr_scenes import CLEVR_RGB, SceneObject
+from pipeline_iclevr import LABELS
+from render_iclevr import MIN_VISIBLE_PIXELS, main, plan_random_scenes
+
+from .conftest import shared_file
+
+
+def _objects(records):
+    return [SceneObject(**record) for record in records]
+
+
+def test_layout_and_json(rendered_dir, rendered_scenes):
+    train = json.loads((rendered_dir / "train.json").read_text())
+    assert json.loads((rendered_dir / "objects.json").read_text()) == {name: i for i, name in enumerate(LABELS)}
+    pngs = {p.name for p in rendered_dir.glob("*.png")}
+    assert pngs == set(train) == set(rendered_scenes) and len(pngs) == 24
+    for scene in range(8):
+        sequence = [train[f"CLEVR_train_{scene:06d}_{k}.png"] for k in range(3)]
+        assert [len(labels) for labels in sequence] == [1, 2, 3]
+        assert sequence[0] == sequence[2][:1] and sequence[1] == sequence[2][:2]  # one object added per step
+        assert len(set(sequence[2])) == 3
+        layouts = [rendered_scenes[f"CLEVR_train_{scene:06d}_{k}.png"] for k in range(3)]
+        assert layouts[0] == layouts[2][:1] and layouts[1] == layouts[2][:2]  # same layout across the sequence
+    for name, labels in train.items():
+        assert re.fullmatch(r"CLEVR_train_\d{6}_[012]\.png", name)
+        assert [f"{o['color']} {o['shape']}" for o in rendered_scenes[name]] == labels
+        with Image.open(rendered_dir / name) as image:
+            assert image.mode == "RGB" and image.size == (64, 64)
+
+
+def test_every_object_visible_and_nothing_unlabelled(rendered_dir, rendered_scenes):
+    for name, records in rendered_scenes.items():
+        objects = _objects(records)
+        assert min(visible_pixels(objects)) >= MIN_VISIBLE_PIXELS, name
+        out = render(objects, 64, 64, spp=4)
+        saved = np.asarray(Image.open(rendered_dir / name)).astype(int)
+        assert np.array_equal(saved, (out.image * 255).round().numpy().astype(int)), "masks re-render the saved image"
+        assert out.coverage.shape[0] == len(records) and (out.coverage.flatten(1).sum(1) > 0).all()
+        # Pixels no object touches show only the grey floor: no unlabelled coloured object anywhere.
+        background = (out.coverage.sum(0) == 0).numpy()
+        spread = saved.max(-1) - saved.min(-1)
+        assert background.mean() > 0.5 and spread[background].max() <= 1, name
+
+
+def test_same_seed_is_byte_identical(tmp_path):
+    args = ["--num_scenes", "3", "--width", "48", "--height", "36", "--seed", "7"]
+    main(["--output_dir", str(tmp_path / "a"), "--num_workers", "1", *args])
+    main(["--output_dir", str(tmp_path / "b"), "--num_workers", "2", *args])
+    main(["--output_dir", str(tmp_path / "c"), "--num_workers", "1", *args[:-1], "8"])
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert (tmp_path / "a" / "train.json").read_bytes() != (tmp_path / "c" / "train.json").read_bytes()
+
+
+def _single(label, size="large", material="rubber", x=0.0, y=0.0):
+    color, shape = label.split()
+    return SceneObject(color, shape, size, material, x, y, 0.4)
+
+
+def _angle(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return math.degrees(math.acos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1, 1)))
+
+
+@pytest.mark.parametrize("material", ["rubber", "metal"])
+def test_object_colours_match_clevr(material):
+    for label in LABELS:
+        out = render([_single(label, material=material)], 64, 64, spp=2)
+        inside = out.coverage[0] == 1
+        median = (out.image[inside] * 255).median(0).values.numpy()
+        color = label.split()[0]
+        nearest = min(CLEVR_RGB, key=lambda name: _angle(median, CLEVR_RGB[name]) + (name == "gray") * 1e-3)
+        assert nearest == color, (label, material, median)
+        if material == "rubber":  # lit rubber keeps the CLEVR colour, a little darker or brighter
+            ratio = np.linalg.norm(median) / np.linalg.norm(CLEVR_RGB[color])
+            assert 0.6 < ratio < 1.25 and _angle(median, CLEVR_RGB[color]) < 8, (label, median, ratio)
+
+
+@pytest.mark.parametrize("size, low, high", [("large", 10, 14), ("small", 5, 8)])
+def test_object_sizes_at_64(size, low, high):
+    rng = np.random.default_rng(0)
+    for shape in ("cube", "sphere", "cylinder"):
+        widths, areas = [], []
+        for _ in range(30):
+            x, y = rng.uniform(-3, 3, 2)
+            obj = SceneObject("red", shape, size, "rubber", float(x), float(y), float(rng.uniform(0, 1.5)))
+            mask = render([obj], 64, 64, spp=4).coverage[0] > 0.5
+            columns, rows = mask.any(0).nonzero().flatten(), mask.any(1).nonzero().flatten()
+            if len(columns) and columns.min() > 0 and columns.max() < 63 and rows.min() > 0 and rows.max() < 63:
+                widths.append(int(columns.max() - columns.min() + 1))  # objects not cut by the frame
+                areas.append(int(mask.sum()))
+        assert low <= np.median(widths) <= high, (shape, size, widths)
+        assert min(areas) >= 12, (shape, size, areas)  # never a speck, even at the far edge
+
+
+def test_shadows_fall_on_ground_and_objects():
+    occluder, receiver = _single("red cylinder", x=0.0, y=0.0), _single("blue cube", x=1.4, y=1.9)
+    alone = render([receiver], 64, 64, spp=2)
+    both = render([occluder, receiver], 64, 64, spp=2)
+    lit_receiver = (alone.coverage[0] == 1) & (both.coverage[1] == 1)
+    assert (both.image[lit_receiver].sum(-1) < alone.image[lit_receiver].sum(-1) - 0.05).any()  # shadow on the cube
+    floor = render([], 64, 64, spp=2).image
+    ground = (both.coverage.sum(0) == 0)
+    assert (both.image[ground].sum(-1) < floor[ground].sum(-1) - 0.1).sum() > 20  # shadow on the ground
+
+
+def test_exclusions_are_never_rendered():
+    excluded = {frozenset({"red sphere"}), frozenset({"gray cube", "blue cube"})}
+    jobs = plan_random_scenes(400, seed=1, excluded=excluded)
+    seen = {frozenset(job.labels[:n]) for job in jobs for _, n in job.images}
+    assert not seen & excluded
+    assert any(job.labels[0] == "gray cube" for job in jobs)  # the rest of the vocabulary still appears
+
+
+def test_exclude_json_cli(tmp_path):
+    (tmp_path / "exclude.json").write_text(json.dumps([["Cyan Cube"], ["red sphere", "gray cube"]]))
+    main(["--output_dir", str(tmp_path / "out"), "--num_scenes", "12", "--width", "16", "--height", "16",
+          "--num_workers", "1", "--exclude_json", str(tmp_path / "exclude.json")])
+    train = json.loads((tmp_path / "out" / "train.json").read_text())
+    sets = {frozenset(labels) for labels in train.values()}
+    assert frozenset({"cyan cube"}) not in sets and frozenset({"red sphere", "gray cube"}) not in sets
+
+
+def test_labels_json_reproduces_real_label_lists(tmp_path):
+    real = json.loads(shared_file("train.json").read_text())
+    subset = dict(list(real.items())[:9])
+    (tmp_path / "labels.json").write_text(json.dumps(subset))
+    main(["--output_dir", str(tmp_path / "out"), "--labels_json", str(tmp_path / "labels.json"),
+          "--width", "32", "--height", "24", "--num_workers", "1"])
+    assert json.loads((tmp_path / "out" / "train.json").read_text()) == subset
+    scenes = json.loads((tmp_path / "out" / "scenes.json").read_text())
+    for name in subset:
+        k = int(name.rsplit("_", 1)[1][0])
+        if k:
+            previous = name[: -len("_0.png")] + f"_{k - 1}.png"
+            assert scenes[name][:k] == scenes[previous]
+
+
+def test_conditions_json_renders_reference_images(tmp_path):
+    conditions = json.loads(shared_file("test.json").read_text())[:5]
+    (tmp_path / "test.json").write_text(json.dumps(conditions))
+    main(["--output_dir", str(tmp_path / "ref"), "--conditions_json", str(tmp_path / "test.json"),
+          "--width", "64", "--height", "64", "--num_workers", "1"])
+    assert sorted(p.name for p in (tmp_path / "ref").glob("*.png")) == [f"{i}.png" for i in range(5)]
+    assert json.loads((tmp_path / "ref" / "conditions.json").read_text()) == conditions
+
+
+def test_preview_contact_sheet(tmp_path):
+    main(["--output_dir", str(tmp_path / "p"), "--num_scenes", "11", "--width", "32", "--height", "24",
+          "--num_workers", "1", "--preview"])
+    with Image.open(tmp_path / "p" / "preview.png") as sheet:
+        assert sheet.size == (8 * 160, 4 * (120 + 40))
+
+
+def test_refuses_to_overwrite_and_replaces_atomically(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    args = ["--output_dir", str(out), "--num_scenes", "2", "--width", "16", "--height", "16", "--num_workers", "1"]
+    main(args)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        main(args)
+
+    def interrupted(jobs, out_dir, *rest):
+        Image.new("RGB", (16, 16)).save(Path(out_dir) / jobs[0].images[0][0])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(render_iclevr, "render_jobs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--overwrite", "--seed", "5"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old dataset is untouched
+    with pytest.raises(KeyboardInterrupt):
+        main([*args[:1], str(tmp_path / "fresh"), *args[2:]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing half-written left behind
+    monkeypatch.undo()
+    main([*args, "--overwrite", "--seed", "5"])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} != before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--width", "4"], "at least 8"),
+    (["--num_scenes", "0"], "must be positive"),
+    (["--labels_json", "a", "--conditions_json", "b"], "exclusive"),
+])
+def test_bad_flags(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        main(["--output_dir", str(tmp_path / "x"), *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_bad_label_files(tmp_path):
+    (tmp_path / "exclude.json").write_text(json.dumps([["red sphere", "pink cube"]]))
+    with pytest.raises(ValueError, match="pink cube"):
+        main(["--output_dir", str(tmp_path / "x"), "--exclude_json", str(tmp_path / "exclude.json")])
+    assert not (tmp_path / "x").exists()
