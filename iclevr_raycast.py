@@ -249,24 +249,29 @@ class _Solid:
 
 # --- shading -----------------------------------------------------------------------------------------------------
 def _environment(reflected: torch.Tensor) -> torch.Tensor:
-    """Brightness a metal surface reflects: the grey ground below, a bright studio above."""
-    return 0.32 + 0.68 * torch.sigmoid(reflected[..., 2] * 6.0)
+    """Brightness a metal surface reflects: the grey ground below the horizon, a bright studio above it."""
+    return 0.22 + 0.95 * torch.sigmoid(reflected[..., 2] * 10.0 - 1.0)
 
 
 def _shade_object(solid: _Solid, normals, view, lights, lit):
-    """Colour ``(M, 3)`` of points on one object; ``lights`` ``(L, M, 3)``, ``lit`` ``(L, M)`` in [0, 1]."""
+    """Colour ``(M, 3)`` of points on one object; ``lights`` ``(L, M, 3)``, ``lit`` ``(L, M)`` in [0, 1].
+
+    Rubber: Lambert plus a weak, broad highlight. Metal: a little diffuse, a coloured reflection of the environment
+    and sharp white highlights, which is what makes CLEVR's metal objects read as shiny.
+    """
+    shininess, strength = (90.0, 1.6) if solid.metal else (14.0, 0.10)
     diffuse = torch.full(normals.shape[:1], AMBIENT)
     specular = torch.zeros(normals.shape[:1])
     for li, (_, intensity, _) in enumerate(LIGHTS):
         half = lights[li] + view
         half = half / half.norm(dim=-1, keepdim=True)
         diffuse = diffuse + intensity * lit[li] * (normals * lights[li]).sum(-1).clamp_min(0)
-        specular = specular + intensity * lit[li] * (normals * half).sum(-1).clamp_min(0)
+        specular = specular + intensity * lit[li] * (normals * half).sum(-1).clamp_min(0) ** shininess
     albedo = torch.tensor(solid.albedo)
     if not solid.metal:
-        return albedo * diffuse[:, None] + 0.12 * specular[:, None] ** 12
+        return albedo * diffuse[:, None] + strength * specular[:, None]
     reflected = -view + 2 * (normals * view).sum(-1, keepdim=True) * normals
-    return albedo * (0.30 * diffuse[:, None] + 0.80 * _environment(reflected)[:, None]) + 0.9 * specular[:, None] ** 60
+    return albedo * (0.25 * diffuse[:, None] + 0.85 * _environment(reflected)[:, None]) + strength * specular[:, None]
 
 
 @dataclass
