@@ -112,7 +112,8 @@ def render_jobs(jobs: Sequence[SceneJob], out_dir: str, seed: int, width: int, h
         objects = layout(job, seed, min_visible)
         for file_name, count in job.images:
             image = render(objects[:count], width, height, spp).image
-            Image.fromarray(to_uint8(image)).save(Path(out_dir) / file_name, format="PNG", compress_level=6)
+            # Level 1: half the encoding time of the default level 6, for files ~40% larger (still lossless).
+            Image.fromarray(to_uint8(image)).save(Path(out_dir) / file_name, format="PNG", compress_level=1)
             records.append(
                 {"file_name": file_name, "labels": list(job.labels[:count]), "objects": [o.to_dict() for o in objects[:count]]}
             )
