@@ -1,0 +1,90 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""The course's i-CLEVR metric and its companions: pure tensor functions, no model and no I/O.
+
+- **Course accuracy**: for each image, with k true labels, count how many of the k highest-scoring labels are true;
+  accuracy = total hits / total true labels. Ties between equal scores go to the lower label index (a stable sort), so
+  the figure is reproducible; the course's `topk` leaves tie order to the backend.
+- **Exact-set accuracy**: the share of images whose predicted set (score >= threshold) equals the true set, so an
+  extra or a missing object is an error (the course metric cannot see extra objects).
+- **Per-label precision and recall** at the same threshold.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline_iclevr import LABELS
+
+
+def _check(scores: torch.Tensor, targets: torch.Tensor) -> None:
+    if scores.ndim != 2 or scores.shape != targets.shape:
+        raise ValueError(
+            f"scores and targets must both be (N, {len(LABELS)}); got {tuple(scores.shape)} and {tuple(targets.shape)}."
+        )
+    if scores.shape[1] != len(LABELS):
+        raise ValueError(f"Expected {len(LABELS)} labels per row, got {scores.shape[1]}.")
+    if ((targets != 0) & (targets != 1)).any():
+        raise ValueError("targets must be multi-hot (0/1).")
+    if (targets.sum(1) == 0).any():
+        raise ValueError("Every target row needs at least one true label.")
+
+
+def course_hits(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-image hit counts: how many of the top-k scored labels are true, k = number of true labels."""
+    _check(scores, targets)
+    order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
+    k = targets.sum(1).long()
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order))  # rank of each label in its row
+    in_top_k = rank < k[:, None]
+    return (in_top_k & (targets > 0)).sum(1)
+
+
+def course_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """The course metric over a set: total top-k hits / total true labels."""
+    return course_hits(scores, targets).sum().item() / targets.sum().item()
+
+
+def exact_set_matches(scores: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Per image, whether the labels scoring >= ``threshold`` are exactly the true labels."""
+    _check(scores, targets)
+    return ((scores >= threshold) == (targets > 0)).all(1)
+
+
+def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> dict:
+    """All figures for one set: course accuracy, exact-set accuracy, a breakdown by number of objects, per-label P/R.
+
+    Args:
+        scores: ``(N, 24)`` probabilities (sigmoid outputs).
+        targets: ``(N, 24)`` multi-hot true labels.
+        threshold: probability at which a label counts as predicted for exact-set accuracy and precision/recall.
+    """
+    hits = course_hits(scores, targets)
+    exact = exact_set_matches(scores, targets, threshold)
+    counts = targets.sum(1).long()
+    by_objects = {}
+    for n in sorted(set(counts.tolist())):
+        rows = counts == n
+        by_objects[str(n)] = {
+            "images": int(rows.sum()),
+            "accuracy": hits[rows].sum().item() / counts[rows].sum().item(),
+            "exact_set_accuracy": exact[rows].float().mean().item(),
+        }
+    predicted = scores >= threshold
+    truth = targets > 0
+    per_label = {}
+    for i, name in enumerate(LABELS):
+        true_pos = (predicted[:, i] & truth[:, i]).sum().item()
+        n_pred, n_true = predicted[:, i].sum().item(), truth[:, i].sum().item()
+        per_label[name] = {
+            "support": n_true,
+            "precision": true_pos / n_pred if n_pred else None,
+            "recall": true_pos / n_true if n_true else None,
+        }
+    return {
+        "images": int(scores.shape[0]),
+        "accuracy": hits.sum().item() / counts.sum().item(),
+        "exact_set_accuracy": exact.float().mean().item(),
+        "by_num_objects": by_objects,
+        "per_label": per_label,
+    }
