@@ -379,6 +379,34 @@ def load_train_dataset(
     return load_iclevr_folder(train_data_dir, train_json, **kwargs)
 
 
+def dataset_to_tensors(dataset, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole dataset in memory: uint8 images ``(N, H, W, 3)`` and float32 labels ``(N, 24)``.
+
+    At 64x64 the 18,009 i-CLEVR images take 221 MB, so keeping them decoded in memory makes data loading free.
+    """
+    images, labels = [], []
+    view = dataset.with_format("numpy", columns=["image", "labels"])
+    for start in range(0, len(dataset), batch_size):
+        batch = view[start : start + batch_size]
+        images.append(torch.from_numpy(np.asarray(batch["image"]).astype(np.uint8)))
+        labels.append(torch.from_numpy(np.asarray(batch["labels"], dtype=np.float32)))
+    return torch.cat(images), torch.cat(labels)
+
+
+def split_by_scene(file_names: list[str], heldout_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Row indices of a train / held-out split that keeps every scene (all its 1-, 2-, 3-object images) on one side.
+
+    A scene's side depends only on its name and the seed, so the split is stable as data is added.
+    """
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise ValueError(f"The held-out fraction must be in [0, 1), got {heldout_fraction}.")
+    train, heldout = [], []
+    for row, name in enumerate(file_names):
+        digest = hashlib.sha256(f"{seed}:{scene_id(name)}".encode()).digest()
+        (heldout if int.from_bytes(digest[:4], "big") < heldout_fraction * 2**32 else train).append(row)
+    return train, heldout
+
+
 # --- tensors -----------------------------------------------------------------------------------------------------
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``(B, H, W, 3)`` images → float32 ``(B, 3, H, W)`` in ``[-1, 1]``."""

@@ -1,0 +1,316 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""The i-CLEVR evaluator: a ResNet-18 multi-label classifier, the course metric, and a scoring CLI.
+
+The model is transformers' `ResNetForImageClassification` in the torchvision ResNet-18 shape (basic blocks,
+depths 2-2-2-2, 7x7 stem with max-pool, 24 sigmoid outputs), like the course's evaluator, so it saves as safetensors
+with `save_pretrained`, reloads with `from_pretrained` and pushes to the Hub. The course's own `checkpoint.pth`
+(a torchvision ResNet-18 state dict) converts to it exactly (`convert_course_checkpoint`).
+
+Inputs follow the course: 64x64 RGB normalised with mean 0.5 / std 0.5. `Evaluator.score` takes PIL images, uint8
+``(B, H, W, 3)`` tensors or float ``(B, 3, H, W)`` tensors in [0, 1] (diffusers' ``output_type="pt"``), any square
+size (a 32x32 generation is upsampled to 64x64, as the course does).
+
+Score a folder of generated images named ``0.png ... N-1.png`` (the course's convention) against a conditions file::
+
+    python iclevr_evaluator.py --evaluator outputs/evaluator --images_dir outputs/images/test \\
+        --conditions_json ../shared/iclevr/test.json --output_json outputs/test_metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from iclevr_data import load_conditions, load_rgb_image
+from iclevr_metrics import evaluate_scores
+from pipeline_iclevr import LABELS, LabelVocabulary, validate_objects_json
+
+EVALUATOR_RESOLUTION = 64
+MIN_INPUT_SIZE = 16
+
+
+def evaluator_config():
+    """The course evaluator's architecture as a transformers `ResNetConfig` (torchvision ResNet-18 layout)."""
+    from transformers import ResNetConfig
+
+    return ResNetConfig(
+        num_channels=3,
+        embedding_size=64,
+        hidden_sizes=[64, 128, 256, 512],
+        depths=[2, 2, 2, 2],
+        layer_type="basic",
+        hidden_act="relu",
+        downsample_in_first_stage=False,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+        problem_type="multi_label_classification",
+    )
+
+
+def build_evaluator():
+    """A freshly initialised evaluator model."""
+    from transformers import ResNetForImageClassification
+
+    return ResNetForImageClassification(evaluator_config())
+
+
+# --- the course checkpoint ---------------------------------------------------------------------------------------
+def torchvision_to_transformers_key(key: str) -> str:
+    """Map one torchvision ResNet-18 state-dict key to transformers' `ResNetForImageClassification` naming."""
+    if key.startswith("conv1."):
+        return "resnet.embedder.embedder.convolution." + key[len("conv1.") :]
+    if key.startswith("bn1."):
+        return "resnet.embedder.embedder.normalization." + key[len("bn1.") :]
+    match = re.fullmatch(r"fc\.(?:0\.)?(weight|bias)", key)  # the course's fc is Sequential(Linear, Sigmoid)
+    if match:
+        return f"classifier.1.{match.group(1)}"
+    match = re.fullmatch(r"layer(\d)\.(\d+)\.(conv1|bn1|conv2|bn2|downsample\.0|downsample\.1)\.(.+)", key)
+    if match:
+        stage, block, part, rest = match.groups()
+        prefix = f"resnet.encoder.stages.{int(stage) - 1}.layers.{block}."
+        part = {
+            "conv1": "layer.0.convolution",
+            "bn1": "layer.0.normalization",
+            "conv2": "layer.1.convolution",
+            "bn2": "layer.1.normalization",
+            "downsample.0": "shortcut.convolution",
+            "downsample.1": "shortcut.normalization",
+        }[part]
+        return f"{prefix}{part}.{rest}"
+    raise ValueError(f"Unexpected key {key!r} in a torchvision ResNet-18 state dict.")
+
+
+def convert_torchvision_state_dict(state_dict: dict[str, torch.Tensor]):
+    """Build an evaluator from a torchvision ResNet-18 state dict with a 24-way ``fc`` (``fc.0`` or plain ``fc``)."""
+    model = build_evaluator()
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}  # DataParallel saves
+    converted = {torchvision_to_transformers_key(key): value for key, value in state_dict.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
+    if missing or wrong:
+        raise ValueError(
+            "Not a 24-label torchvision ResNet-18 checkpoint: "
+            + (f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}; " if missing else "")
+            + (f"shape mismatches {wrong[:5]}" if wrong else "")
+        )
+    model.load_state_dict(converted, strict=True)
+    return model.eval()
+
+
+def convert_course_checkpoint(path: str | os.PathLike):
+    """Load the course's ``checkpoint.pth`` (``{"model": resnet18 state dict}``) safely, as an evaluator model.
+
+    Uses ``torch.load(weights_only=True)``, so a checkpoint cannot run code when loaded.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} is not a course checkpoint (expected a dict with key 'model' holding a state dict).")
+    return convert_torchvision_state_dict(state_dict)
+
+
+# --- preprocessing -----------------------------------------------------------------------------------------------
+def to_evaluator_input(images, resolution: int = EVALUATOR_RESOLUTION) -> torch.Tensor:
+    """Images → float ``(B, 3, 64, 64)`` normalised with mean 0.5 / std 0.5 (i.e. in [-1, 1]).
+
+    Accepts a list of PIL images, a uint8 tensor ``(B, H, W, 3)``, or a float tensor ``(B, 3, H, W)`` in [0, 1].
+    Square images of another size are resized (bilinear; 32x32 → 64x64 is the course's protocol).
+    """
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("No images to score.")
+        if not all(isinstance(image, Image.Image) for image in images):
+            raise ValueError("A list of images must hold PIL images; pass tensors as one batched tensor.")
+        images = torch.from_numpy(np.stack([np.asarray(load_rgb_image(image)) for image in images]))
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError(f"Expected a batch of images (B, H, W, 3) uint8 or (B, 3, H, W) float, got {_describe(images)}.")
+    if images.dtype == torch.uint8:
+        if images.shape[-1] != 3:
+            raise ValueError(f"uint8 images must be (B, H, W, 3) RGB, got shape {tuple(images.shape)}.")
+        pixels = images.permute(0, 3, 1, 2).float() / 255.0
+    elif images.is_floating_point():
+        if images.shape[1] != 3:
+            raise ValueError(f"float images must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}.")
+        low, high = images.min().item(), images.max().item()
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ValueError(
+                f"float images must be in [0, 1] (diffusers' output_type='pt'), got values in [{low:.3f}, {high:.3f}]; "
+                "for model-space images in [-1, 1] pass (images + 1) / 2."
+            )
+        pixels = images.float()
+    else:
+        raise ValueError(f"Unsupported image dtype {images.dtype}; use uint8 or float.")
+    height, width = pixels.shape[-2:]
+    if height != width:
+        raise ValueError(f"Images must be square (i-CLEVR generations are), got {height}x{width}; resize them first.")
+    if height < MIN_INPUT_SIZE:
+        raise ValueError(f"Images of {height}x{width} are too small to score; the minimum is {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}.")
+    if height != resolution:
+        pixels = F.interpolate(pixels, size=(resolution, resolution), mode="bilinear", antialias=height > resolution, align_corners=False)
+    return pixels * 2.0 - 1.0
+
+
+def _describe(value) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def read_image_folder(images_dir: str | os.PathLike, count: int) -> list[Image.Image]:
+    """Read ``0.png ... count-1.png`` (the course's naming); a clear error lists missing or unreadable files."""
+    folder = Path(images_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--images_dir {folder} is not a directory.")
+    images, problems = [], []
+    for i in range(count):
+        try:
+            images.append(load_rgb_image(folder / f"{i}.png"))
+        except ValueError as error:
+            problems.append(f"{i}.png: {error}")
+    if problems:
+        raise ValueError(
+            f"{folder}: {len(problems)} of the {count} images the conditions need are bad:\n  "
+            + "\n  ".join(problems[:10])
+            + ("\n  ..." if len(problems) > 10 else "")
+            + "\nImages must be named 0.png ... N-1.png, one per condition, in order."
+        )
+    extra = sorted(p.name for p in folder.glob("*.png") if not re.fullmatch(r"\d+\.png", p.name) or int(p.stem) >= count)
+    if extra:
+        raise ValueError(f"{folder} has {len(extra)} PNG(s) no condition refers to ({extra[:5]}); the conditions file lists {count}.")
+    return images
+
+
+# --- the scorer --------------------------------------------------------------------------------------------------
+class Evaluator:
+    """A trained evaluator: predicts label probabilities and scores images against their conditions.
+
+    Args:
+        model: a `ResNetForImageClassification` with 24 labels in the course's order.
+        device: where to run it; batches are moved there.
+    """
+
+    def __init__(self, model, device: str | torch.device = "cpu", batch_size: int = 256):
+        label2id = getattr(model.config, "label2id", None)
+        if model.config.num_labels != len(LABELS):
+            raise ValueError(f"The evaluator must have {len(LABELS)} outputs, this one has {model.config.num_labels}.")
+        if label2id and set(label2id) != {f"LABEL_{i}" for i in range(len(LABELS))}:
+            validate_objects_json(label2id)
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.vocab = LabelVocabulary()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Evaluator:
+        """Load a saved evaluator folder (safetensors), or the course's ``.pth`` checkpoint."""
+        path = Path(path)
+        if path.is_file() and path.suffix in (".pth", ".pt"):
+            return cls(convert_course_checkpoint(path), device)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is neither an evaluator folder (config.json + model.safetensors) nor a .pth checkpoint. "
+                "Train one with `accelerate launch train_evaluator.py`."
+            )
+        from transformers import ResNetForImageClassification
+
+        return cls(ResNetForImageClassification.from_pretrained(path), device)
+
+    @torch.no_grad()
+    def predict(self, images) -> torch.Tensor:
+        """Label probabilities ``(B, 24)`` for a batch of images (see `to_evaluator_input`)."""
+        pixels = to_evaluator_input(images)
+        outputs = []
+        for start in range(0, pixels.shape[0], self.batch_size):
+            batch = pixels[start : start + self.batch_size].to(self.device)
+            outputs.append(torch.sigmoid(self.model(pixel_values=batch).logits.float()).cpu())
+        return torch.cat(outputs)
+
+    def score(self, images, conditions: Sequence | torch.Tensor) -> dict:
+        """Course accuracy, exact-set accuracy, breakdown by object count and per-label P/R of images vs conditions."""
+        targets = self.vocab.encode_batch(conditions)
+        probabilities = self.predict(images)
+        if probabilities.shape[0] != targets.shape[0]:
+            raise ValueError(f"{probabilities.shape[0]} images but {targets.shape[0]} conditions; give one condition per image.")
+        return evaluate_scores(probabilities, targets)
+
+
+def reference_images(conditions: Sequence[Sequence[str]], kind: str, seed: int = 0, resolution: int = EVALUATOR_RESOLUTION) -> torch.Tensor:
+    """Baseline images for sanity rows, one per condition, uint8 ``(N, H, W, 3)``.
+
+    ``kind``: ``"floor"`` (the renderer's empty grey floor), ``"noise"`` (uniform pixel noise) or ``"rendered"``
+    (the renderer's picture of each condition: the ceiling a generator can hope for).
+    """
+    from iclevr_raycast import render, visible_pixels
+    from iclevr_scenes import place_objects, scene_rng
+    from render_iclevr import MIN_VISIBLE_PIXELS, to_uint8
+
+    if kind == "noise":
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randint(0, 256, (len(conditions), resolution, resolution, 3), generator=generator, dtype=torch.uint8)
+    if kind == "floor":
+        floor = torch.from_numpy(to_uint8(render([], resolution, resolution, spp=1).image))
+        return floor.expand(len(conditions), -1, -1, -1).clone()
+    if kind == "rendered":
+        images = []
+        for i, labels in enumerate(conditions):
+            objects = place_objects(scene_rng(seed + 1_000_003, i), labels, lambda objs: min(visible_pixels(objs)) >= MIN_VISIBLE_PIXELS)
+            images.append(torch.from_numpy(to_uint8(render(objects, resolution, resolution, spp=4).image)))
+        return torch.stack(images)
+    raise ValueError(f"Unknown reference kind {kind!r}; use 'floor', 'noise' or 'rendered'.")
+
+
+def sanity_report(evaluator: Evaluator, conditions: Sequence[Sequence[str]], seed: int = 0) -> dict:
+    """Course and exact-set accuracy of rendered images (ceiling), empty floors and pure noise for ``conditions``."""
+    report = {}
+    for kind in ("rendered", "floor", "noise"):
+        metrics = evaluator.score(reference_images(conditions, kind, seed), conditions)
+        report[kind] = {"accuracy": metrics["accuracy"], "exact_set_accuracy": metrics["exact_set_accuracy"]}
+    return report
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Score generated i-CLEVR images with the evaluator (the course metric).")
+    parser.add_argument("--evaluator", type=str, required=True, help="Evaluator folder (from train_evaluator.py) or the course's checkpoint.pth.")
+    parser.add_argument("--conditions_json", type=str, required=True, help="test.json-style list of label lists, one per image.")
+    parser.add_argument("--images_dir", type=str, default=None, help="Folder of 0.png ... N-1.png to score against the conditions.")
+    parser.add_argument("--sanity", action="store_true", help="Also score rendered references, empty floors and pure noise for the conditions.")
+    parser.add_argument("--output_json", type=str, default=None, help="Write the figures here as JSON.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for the sanity references.")
+    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run the evaluator on.")
+    args = parser.parse_args(argv)
+    if args.images_dir is None and not args.sanity:
+        parser.error("Give --images_dir to score, --sanity for the reference rows, or both.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    conditions = load_conditions(args.conditions_json)
+    evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
+    result: dict = {"conditions_json": args.conditions_json}
+    if args.images_dir is not None:
+        result["images"] = evaluator.score(read_image_folder(args.images_dir, len(conditions)), conditions)
+        result["images"]["images_dir"] = args.images_dir
+    if args.sanity:
+        result["sanity"] = sanity_report(evaluator, conditions, args.seed)
+    text = json.dumps(result, indent=2)
+    summary = {k: v for k, v in result.get("images", {}).items() if k in ("images", "accuracy", "exact_set_accuracy")}
+    print(json.dumps({"images": summary, "sanity": result.get("sanity")}, indent=2))
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
