@@ -135,3 +135,9 @@ def place_objects(
 def scene_rng(seed: int, scene_index: int) -> np.random.Generator:
     """The random generator of one scene, so a scene's content depends only on (seed, scene index)."""
     return np.random.default_rng([seed, scene_index])
+
+
+def sample_condition_set(seed: int, objects_per_condition: Sequence[int]) -> list[list[str]]:
+    """A test.json-style list of conditions (distinct labels each), e.g. the project's own condition sets."""
+    rng = np.random.default_rng(seed)
+    return [[LABELS[i] for i in rng.choice(len(LABELS), size=n, replace=False)] for n in objects_per_condition]

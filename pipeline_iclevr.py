@@ -1,8 +1,11 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
-"""i-CLEVR label vocabulary (and, as the project grows, the `ICLEVRPipeline`).
+"""`ICLEVRPipeline`: class-conditional image generation for i-CLEVR, and the i-CLEVR label vocabulary.
 
 This file is copied into every saved model so the Hub can load it as remote code, so it may import only
 the standard library, torch and diffusers. It owns label encoding; every other module imports it from here.
+
+    >>> pipe = ICLEVRPipeline.from_pretrained("outputs/iclevr-ddpm")
+    >>> images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=50, guidance_scale=2.0).images
 
 The vocabulary is the course's `objects.json`: 24 labels, 8 colours x 3 shapes, with
 ``index = shape_index * 8 + colour_index``::
@@ -18,10 +21,13 @@ The vocabulary is the course's `objects.json`: 24 labels, 8 colours x 3 shapes, 
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES = ("cube", "sphere", "cylinder")
@@ -216,6 +222,159 @@ def validate_objects_json(label2id: Mapping[str, int]) -> None:
             + "; ".join(problems)
             + ". Use the course's objects.json, or omit it to use the built-in vocabulary."
         )
+
+
+class ICLEVRPipeline(DiffusionPipeline):
+    r"""Generate i-CLEVR scenes from multi-hot label conditions with classifier-free guidance.
+
+    Args:
+        unet ([`UNet2DConditionModel`]):
+            Denoiser with ``class_embed_type="projection"`` and ``projection_class_embeddings_input_dim=24``: the
+            multi-hot condition is embedded by the UNet itself, so the embedding is saved and reloaded with it.
+        scheduler ([`SchedulerMixin`]):
+            Any diffusers scheduler (DDPM, DDIM, DPM-Solver++, Euler, ...); swap with ``Scheduler.from_config``.
+        label2id (`dict`, *optional*):
+            The label vocabulary, stored in the pipeline config so it survives save/load; must be the course's.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet, scheduler, label2id: dict[str, int] | None = None):
+        super().__init__()
+        label2id = dict(label2id) if label2id else {name: i for i, name in enumerate(LABELS)}
+        self.vocab = LabelVocabulary(label2id)
+        expected = getattr(unet.config, "projection_class_embeddings_input_dim", None)
+        if getattr(unet.config, "class_embed_type", None) != "projection" or expected != len(self.vocab):
+            raise ValueError(
+                "The UNet must embed the multi-hot condition itself: build it with class_embed_type='projection' "
+                f"and projection_class_embeddings_input_dim={len(self.vocab)}."
+            )
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(label2id=label2id)
+
+    def encode_labels(self, labels, num_images_per_prompt: int = 1) -> torch.Tensor:
+        """Multi-hot conditions ``(batch * num_images_per_prompt, 24)`` from one condition or a list of them.
+
+        A condition is a list of label names, a list of indices, or a multi-hot tensor; a batch is a list of
+        conditions or a ``(batch, 24)`` tensor.
+        """
+        if isinstance(labels, torch.Tensor):
+            batch = self.vocab.encode_batch(labels[None] if labels.ndim == 1 else labels)
+        elif isinstance(labels, (list, tuple)) and labels and all(isinstance(x, (str, int)) for x in labels):
+            batch = self.vocab.encode(labels)[None]  # one condition
+        else:
+            batch = self.vocab.encode_batch(labels)
+        return batch.repeat_interleave(num_images_per_prompt, dim=0)
+
+    def check_inputs(self, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape):
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if latents is not None and tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {tuple(shape)} (batch, channels, height, width), got {tuple(latents.shape)}.")
+
+    def prepare_extra_step_kwargs(self, generator, eta):
+        """``eta`` and ``generator`` for schedulers whose ``step`` takes them (DDIM takes eta; DDPM a generator)."""
+        parameters = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in parameters:
+            kwargs["eta"] = eta
+        if "generator" in parameters:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        labels,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 2.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ):
+        r"""Generate images for label conditions.
+
+        Args:
+            labels: one condition (``["red sphere", "cyan cube"]``, ``[9, 6]`` or a multi-hot tensor) or a batch
+                (a list of conditions or a ``(batch, 24)`` tensor).
+            num_inference_steps (`int`, defaults to 50): denoising steps.
+            guidance_scale (`float`, defaults to 2.0): classifier-free guidance weight ``w`` in
+                ``eps = eps_null + w * (eps_cond - eps_null)``. ``w = 1`` runs the conditional model alone and
+                ``w = 0`` the null (all-zero) condition alone, in a single pass; any other value runs both in one
+                batched forward.
+            generator (`torch.Generator`, *optional*): for reproducible sampling.
+            latents (`torch.Tensor`, *optional*): initial noise ``(batch * num_images_per_prompt, C, H, W)``.
+            num_images_per_prompt (`int`, defaults to 1): images per condition.
+            eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers without it.
+            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (``(B, H, W, 3)`` floats in [0, 1]) or
+                ``"pt"`` (``(B, 3, H, W)`` in [0, 1]).
+            return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as ``fn(pipe, step, timestep, callback_kwargs)``
+                after every step; may return a dict replacing ``latents``.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): tensors passed in ``callback_kwargs``.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the generated images.
+        """
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        if not set(tensor_inputs) <= set(self._callback_tensor_inputs):  # latents are all this loop has to share
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only hold {self._callback_tensor_inputs}, got {tensor_inputs}.")
+        device, dtype = self._execution_device, self.unet.dtype
+        conditions = self.encode_labels(labels, num_images_per_prompt if isinstance(num_images_per_prompt, int) and num_images_per_prompt > 0 else 1)
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (conditions.shape[0], self.unet.config.in_channels, *size)
+        self.check_inputs(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape)
+
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        conditions = conditions.to(device=device, dtype=dtype)
+        if guidance_scale == 1.0:
+            class_labels = conditions
+        elif guidance_scale == 0.0:
+            class_labels = torch.zeros_like(conditions)
+        else:  # null and conditional in one batched forward
+            class_labels = torch.cat([torch.zeros_like(conditions), conditions])
+        two_pass = class_labels.shape[0] != conditions.shape[0]
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = torch.cat([latents, latents]) if two_pass else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            noise_pred = self.unet(model_input, t, encoder_hidden_states=None, class_labels=class_labels).sample
+            if two_pass:
+                null, cond = noise_pred.chunk(2)
+                noise_pred = null + guidance_scale * (cond - null)
+            latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                outputs = callback_on_step_end(self, i, t, {"latents": latents})
+                latents = (outputs or {}).get("latents", latents)
+
+        images = (latents.float() / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            result = images.cpu()
+        else:
+            result = images.cpu().permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                result = self.numpy_to_pil(result)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (result,)
+        return ImagePipelineOutput(images=result)
 
 
 def _describe(value) -> str:

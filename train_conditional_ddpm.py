@@ -1,0 +1,500 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""Train a multi-label class-conditional DDPM on i-CLEVR with 🤗 Accelerate and save it as an `ICLEVRPipeline`.
+
+    accelerate launch train_conditional_ddpm.py --output_dir outputs/iclevr-ddpm --mixed_precision bf16 --use_ema \\
+        --validation_steps 1000 --evaluator outputs/evaluator
+
+With neither ``--train_data_dir`` nor ``--dataset_name`` it trains on the embedded default: the procedural i-CLEVR
+set, rendered once into a cache folder and reused after. The denoiser is diffusers' `UNet2DConditionModel` with
+``class_embed_type="projection"``: the 24-dim multi-hot condition goes through the UNet's own projection MLP into the
+timestep embedding, so it is saved and reloaded with the model (see the README for why not `UNet2DModel`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel, compute_snr
+from tqdm.auto import tqdm
+
+from iclevr_data import (
+    dataset_to_tensors,
+    default_cache_dir,
+    load_conditions,
+    load_train_dataset,
+    random_hflip,
+    to_model_input,
+)
+from iclevr_utils import ema_weights, image_grid
+from pipeline_iclevr import LABELS, ICLEVRPipeline
+
+logger = get_logger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_CONDITIONS = PROJECT_DIR / "conditions" / "synthetic_test.json"
+
+
+# --- arguments ---------------------------------------------------------------------------------------------------
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train a class-conditional DDPM on i-CLEVR and save an ICLEVRPipeline.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--train_data_dir", type=str, default=None, help="i-CLEVR-layout folder (PNGs + train.json) or imagefolder with metadata.jsonl. Default: the embedded procedural set.")
+    data.add_argument("--train_json", type=str, default=None, help="Labels file; default TRAIN_DATA_DIR/train.json.")
+    data.add_argument("--dataset_name", type=str, default=None, help="A Hub dataset with image and label-list columns.")
+    data.add_argument("--image_column", type=str, default="image", help="Image column of an imagefolder/Hub dataset.")
+    data.add_argument("--label_column", type=str, default="labels", help="Label-list column of an imagefolder/Hub dataset.")
+    data.add_argument("--embedded_num_scenes", type=int, default=6003, help="Scenes of the embedded default set (3 images each).")
+    data.add_argument("--cache_dir", type=str, default=None, help="Cache for decoded images and the embedded set (default: the datasets cache).")
+    data.add_argument("--skip_bad_images", action="store_true", help="Skip and report bad images instead of failing.")
+    data.add_argument("--resolution", type=int, default=64, help="Training resolution (square).")
+    data.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random (labels stay valid).")
+    data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (data is in memory; 0 is usually best).")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--block_out_channels", type=_int_list, default=[32, 64, 128], help="UNet channels per level, e.g. 32,64,128.")
+    model.add_argument("--layers_per_block", type=int, default=1, help="ResNet layers per UNet level.")
+    model.add_argument("--attention_levels", type=_int_list, default=None, help="1/0 per level: self-attention there (default: the lowest level only).")
+    model.add_argument("--attention_head_dim", type=int, default=32, help="Channels per attention head.")
+
+    diffusion = parser.add_argument_group("diffusion")
+    diffusion.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps in training.")
+    diffusion.add_argument("--ddpm_beta_schedule", type=str, default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2"], help="Noise schedule.")
+    diffusion.add_argument("--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"], help="What the UNet predicts.")
+    diffusion.add_argument("--snr_gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5.0); off by default.")
+    diffusion.add_argument("--condition_dropout", type=float, default=0.1, help="Probability of replacing the condition by the null (all-zero) one, for classifier-free guidance.")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
+    optim.add_argument("--num_epochs", type=int, default=10, help="Epochs (ignored when --max_train_steps is set).")
+    optim.add_argument("--max_train_steps", type=int, default=None, help="Total optimiser steps; overrides --num_epochs.")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimiser step.")
+    optim.add_argument("--learning_rate", type=float, default=2e-4, help="Peak learning rate.")
+    optim.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"], help="Schedule (diffusers get_scheduler).")
+    optim.add_argument("--lr_warmup_steps", type=int, default=500, help="Warm-up steps.")
+    optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    optim.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
+    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
+    optim.add_argument("--seed", type=int, default=0, help="Random seed; a run with the same seed is reproducible on CPU.")
+    optim.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights and save it.")
+    optim.add_argument("--ema_max_decay", type=float, default=0.9999, help="Maximum EMA decay.")
+    optim.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up inverse multiplicative factor.")
+    optim.add_argument("--ema_power", type=float, default=0.75, help="EMA warm-up exponent.")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", type=str, default="outputs/iclevr-ddpm", help="Where checkpoints and the pipeline are written.")
+    run.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
+    run.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
+    run.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' or a checkpoint folder to resume from.")
+    run.add_argument("--logger", type=str, default="tensorboard", choices=["tensorboard", "wandb"], help="Experiment tracker.")
+    run.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
+    run.add_argument("--validation_steps", type=int, default=None, help="Sample the validation conditions every N steps (and at the end).")
+    run.add_argument("--validation_conditions_json", type=str, default=str(DEFAULT_CONDITIONS), help="Conditions sampled at validation (test.json format).")
+    run.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps at validation.")
+    run.add_argument("--validation_guidance_scale", type=float, default=2.0, help="Classifier-free guidance at validation.")
+    run.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth: log the course accuracy at validation.")
+    run.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline (no checkpoints) to the Hub at the end.")
+    run.add_argument("--hub_model_id", type=str, default=None, help="Hub repository, e.g. user/iclevr-ddpm.")
+    run.add_argument("--hub_token", type=str, default=None, help="Hub token (else the logged-in one); never logged or saved.")
+
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject impossible combinations before any work starts."""
+    levels = len(args.block_out_channels)
+    if args.attention_levels is None:
+        args.attention_levels = [0] * (levels - 1) + [1]
+    if len(args.attention_levels) != levels or set(args.attention_levels) - {0, 1}:
+        parser.error(f"--attention_levels needs one 0/1 per level ({levels}), got {args.attention_levels}.")
+    if args.resolution % 2 ** (levels - 1):
+        parser.error(f"--resolution {args.resolution} must be divisible by {2 ** (levels - 1)} (the UNet downsamples {levels - 1} times).")
+    groups = math.gcd(32, *args.block_out_channels)
+    if groups < 4:
+        parser.error(f"--block_out_channels {args.block_out_channels} need a common divisor of at least 4 for GroupNorm.")
+    if any(c % args.attention_head_dim for c, a in zip(args.block_out_channels, args.attention_levels) if a):
+        parser.error("--attention_head_dim must divide the channels of every attention level.")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "num_epochs", "ddpm_num_steps", "layers_per_block"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive.")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        parser.error("--max_train_steps must be positive.")
+    if not 0.0 <= args.condition_dropout < 1.0:
+        parser.error("--condition_dropout must be in [0, 1).")
+    if args.dataset_name and (args.train_data_dir or args.train_json):
+        parser.error("Give either --dataset_name or --train_data_dir/--train_json, not both.")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id (e.g. user/iclevr-ddpm).")
+    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest" and not Path(args.resume_from_checkpoint).is_dir():
+        parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a checkpoint folder (or use 'latest').")
+    if args.resume_from_checkpoint == "latest" and latest_checkpoint(args.output_dir) is None:
+        parser.error(f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir} to resume from.")
+    if args.validation_steps is not None and args.validation_steps < 1:
+        parser.error("--validation_steps must be positive.")
+    if args.validation_steps is not None and not Path(args.validation_conditions_json).is_file():
+        parser.error(f"--validation_conditions_json {args.validation_conditions_json} does not exist.")
+    if args.evaluator and not Path(args.evaluator).exists():
+        parser.error(f"--evaluator {args.evaluator} does not exist.")
+
+
+# --- building blocks ---------------------------------------------------------------------------------------------
+def build_model(args: argparse.Namespace) -> UNet2DConditionModel:
+    """The denoiser: plain (optionally self-attention) UNet levels, the multi-hot condition embedded by projection."""
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in args.attention_levels)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(args.attention_levels))
+    return UNet2DConditionModel(
+        sample_size=args.resolution,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock2D",
+        block_out_channels=tuple(args.block_out_channels),
+        layers_per_block=args.layers_per_block,
+        norm_num_groups=math.gcd(32, *args.block_out_channels),
+        attention_head_dim=args.attention_head_dim,
+        class_embed_type="projection",
+        projection_class_embeddings_input_dim=len(LABELS),
+    )
+
+
+def build_noise_scheduler(args: argparse.Namespace) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule, prediction_type=args.prediction_type
+    )
+
+
+def embedded_data_dir(args: argparse.Namespace) -> Path:
+    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    return root / f"rendered-seed{args.seed}-scenes{args.embedded_num_scenes}-{args.resolution}px"
+
+
+def build_dataset(args: argparse.Namespace, accelerator: Accelerator):
+    """Load (and with no data given, render once) the training data; returns in-memory uint8 images and labels."""
+    train_data_dir = args.train_data_dir
+    with accelerator.main_process_first():  # render/decode once; the other processes then read the cache
+        if train_data_dir is None and args.dataset_name is None:
+            train_data_dir = embedded_data_dir(args)
+            if not (train_data_dir / "train.json").is_file() and accelerator.is_main_process:
+                from render_iclevr import main as render
+
+                logger.info(f"Rendering the embedded i-CLEVR set into {train_data_dir} (once).")
+                render(["--output_dir", str(train_data_dir), "--num_scenes", str(args.embedded_num_scenes),
+                        "--seed", str(args.seed), "--width", str(args.resolution), "--height", str(args.resolution)])
+        dataset = load_train_dataset(
+            train_data_dir=train_data_dir,
+            train_json=args.train_json,
+            dataset_name=args.dataset_name,
+            resolution=args.resolution,
+            image_column=args.image_column,
+            label_column=args.label_column,
+            skip_bad_images=args.skip_bad_images,
+            cache_dir=args.cache_dir,
+        )
+    images, labels = dataset_to_tensors(dataset)
+    return torch.utils.data.TensorDataset(images, labels)
+
+
+def build_dataloader(dataset, args: argparse.Namespace) -> torch.utils.data.DataLoader:
+    # Its own generator: creating an epoch's iterator must not consume the global RNG that draws noise, or a
+    # resumed run would draw different noise than an uninterrupted one.
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete ``checkpoint-<step>`` folder, or None."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return max(folders, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
+    """Delete the oldest checkpoints so that at most ``limit - 1`` remain before a new one is written."""
+    if limit is None:
+        return
+    folders = sorted((p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
+    for folder in folders[: max(0, len(folders) - limit + 1)]:
+        logger.info(f"Removing old checkpoint {folder}")
+        shutil.rmtree(folder)
+
+
+def diffusion_loss(unet, noise_scheduler, pixels, conditions, args) -> torch.Tensor:
+    """One denoising loss: random timesteps, condition dropout for CFG, optional min-SNR-gamma weighting."""
+    noise = torch.randn_like(pixels)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (pixels.shape[0],), device=pixels.device)
+    noisy = noise_scheduler.add_noise(pixels, noise, timesteps)
+    keep = (torch.rand(pixels.shape[0], 1, device=pixels.device) >= args.condition_dropout).to(conditions.dtype)
+    prediction = unet(noisy, timesteps, encoder_hidden_states=None, class_labels=conditions * keep).sample
+    if args.prediction_type == "epsilon":
+        target = noise
+    elif args.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(pixels, noise, timesteps)
+    else:
+        target = pixels
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if args.snr_gamma is None:
+        return per_sample.mean()
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(snr, max=args.snr_gamma)
+    weights = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[args.prediction_type]
+    return (per_sample * weights).mean()
+
+
+def make_pipeline(unet, noise_scheduler) -> ICLEVRPipeline:
+    return ICLEVRPipeline(unet=unet, scheduler=noise_scheduler)
+
+
+@torch.no_grad()
+def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, evaluator=None) -> dict:
+    """Sample the validation conditions (EMA weights if used) into a grid; with an evaluator, score them."""
+    conditions = load_conditions(args.validation_conditions_json)
+    with ema_weights(ema, unet):
+        pipeline = make_pipeline(unet, DDIMScheduler.from_config(noise_scheduler.config))
+        pipeline.set_progress_bar_config(disable=True)
+        generator = torch.Generator(device="cpu").manual_seed(args.seed)
+        start = time.time()
+        with accelerator.autocast():
+            images = pipeline(conditions, num_inference_steps=args.validation_inference_steps,
+                              guidance_scale=args.validation_guidance_scale, generator=generator, output_type="np").images
+        seconds = time.time() - start
+    grid = image_grid(images, columns=8)
+    folder = Path(args.output_dir) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    grid.save(folder / f"step-{step:07d}.png")
+    grid.save(Path(args.output_dir) / "samples.png")
+    record = {"step": step, "seconds_per_image": seconds / len(conditions)}
+    if evaluator is not None:
+        report = evaluator.score(torch.from_numpy(images).permute(0, 3, 1, 2), conditions)
+        record |= {"accuracy": report["accuracy"], "exact_set_accuracy": report["exact_set_accuracy"]}
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("validation", images, step, dataformats="NHWC")
+    accelerator.log({f"validation/{k}": v for k, v in record.items() if k != "step"}, step=step)
+    with open(folder / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    logger.info(f"validation at step {step}: {record}")
+    return record
+
+
+def save_pipeline(unet, ema, noise_scheduler, args) -> Path:
+    """Save the final pipeline (EMA weights if used) with a copy of pipeline_iclevr.py, so it loads as remote code."""
+    output_dir = Path(args.output_dir)
+    with ema_weights(ema, unet):
+        make_pipeline(unet, noise_scheduler).save_pretrained(output_dir, safe_serialization=True)
+    shutil.copy(PROJECT_DIR / "pipeline_iclevr.py", output_dir / "pipeline_iclevr.py")
+    return output_dir
+
+
+def write_model_card(args, summary: dict) -> None:
+    """README.md with Hub metadata, how to load the pipeline both ways, the sample grid and the training figures."""
+    repo = args.hub_model_id or Path(args.output_dir).name
+    figures = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
+    samples = "![samples](samples.png)\n" if (Path(args.output_dir) / "samples.png").is_file() else ""
+    card = f"""---
+library_name: diffusers
+license: apache-2.0
+tags:
+- diffusers
+- class-conditional
+- ddpm
+- i-clevr
+pipeline_tag: unconditional-image-generation
+---
+
+# {repo}
+
+A class-conditional denoising diffusion model for i-CLEVR scenes (1-3 objects, 24 labels = 8 colours x 3 shapes),
+trained with [iclevr-diffusion](https://github.com/) `train_conditional_ddpm.py`. Each image is conditioned on a
+multi-hot label vector, embedded by the UNet's projection class embedding; guidance is classifier-free.
+
+## Usage
+
+```python
+from pipeline_iclevr import ICLEVRPipeline   # the file shipped in this repository
+pipe = ICLEVRPipeline.from_pretrained("{repo}")
+images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=50, guidance_scale={args.validation_guidance_scale}).images
+```
+
+or without the file, as remote code:
+
+```python
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("{repo}", custom_pipeline="pipeline_iclevr", trust_remote_code=True)
+```
+
+## Samples
+
+{samples}
+## Training
+
+| figure | value |
+| --- | --- |
+{figures}
+"""
+    (Path(args.output_dir) / "README.md").write_text(card)
+
+
+def push_to_hub(args) -> str:
+    """Create the Hub repository and upload the saved pipeline folder (checkpoints and logs excluded)."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = create_repo(args.hub_model_id, exist_ok=True, token=args.hub_token).repo_id
+    upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload ICLEVRPipeline",
+                  ignore_patterns=["checkpoint-*", "logs/*", "validation/*", "*.tmp*"], token=args.hub_token)
+    return repo_id
+
+
+# --- main --------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.logger,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    unet = build_model(args)
+    noise_scheduler = build_noise_scheduler(args)
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
+                       power=args.ema_power, model_cls=UNet2DConditionModel, model_config=unet.config)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    dataset = build_dataset(args, accelerator)
+    loader = build_dataloader(dataset, args)
+    updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    if updates_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} images are fewer than one batch of {args.train_batch_size}; lower --train_batch_size.")
+    max_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_steps / updates_per_epoch)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_steps * accelerator.num_processes)
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    unet = unet.to(memory_format=torch.channels_last)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    if accelerator.is_main_process:
+        hidden = {"hub_token"}  # never sent to trackers
+        accelerator.init_trackers("train_conditional_ddpm", config={k: str(v) for k, v in vars(args).items() if k not in hidden})
+    evaluator = None
+    if args.evaluator and accelerator.is_main_process:
+        from iclevr_evaluator import Evaluator
+
+        evaluator = Evaluator.from_pretrained(args.evaluator, device=accelerator.device)
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if args.resume_from_checkpoint:
+        path = latest_checkpoint(args.output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+        accelerator.print(f"Resuming from {path}")
+        accelerator.load_state(str(path))
+        global_step = int(path.name.split("-")[-1])
+        first_epoch = global_step // updates_per_epoch
+        skip_batches = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+
+    logger.info(f"{len(dataset)} images, {max_steps} steps of {args.train_batch_size}x{accelerator.num_processes}x{args.gradient_accumulation_steps}, "
+                f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
+    progress = tqdm(total=max_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
+    start, samples_seen, loss_value = time.time(), 0, float("nan")
+    for epoch in range(first_epoch, num_epochs):
+        unet.train()
+        loader.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch and skip_batches else loader
+        for images, labels in epoch_loader:
+            with accelerator.accumulate(unet):
+                pixels = to_model_input(images).contiguous(memory_format=torch.channels_last)
+                if args.random_flip:
+                    pixels = random_hflip(pixels)
+                with accelerator.autocast():
+                    loss = diffusion_loss(unet, noise_scheduler, pixels, labels, args)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"Non-finite loss {loss.item()} at step {global_step}; stopping before any weight is written.")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            samples_seen += images.shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            if ema is not None:
+                ema.step(unet.parameters())
+            global_step += 1
+            loss_value = loss.detach().item()
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+            accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch}, step=global_step)
+            if global_step % args.checkpointing_steps == 0:
+                if accelerator.is_main_process:
+                    rotate_checkpoints(output_dir, args.checkpoints_total_limit)
+                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+            if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                log_validation(accelerator.unwrap_model(unet), ema, noise_scheduler, args, accelerator, global_step, evaluator)
+            if global_step >= max_steps:
+                break
+        if global_step >= max_steps:
+            break
+    progress.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(unet).to(memory_format=torch.contiguous_format)
+        record = {}
+        if args.validation_steps and global_step % args.validation_steps:
+            record = log_validation(unet, ema, noise_scheduler, args, accelerator, global_step, evaluator)
+        seconds = time.time() - start
+        summary = {"steps": global_step, "final loss": f"{loss_value:.4f}", "images seen (this run)": samples_seen,
+                   "images/s": f"{samples_seen / max(seconds, 1e-9):.1f}", "minutes": f"{seconds / 60:.1f}",
+                   "parameters": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M", "resolution": args.resolution,
+                   "mixed precision": accelerator.mixed_precision, "processes": accelerator.num_processes}
+        summary |= {f"validation {k}": v for k, v in record.items() if k != "step"}
+        save_pipeline(unet, ema, noise_scheduler, args)
+        write_model_card(args, summary)
+        logger.info(f"Saved the pipeline to {output_dir}: {summary}")
+        if args.push_to_hub:
+            logger.info(f"Pushed to https://huggingface.co/{push_to_hub(args)}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
