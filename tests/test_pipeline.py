@@ -1,0 +1,168 @@
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
+from PIL import Image
+
+from pipeline_iclevr import ICLEVRPipeline
+
+
+def tiny_unet(**overrides):
+    torch.manual_seed(0)
+    config = dict(sample_size=16, in_channels=3, out_channels=3, down_block_types=("DownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "UpBlock2D"), mid_block_type="UNetMidBlock2D", block_out_channels=(8, 16),
+                  layers_per_block=1, norm_num_groups=8, class_embed_type="projection", projection_class_embeddings_input_dim=24)
+    return UNet2DConditionModel(**(config | overrides)).eval()
+
+
+@pytest.fixture
+def pipe():
+    pipe = ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(num_train_timesteps=100))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _run(pipe, labels=(("red sphere",),), seed=0, **kwargs):
+    kwargs = {"num_inference_steps": 2, "output_type": "pt", "generator": torch.Generator().manual_seed(seed)} | kwargs
+    return pipe([list(c) for c in labels], **kwargs).images
+
+
+def _final_latents(pipe, guidance_scale):
+    captured = {}
+
+    def grab(_pipe, _step, _t, tensors):
+        captured["latents"] = tensors["latents"].clone()
+        return tensors
+
+    _run(pipe, [["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=1, guidance_scale=guidance_scale,
+         callback_on_step_end=grab)
+    return captured["latents"]
+
+
+def _count_forwards(pipe, guidance_scale):
+    calls = []
+    forward = pipe.unet.forward
+
+    def spy(sample, timestep, encoder_hidden_states=None, class_labels=None, **kwargs):
+        calls.append(class_labels.clone())
+        return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels, **kwargs)
+
+    pipe.unet.forward = spy
+    _run(pipe, [["red sphere"], ["gray cube", "blue cube"]], num_inference_steps=1, guidance_scale=guidance_scale)
+    pipe.unet.forward = forward
+    return calls
+
+
+def test_guidance_formula(pipe):
+    null, cond = _final_latents(pipe, 0.0), _final_latents(pipe, 1.0)
+    # One DDIM step is linear in the noise prediction, so guidance w gives null + w * (cond - null).
+    torch.testing.assert_close(_final_latents(pipe, 3.0), null + 3.0 * (cond - null), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_final_latents(pipe, 0.5), null + 0.5 * (cond - null), atol=1e-4, rtol=1e-4)
+
+
+def test_single_pass_at_guidance_one_and_zero(pipe):
+    one, zero, three = (_count_forwards(pipe, g) for g in (1.0, 0.0, 3.0))
+    assert len(one) == len(zero) == len(three) == 1
+    assert one[0].shape == (2, 24) and one[0].sum() == 3
+    assert zero[0].shape == (2, 24) and zero[0].sum() == 0
+    assert three[0].shape == (4, 24) and three[0][:2].sum() == 0 and three[0][2:].sum() == 3  # one batched forward
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler])
+def test_scheduler_swaps(pipe, scheduler_cls):
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    images = _run(pipe, num_inference_steps=3, guidance_scale=2.0)
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    assert torch.equal(images, _run(pipe, num_inference_steps=3, guidance_scale=2.0))  # seeded → identical
+
+
+def test_output_types_and_batching(pipe):
+    labels = [["red sphere"], ["gray cube", "cyan cylinder"]]
+    pil = _run(pipe, labels, output_type="pil", num_images_per_prompt=2)
+    array = _run(pipe, labels, output_type="np", num_images_per_prompt=2)
+    tensor = _run(pipe, labels, output_type="pt", num_images_per_prompt=2)
+    assert len(pil) == 4 and all(isinstance(i, Image.Image) and i.size == (16, 16) for i in pil)
+    assert isinstance(array, np.ndarray) and array.shape == (4, 16, 16, 3) and 0 <= array.min() and array.max() <= 1
+    assert tensor.shape == (4, 3, 16, 16)
+    np.testing.assert_allclose(array, tensor.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    assert isinstance(pipe(labels, num_inference_steps=1, return_dict=False)[0], list)
+
+
+def test_label_forms_agree(pipe):
+    names = _run(pipe, [["red sphere", "cyan cube"]])
+    assert torch.equal(names, _run(pipe, [[9, 6]]))
+    assert torch.equal(names, pipe(["red sphere", "cyan cube"], num_inference_steps=2, output_type="pt",
+                                   generator=torch.Generator().manual_seed(0)).images)  # one bare condition
+    multi_hot = torch.zeros(24)
+    multi_hot[[6, 9]] = 1
+    assert torch.equal(names, pipe(multi_hot, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images)
+    assert torch.equal(names, pipe(multi_hot[None], num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images)
+    assert not torch.equal(names, _run(pipe, [["red sphere", "cyan cube"]], seed=1))
+
+
+def test_given_latents_are_used(pipe):
+    latents = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(_run(pipe, latents=latents, seed=0), _run(pipe, latents=latents, seed=1))
+
+
+def test_half_precision_weights(pipe):
+    pipe.unet.to(torch.bfloat16)
+    seen = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda *a, class_labels=None, **k: (seen.append(class_labels.dtype), forward(*a, class_labels=class_labels, **k))[1]
+    images = _run(pipe, guidance_scale=2.0)
+    assert images.dtype == torch.float32 and torch.isfinite(images).all() and seen == [torch.bfloat16] * 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"labels": [["red spher"]]}, "Did you mean 'red sphere'"),
+        ({"labels": []}, "Empty"),
+        ({"labels": [["red sphere", "red sphere"]]}, "Duplicate"),
+        ({"labels": torch.ones(2, 23)}, r"must have shape \(24,\), got \(23,\)"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"output_type": "jpg"}, "output_type"),
+        ({"latents": torch.randn(2, 3, 16, 16)}, r"latents must have shape \(1, 3, 16, 16\)"),
+        ({"callback_on_step_end_tensor_inputs": ["noise_pred"]}, "may only hold"),
+    ],
+)
+def test_bad_inputs(pipe, kwargs, message):
+    kwargs = {"labels": [["red sphere"]], "num_inference_steps": 1} | kwargs
+    with pytest.raises(ValueError, match=message):
+        pipe(**kwargs)
+
+
+def test_unet_must_embed_the_condition():
+    with pytest.raises(ValueError, match="class_embed_type='projection'"):
+        ICLEVRPipeline(unet=tiny_unet(class_embed_type=None), scheduler=DDIMScheduler())
+    with pytest.raises(ValueError, match="objects.json does not match"):
+        ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(), label2id={"red sphere": 0})
+
+
+def test_save_load_and_remote_code(pipe, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    pipe.save_pretrained(tmp_path)
+    shutil.copy(Path(__file__).resolve().parents[1] / "pipeline_iclevr.py", tmp_path / "pipeline_iclevr.py")
+    reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
+    assert reloaded.config.label2id == pipe.config.label2id and reloaded.config.label2id["yellow cylinder"] == 23
+    reloaded.set_progress_bar_config(disable=True)
+    assert torch.equal(_run(pipe, guidance_scale=2.0), _run(reloaded, guidance_scale=2.0))
+    remote = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline="pipeline_iclevr", trust_remote_code=True)
+    assert type(remote).__name__ == "ICLEVRPipeline" and type(remote).__module__ != "pipeline_iclevr"
+    remote.set_progress_bar_config(disable=True)
+    assert torch.equal(_run(pipe, guidance_scale=2.0), _run(remote, guidance_scale=2.0))
+    assert "pipeline_iclevr" in sys.modules
