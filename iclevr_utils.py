@@ -49,3 +49,14 @@ def ema_weights(ema, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         ema.restore(model.parameters())
+
+
+def multi_process_cpu_launch() -> bool:
+    """True when launched as several processes (``accelerate launch --multi_gpu --num_processes N``) with no GPU.
+
+    Accelerate only forms a gloo process group on CPU when the Accelerator is created with ``cpu=True``; without it,
+    each process would train alone and write every file N times.
+    """
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()

@@ -39,7 +39,7 @@ from iclevr_data import (
     random_hflip,
     to_model_input,
 )
-from iclevr_utils import ema_weights, image_grid
+from iclevr_utils import ema_weights, image_grid, multi_process_cpu_launch
 from pipeline_iclevr import LABELS, ICLEVRPipeline
 
 logger = get_logger(__name__)
@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         log_with=args.logger,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        cpu=multi_process_cpu_launch(),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
@@ -408,8 +409,8 @@ def main(argv: list[str] | None = None) -> None:
     num_epochs = math.ceil(max_steps / updates_per_epoch)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_steps * accelerator.num_processes)
+    unet = unet.to(memory_format=torch.channels_last)  # before DDP wraps it, so gradient buckets match the layout
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    unet = unet.to(memory_format=torch.channels_last)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)

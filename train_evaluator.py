@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from iclevr_data import dataset_to_tensors, load_conditions, load_train_dataset, split_by_scene
 from iclevr_evaluator import EVALUATOR_RESOLUTION, Evaluator, build_evaluator, sanity_report
 from iclevr_metrics import evaluate_scores
+from iclevr_utils import multi_process_cpu_launch
 
 logger = get_logger(__name__)
 
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=str(output_dir),
+        cpu=multi_process_cpu_launch(),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)

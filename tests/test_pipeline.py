@@ -91,7 +91,7 @@ def test_output_types_and_batching(pipe):
     array = _run(pipe, labels, output_type="np", num_images_per_prompt=2)
     tensor = _run(pipe, labels, output_type="pt", num_images_per_prompt=2)
     assert len(pil) == 4 and all(isinstance(i, Image.Image) and i.size == (16, 16) for i in pil)
-    assert isinstance(array, np.ndarray) and array.shape == (4, 16, 16, 3) and 0 <= array.min() and array.max() <= 1
+    assert isinstance(array, np.ndarray) and array.shape == (4, 16, 16, 3) and array.min() >= 0 and array.max() <= 1
     assert tensor.shape == (4, 3, 16, 16)
     np.testing.assert_allclose(array, tensor.permute(0, 2, 3, 1).numpy(), atol=1e-6)
     assert isinstance(pipe(labels, num_inference_steps=1, return_dict=False)[0], list)

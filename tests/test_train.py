@@ -1,0 +1,143 @@
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_conditional_ddpm as trainer
+from pipeline_iclevr import ICLEVRPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "4",
+        "--lr_warmup_steps", "1", "--seed", "3"]
+
+
+def _launch(rendered_dir, output_dir, *flags, processes=1):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_processes", str(processes)]
+    if processes > 1:
+        command.append("--multi_gpu")
+    command += [str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir),
+                "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _weights(folder):
+    return load_file(Path(folder) / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def trained(rendered_dir, tmp_path_factory):
+    """One small run: 6 steps, checkpoints every 2 (limit 2), EMA, validation every 3."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    _launch(rendered_dir, out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
+            "--use_ema", "--validation_steps", "3", "--validation_inference_steps", "2")
+    return out
+
+
+def test_launch_produces_a_pipeline(trained):
+    for name in ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                 "scheduler/scheduler_config.json", "pipeline_iclevr.py", "README.md", "samples.png"):
+        assert (trained / name).is_file(), name
+    assert sorted(p.name for p in trained.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # rotated
+    records = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 6]
+    assert list((trained / "logs").rglob("events.out.tfevents.*"))
+    pipe = ICLEVRPipeline.from_pretrained(trained)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe([["red sphere"], ["gray cube", "blue cylinder"]], num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 16, 16, 3)
+
+
+def test_model_card(trained):
+    card = (trained / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers")
+    assert "ICLEVRPipeline.from_pretrained" in card and 'custom_pipeline="pipeline_iclevr", trust_remote_code=True' in card
+    assert "![samples](samples.png)" in card and "| steps | 6 |" in card and "| images/s |" in card
+
+
+def test_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(trained / "checkpoint-4", resumed / "checkpoint-4")  # what a run killed after step 4 leaves
+    result = _launch(rendered_dir, resumed, "--max_train_steps", "6", "--checkpointing_steps", "2", "--use_ema",
+                     "--resume_from_checkpoint", "latest")
+    assert "Resuming from" in result.stdout + result.stderr
+    assert sorted(p.name for p in resumed.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # continued at 5
+    expected, actual = _weights(trained), _weights(resumed)  # EMA weights: EMA and optimizer state both restored
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
+def test_reload_equals_in_memory_model(tmp_path):
+    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path)])
+    unet = trainer.build_model(args)
+    scheduler = trainer.build_noise_scheduler(args)
+    trainer.save_pipeline(unet, None, scheduler, args)
+    reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
+    sample, conditions = torch.randn(2, 3, 16, 16), torch.eye(24)[:2]
+    with torch.no_grad():
+        expected = unet(sample, 10, encoder_hidden_states=None, class_labels=conditions).sample
+        actual = reloaded.unet(sample, 10, encoder_hidden_states=None, class_labels=conditions).sample
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    assert (tmp_path / "pipeline_iclevr.py").read_text() == (ROOT / "pipeline_iclevr.py").read_text()
+
+
+def test_two_processes_train_and_save_once(rendered_dir, tmp_path):
+    out = tmp_path / "ddp"
+    result = _launch(rendered_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "2", processes=2)
+    assert (result.stdout + result.stderr).count("Saved the pipeline") == 1
+    assert "| processes | 2 |" in (out / "README.md").read_text()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class Repo:
+        repo_id = "user/iclevr-ddpm"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, exist_ok, token: calls.setdefault("create", (repo_id, token)) and Repo())
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kwargs: calls.setdefault("upload", kwargs))
+    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path), "--push_to_hub", "--hub_model_id", "user/iclevr-ddpm",
+                               "--hub_token", "hf_SECRET123"])
+    trainer.save_pipeline(trainer.build_model(args), None, trainer.build_noise_scheduler(args), args)
+    trainer.write_model_card(args, {"steps": 0})
+    assert trainer.push_to_hub(args) == "user/iclevr-ddpm"
+    assert calls["create"] == ("user/iclevr-ddpm", "hf_SECRET123")
+    assert calls["upload"]["folder_path"] == str(tmp_path) and "checkpoint-*" in calls["upload"]["ignore_patterns"]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"hf_SECRET123" not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--resolution", "17"], "must be divisible by 2"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--resume_from_checkpoint", "latest"], "no checkpoint-* folder"),
+        (["--resume_from_checkpoint", "/nonexistent"], "is not a checkpoint folder"),
+        (["--attention_levels", "1,1,1"], "one 0/1 per level"),
+        (["--block_out_channels", "6,10"], "GroupNorm"),
+        (["--condition_dropout", "1.0"], "in [0, 1)"),
+        (["--dataset_name", "a/b", "--train_data_dir", "x"], "not both"),
+        (["--block_out_channels", "8,x"], "comma-separated integers"),
+        (["--evaluator", "/nonexistent"], "does not exist"),
+        (["--prediction_type", "x0"], "invalid choice"),
+    ],
+)
+def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "never"), *flags])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
