@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.info(f"{len(dataset)} images, {max_steps} steps of {args.train_batch_size}x{accelerator.num_processes}x{args.gradient_accumulation_steps}, "
                 f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
     progress = tqdm(total=max_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
-    start, samples_seen, loss_value = time.time(), 0, float("nan")
+    start, samples_seen, loss_value, record = time.time(), 0, float("nan"), {}
     for epoch in range(first_epoch, num_epochs):
         unet.train()
         loader.set_epoch(epoch)
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
                     rotate_checkpoints(output_dir, args.checkpoints_total_limit)
                 accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
             if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                log_validation(accelerator.unwrap_model(unet), ema, noise_scheduler, args, accelerator, global_step, evaluator)
+                record = log_validation(accelerator.unwrap_model(unet), ema, noise_scheduler, args, accelerator, global_step, evaluator)
             if global_step >= max_steps:
                 break
         if global_step >= max_steps:
@@ -480,7 +480,6 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(unet).to(memory_format=torch.contiguous_format)
-        record = {}
         if args.validation_steps and global_step % args.validation_steps:
             record = log_validation(unet, ema, noise_scheduler, args, accelerator, global_step, evaluator)
         seconds = time.time() - start

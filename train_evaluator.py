@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lowres_sizes", type=str, default="24,32,40,48", help="Sizes images are shrunk to before being upsampled back to 64.")
     train.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
     train.add_argument("--seed", type=int, default=0, help="Random seed (initialisation, shuffling, augmentation, split).")
-    train.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Where to log.")
+    train.add_argument("--logger", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no logging).")
     args = parser.parse_args(argv)
     if args.num_epochs < 1 or args.train_batch_size < 1:
         parser.error("--num_epochs and --train_batch_size must be positive.")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=None if args.logger == "none" else args.logger,
         project_dir=str(output_dir),
         cpu=multi_process_cpu_launch(),
     )
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps = args.num_epochs * math.ceil(len(loader) / accelerator.num_processes)
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if accelerator.is_main_process and args.report_to != "none":
+    if accelerator.is_main_process and args.logger != "none":
         accelerator.init_trackers("evaluator", config={k: str(v) for k, v in vars(args).items()})
 
     generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)

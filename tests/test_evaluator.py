@@ -204,7 +204,7 @@ def test_train_evaluator_smoke(rendered_dir, tmp_path):
     out = tmp_path / "ev"
     command = [sys.executable, str(ROOT / "train_evaluator.py"), "--train_data_dir", str(rendered_dir),
                "--output_dir", str(out), "--num_epochs", "1", "--train_batch_size", "8", "--heldout_fraction", "0.3",
-               "--lr_warmup_steps", "1", "--report_to", "none", "--cache_dir", str(tmp_path / "cache")]
+               "--lr_warmup_steps", "1", "--logger", "none", "--cache_dir", str(tmp_path / "cache")]
     subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=300)
     metrics = json.loads((out / "evaluator_metrics.json").read_text())
     assert set(metrics["heldout"]) == {"64", "32to64"} and set(metrics["sanity"]) == {"rendered", "floor", "noise"}

@@ -34,10 +34,13 @@ def _weights(folder):
 
 @pytest.fixture(scope="module")
 def trained(rendered_dir, tmp_path_factory):
-    """One small run: 6 steps, checkpoints every 2 (limit 2), EMA, validation every 3."""
+    """One small run: 6 steps, checkpoints every 2 (limit 2), EMA, validation every 3 scored by an evaluator."""
+    from iclevr_evaluator import build_evaluator
+
     out = tmp_path_factory.mktemp("run") / "out"
+    build_evaluator().save_pretrained(out.parent / "evaluator")
     _launch(rendered_dir, out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
-            "--use_ema", "--validation_steps", "3", "--validation_inference_steps", "2")
+            "--use_ema", "--validation_steps", "3", "--validation_inference_steps", "2", "--evaluator", str(out.parent / "evaluator"))
     return out
 
 
@@ -48,6 +51,7 @@ def test_launch_produces_a_pipeline(trained):
     assert sorted(p.name for p in trained.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # rotated
     records = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["exact_set_accuracy"] <= 1 for r in records)
     assert list((trained / "logs").rglob("events.out.tfevents.*"))
     pipe = ICLEVRPipeline.from_pretrained(trained)
     pipe.set_progress_bar_config(disable=True)
@@ -60,6 +64,7 @@ def test_model_card(trained):
     assert card.startswith("---\nlibrary_name: diffusers")
     assert "ICLEVRPipeline.from_pretrained" in card and 'custom_pipeline="pipeline_iclevr", trust_remote_code=True' in card
     assert "![samples](samples.png)" in card and "| steps | 6 |" in card and "| images/s |" in card
+    assert "| validation accuracy |" in card
 
 
 def test_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
