@@ -1,0 +1,228 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""Evaluate a trained `ICLEVRPipeline` with the evaluator and write a report.
+
+    python evaluate_pipeline.py --pipeline outputs/iclevr-ddpm --evaluator outputs/evaluator \\
+        --conditions_json ../shared/iclevr/test.json conditions/synthetic_test.json --num_seeds 3
+
+For each condition set it generates one image per condition per seed (batched, seeded), saves
+``images/<set>/<i>.png`` for the first seed (the course's naming, so the course's evaluator can score them too) and a
+grid with 8 images per row, and scores every seed with the course metric and exact-set accuracy (mean ± std over
+seeds, and by number of objects). Beside the model it scores three reference rows per set: rendered images of the
+same conditions (the ceiling), empty floors and pure noise. It also draws the denoising process of one condition.
+``--sweep`` adds a table of accuracy and seconds per image over schedulers x steps x guidance scales, and a plot.
+Writes ``metrics.json`` and ``report.md`` to ``--output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from PIL import Image, ImageDraw
+
+from iclevr_data import load_conditions
+from iclevr_evaluator import Evaluator, sanity_report
+from iclevr_utils import image_grid
+from pipeline_iclevr import ICLEVRPipeline
+
+SCHEDULERS = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+DENOISING_EXAMPLE = ["red sphere", "cyan cylinder", "cyan cube"]
+SHARED_TEST = Path(__file__).resolve().parent.parent / "shared" / "iclevr" / "test.json"
+OWN_TEST = Path(__file__).resolve().parent / "conditions" / "synthetic_test.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Generate, score and report on an ICLEVRPipeline.")
+    parser.add_argument("--pipeline", type=str, required=True, help="Saved pipeline folder (or Hub id).")
+    parser.add_argument("--evaluator", type=str, required=True, help="Evaluator folder or the course's checkpoint.pth.")
+    parser.add_argument("--conditions_json", type=str, nargs="+", default=None, help="Condition sets (test.json format); default: ../shared/iclevr/test.json if present, and conditions/synthetic_test.json.")
+    parser.add_argument("--output_dir", type=str, default="outputs/report", help="Where images, metrics.json and report.md go.")
+    parser.add_argument("--scheduler", type=str, default="ddim", choices=sorted(SCHEDULERS), help="Sampler.")
+    parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampling steps.")
+    parser.add_argument("--guidance_scale", type=float, default=2.0, help="Classifier-free guidance scale.")
+    parser.add_argument("--num_seeds", type=int, default=3, help="Generation repeats with different seeds (mean ± std).")
+    parser.add_argument("--seed", type=int, default=0, help="First seed.")
+    parser.add_argument("--batch_size", type=int, default=64, help="Images generated per forward batch.")
+    parser.add_argument("--sweep", action="store_true", help="Also sweep schedulers x steps x guidance scales.")
+    parser.add_argument("--sweep_schedulers", type=str, default="ddim,dpm++", help="Schedulers in the sweep.")
+    parser.add_argument("--sweep_steps", type=str, default="10,20,25,50", help="Step counts in the sweep.")
+    parser.add_argument("--sweep_guidance", type=str, default="1,2,4", help="Guidance scales in the sweep.")
+    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device.")
+    args = parser.parse_args(argv)
+    if args.conditions_json is None:
+        args.conditions_json = [str(p) for p in (SHARED_TEST, OWN_TEST) if p.is_file()]
+    if args.num_seeds < 1 or args.num_inference_steps < 1 or args.batch_size < 1:
+        parser.error("--num_seeds, --num_inference_steps and --batch_size must be positive.")
+    for name in args.sweep_schedulers.split(","):
+        if name not in SCHEDULERS:
+            parser.error(f"--sweep_schedulers: unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}.")
+    return args
+
+
+def load_pipeline(path: str, scheduler: str, device: str) -> ICLEVRPipeline:
+    pipe = ICLEVRPipeline.from_pretrained(path).to(device)
+    pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, conditions, seed: int, steps: int, guidance: float, batch_size: int) -> tuple[np.ndarray, float]:
+    """Images ``(N, H, W, 3)`` in [0, 1] for the conditions, batched; and the seconds per image."""
+    outputs, start = [], time.perf_counter()
+    for offset in range(0, len(conditions), batch_size):
+        generator = torch.Generator().manual_seed(seed * 100_003 + offset)
+        outputs.append(pipe(conditions[offset : offset + batch_size], num_inference_steps=steps, guidance_scale=guidance,
+                            generator=generator, output_type="np").images)
+    return np.concatenate(outputs), (time.perf_counter() - start) / len(conditions)
+
+
+def score(evaluator: Evaluator, images: np.ndarray, conditions) -> dict:
+    return evaluator.score(torch.from_numpy(images).permute(0, 3, 1, 2).float(), conditions)
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def evaluate_set(pipe, evaluator, name, conditions, args, out: Path) -> dict:
+    """Generate and score one condition set over the seeds; save the first seed's images and grid."""
+    runs = []
+    for k in range(args.num_seeds):
+        images, seconds = generate(pipe, conditions, args.seed + k, args.num_inference_steps, args.guidance_scale, args.batch_size)
+        runs.append((score(evaluator, images, conditions), seconds))
+        if k == 0:
+            folder = out / "images" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate((images * 255).round().astype(np.uint8)):
+                Image.fromarray(image).save(folder / f"{i}.png")
+            image_grid(images, columns=8).save(out / f"grid_{name}.png")
+    by_objects = {
+        n: mean_std([r["by_num_objects"][n]["accuracy"] for r, _ in runs]) for n in runs[0][0]["by_num_objects"]
+    }
+    return {
+        "conditions": len(conditions),
+        "accuracy": mean_std([r["accuracy"] for r, _ in runs]),
+        "exact_set_accuracy": mean_std([r["exact_set_accuracy"] for r, _ in runs]),
+        "accuracy_by_num_objects": by_objects,
+        "seconds_per_image": statistics.fmean(s for _, s in runs),
+        "references": sanity_report(evaluator, conditions, seed=args.seed),
+    }
+
+
+def denoising_figure(pipe, labels, args, snapshots: int = 8) -> Image.Image:
+    """One condition from noise to image: ``snapshots`` states x_t along the sampling trajectory."""
+    frames = []
+    steps = args.num_inference_steps
+    keep = {round(i * (steps - 1) / (snapshots - 1)) for i in range(snapshots)}
+
+    def capture(_pipe, step, _t, tensors):
+        if step in keep:
+            frames.append((tensors["latents"][0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy())
+        return tensors
+
+    pipe([labels], num_inference_steps=steps, guidance_scale=args.guidance_scale,
+         generator=torch.Generator().manual_seed(args.seed), callback_on_step_end=capture)
+    grid = image_grid(np.stack(frames), columns=len(frames))
+    canvas = Image.new("RGB", (grid.width, grid.height + 14), "white")
+    canvas.paste(grid, (0, 14))
+    ImageDraw.Draw(canvas).text((2, 1), f"{', '.join(labels)}: noise -> image ({steps} steps)", fill="black")
+    return canvas
+
+
+def sweep(args, evaluator, conditions) -> list[dict]:
+    rows = []
+    for name, steps, guidance in itertools.product(args.sweep_schedulers.split(","), map(int, args.sweep_steps.split(",")),
+                                                   map(float, args.sweep_guidance.split(","))):
+        pipe = load_pipeline(args.pipeline, name, args.device)
+        images, seconds = generate(pipe, conditions, args.seed, steps, guidance, args.batch_size)
+        rows.append({"scheduler": name, "steps": steps, "guidance_scale": guidance,
+                     "accuracy": score(evaluator, images, conditions)["accuracy"], "seconds_per_image": seconds})
+    return rows
+
+
+def sweep_plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against steps, one line per scheduler and guidance scale (drawn with PIL: no plotting dependency)."""
+    width, height, margin = 560, 360, 50
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    steps = sorted({r["steps"] for r in rows})
+    x = {s: margin + i * (width - 2 * margin) / max(len(steps) - 1, 1) for i, s in enumerate(steps)}
+    y = lambda acc: height - margin - acc * (height - 2 * margin)  # noqa: E731
+    draw.line([(margin, margin), (margin, height - margin), (width - margin, height - margin)], fill="black")
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        draw.text((5, y(tick) - 6), f"{tick:.2f}", fill="black")
+    for s in steps:
+        draw.text((x[s] - 6, height - margin + 5), str(s), fill="black")
+    draw.text((width // 2 - 40, height - 20), "sampling steps", fill="black")
+    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+    series = sorted({(r["scheduler"], r["guidance_scale"]) for r in rows})
+    for i, key in enumerate(series):
+        points = sorted((r["steps"], r["accuracy"]) for r in rows if (r["scheduler"], r["guidance_scale"]) == key)
+        color = colors[i % len(colors)]
+        draw.line([(x[s], y(a)) for s, a in points], fill=color, width=2)
+        draw.text((width - margin - 110, margin + 12 * i), f"{key[0]} w={key[1]:g}", fill=color)
+    image.save(path)
+
+
+def write_report(out: Path, args, results: dict, sweep_rows: list[dict]) -> None:
+    lines = [f"# Evaluation of `{args.pipeline}`", "",
+             f"Sampler {args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}, "
+             f"{args.num_seeds} seeds; evaluator `{args.evaluator}`.", "",
+             "| set | model accuracy (mean ± std) | exact-set | rendered (ceiling) | empty floor | noise | s/image |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        ref = r["references"]
+        lines.append(f"| {name} | {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f} | "
+                     f"{r['exact_set_accuracy']['mean']:.3f} | {ref['rendered']['accuracy']:.3f} | "
+                     f"{ref['floor']['accuracy']:.3f} | {ref['noise']['accuracy']:.3f} | {r['seconds_per_image']:.3f} |")
+    lines += ["", "By number of objects (model accuracy, mean over seeds):", ""]
+    for name, r in results.items():
+        parts = ", ".join(f"{n} object(s): {v['mean']:.3f}" for n, v in sorted(r["accuracy_by_num_objects"].items()))
+        lines.append(f"- {name}: {parts}")
+    for name in results:
+        lines += ["", f"## {name}", "", f"![{name}](grid_{name}.png)"]
+    lines += ["", "## Denoising process", "", "![denoising](denoising.png)"]
+    if sweep_rows:
+        lines += ["", "## Sweep", "", "| scheduler | steps | guidance | accuracy | s/image |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['scheduler']} | {r['steps']} | {r['guidance_scale']:g} | {r['accuracy']:.3f} | {r['seconds_per_image']:.3f} |" for r in sweep_rows]
+        lines += ["", "![sweep](sweep.png)"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(args.pipeline, args.scheduler, args.device)
+    evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
+    results = {Path(path).stem: evaluate_set(pipe, evaluator, Path(path).stem, load_conditions(path), args, out)
+               for path in args.conditions_json}
+    denoising_figure(pipe, DENOISING_EXAMPLE, args).save(out / "denoising.png")
+    sweep_rows = []
+    if args.sweep:
+        sweep_rows = sweep(args, evaluator, load_conditions(args.conditions_json[0]))
+        sweep_plot(sweep_rows, out / "sweep.png")
+    metrics = {"args": vars(args), "sets": results, "sweep": sweep_rows}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_report(out, args, results, sweep_rows)
+    for name, r in results.items():
+        print(f"{name}: accuracy {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f} "
+              f"(rendered {r['references']['rendered']['accuracy']:.3f}, floor {r['references']['floor']['accuracy']:.3f}, "
+              f"noise {r['references']['noise']['accuracy']:.3f})")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
