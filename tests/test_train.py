@@ -146,3 +146,19 @@ def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
         trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "never"), *flags])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_foreground_weights_favour_objects(rendered_dir, tmp_path):
+    from iclevr_data import load_train_dataset, to_model_input
+
+    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path), "--resolution", "64", "--foreground_weight", "4"])
+    dataset = load_train_dataset(train_data_dir=rendered_dir, resolution=64, cache_dir=tmp_path)
+    tensors = torch.utils.data.TensorDataset(*trainer.dataset_to_tensors(dataset))
+    floor = trainer.mean_image(tensors)
+    pixels = to_model_input(tensors.tensors[0][:6])
+    weights = trainer.foreground_weights(pixels, floor, args.foreground_weight)
+    assert weights.shape == (6, 1, 64, 64)
+    torch.testing.assert_close(weights.mean(dim=(2, 3)), torch.ones(6, 1))
+    departure = (pixels - floor).abs().amax(1, keepdim=True)
+    objects, background = departure > 0.5, departure < 0.05  # clearly an object (or shadow) / clearly floor
+    assert (weights[objects].mean() > 3 * weights[background].mean()) and objects.any() and background.any()
