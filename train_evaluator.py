@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"], help="Learning-rate schedule (diffusers get_scheduler).")
     train.add_argument("--lr_warmup_steps", type=int, default=200, help="Warm-up steps of the schedule.")
     train.add_argument("--lowres_prob", type=float, default=0.5, help="Probability of the low-resolution round trip augmentation.")
-    train.add_argument("--lowres_sizes", type=str, default="24,32,40,48", help="Sizes images are shrunk to before being upsampled back to 64.")
+    train.add_argument("--lowres_sizes", type=str, default="32,40,48", help="Sizes images are shrunk to before being upsampled back to 64.")
     train.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
     train.add_argument("--seed", type=int, default=0, help="Random seed (initialisation, shuffling, augmentation, split).")
     train.add_argument("--logger", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no logging).")
