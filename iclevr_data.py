@@ -451,16 +451,36 @@ def describe(dataset) -> dict:
     }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Decode, validate and cache an i-CLEVR dataset; print its statistics.")
-    parser.add_argument("--train_data_dir", type=str, default=None, help="Folder of PNGs (i-CLEVR layout or imagefolder).")
+def add_data_args(parser, train_data_dir_help: str = "Folder of PNGs (i-CLEVR layout with train.json, or imagefolder with metadata.jsonl).") -> None:
+    """The data flags every script shares (diffusers-example names)."""
+    parser.add_argument("--train_data_dir", type=str, default=None, help=train_data_dir_help)
     parser.add_argument("--train_json", type=str, default=None, help="Labels file; default TRAIN_DATA_DIR/train.json.")
-    parser.add_argument("--dataset_name", type=str, default=None, help="A Hub dataset with image and label columns.")
+    parser.add_argument("--dataset_name", type=str, default=None, help="A Hub dataset with image and label-list columns.")
     parser.add_argument("--image_column", type=str, default="image", help="Image column of an imagefolder/Hub dataset.")
     parser.add_argument("--label_column", type=str, default="labels", help="Label-list column of an imagefolder/Hub dataset.")
-    parser.add_argument("--resolution", type=int, default=64, help="Square size images are resized to.")
     parser.add_argument("--skip_bad_images", action="store_true", help="Skip and report bad images instead of failing.")
-    parser.add_argument("--cache_dir", type=str, default=None, help="Where decoded images are cached.")
+    parser.add_argument("--cache_dir", type=str, default=None, help="Where decoded images are cached (default: the datasets cache).")
+
+
+def load_dataset_from_args(args: argparse.Namespace, resolution: int, train_data_dir=None, num_proc: int | None = None):
+    """`load_train_dataset` driven by the flags of `add_data_args` (``train_data_dir`` overrides the flag)."""
+    return load_train_dataset(
+        train_data_dir=train_data_dir if train_data_dir is not None else args.train_data_dir,
+        train_json=args.train_json,
+        dataset_name=args.dataset_name,
+        resolution=resolution,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        skip_bad_images=args.skip_bad_images,
+        cache_dir=args.cache_dir,
+        num_proc=num_proc,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Decode, validate and cache an i-CLEVR dataset; print its statistics.")
+    add_data_args(parser)
+    parser.add_argument("--resolution", type=int, default=64, help="Square size images are resized to.")
     parser.add_argument("--num_proc", type=int, default=None, help="Processes used to decode images.")
     return parser.parse_args(argv)
 
@@ -468,17 +488,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dataset = load_train_dataset(
-        train_data_dir=args.train_data_dir,
-        train_json=args.train_json,
-        dataset_name=args.dataset_name,
-        resolution=args.resolution,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        skip_bad_images=args.skip_bad_images,
-        cache_dir=args.cache_dir,
-        num_proc=args.num_proc,
-    )
+    dataset = load_dataset_from_args(args, args.resolution, num_proc=args.num_proc)
     print(json.dumps(describe(dataset), indent=2))
 
 

@@ -27,7 +27,7 @@ from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from iclevr_data import dataset_to_tensors, load_conditions, load_train_dataset, split_by_scene
+from iclevr_data import add_data_args, dataset_to_tensors, load_conditions, load_dataset_from_args, split_by_scene
 from iclevr_evaluator import EVALUATOR_RESOLUTION, Evaluator, build_evaluator, sanity_report
 from iclevr_metrics import evaluate_scores
 from iclevr_utils import multi_process_cpu_launch
@@ -38,13 +38,7 @@ logger = get_logger(__name__)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train the i-CLEVR evaluator (ResNet-18 multi-label classifier).")
     data = parser.add_argument_group("data")
-    data.add_argument("--train_data_dir", type=str, default=None, help="i-CLEVR-layout folder (PNGs + train.json) or an imagefolder with metadata.jsonl.")
-    data.add_argument("--train_json", type=str, default=None, help="Labels file; default TRAIN_DATA_DIR/train.json.")
-    data.add_argument("--dataset_name", type=str, default=None, help="A Hub dataset with image and label-list columns.")
-    data.add_argument("--image_column", type=str, default="image", help="Image column of an imagefolder/Hub dataset.")
-    data.add_argument("--label_column", type=str, default="labels", help="Label-list column of an imagefolder/Hub dataset.")
-    data.add_argument("--skip_bad_images", action="store_true", help="Skip and report bad images instead of failing.")
-    data.add_argument("--cache_dir", type=str, default=None, help="Where decoded images are cached.")
+    add_data_args(data)
     data.add_argument("--heldout_fraction", type=float, default=0.1, help="Share of scenes held out for evaluation.")
     data.add_argument("--sanity_conditions_json", type=str, default=None, help="Conditions for the sanity rows (rendered / floor / noise); default: the first 96 held-out label sets.")
     train = parser.add_argument_group("training")
@@ -122,16 +116,7 @@ def heldout_figures(model, images: torch.Tensor, labels: torch.Tensor, accelerat
 
 def build_data(args: argparse.Namespace, accelerator: Accelerator):
     with accelerator.main_process_first():  # decode and cache once; other processes read the cache
-        dataset = load_train_dataset(
-            train_data_dir=args.train_data_dir,
-            train_json=args.train_json,
-            dataset_name=args.dataset_name,
-            resolution=EVALUATOR_RESOLUTION,
-            image_column=args.image_column,
-            label_column=args.label_column,
-            skip_bad_images=args.skip_bad_images,
-            cache_dir=args.cache_dir,
-        )
+        dataset = load_dataset_from_args(args, EVALUATOR_RESOLUTION)
     images, labels = dataset_to_tensors(dataset)
     train_rows, heldout_rows = split_by_scene(list(dataset["file_name"]), args.heldout_fraction, args.seed)
     if not train_rows or not heldout_rows:
