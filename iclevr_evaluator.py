@@ -249,9 +249,8 @@ def reference_images(conditions: Sequence[Sequence[str]], kind: str, seed: int =
     ``kind``: ``"floor"`` (the renderer's empty grey floor), ``"noise"`` (uniform pixel noise) or ``"rendered"``
     (the renderer's picture of each condition: the ceiling a generator can hope for).
     """
-    from iclevr_raycast import render, visible_pixels
-    from iclevr_scenes import place_objects, scene_rng
-    from render_iclevr import MIN_VISIBLE_PIXELS, to_uint8
+    from iclevr_raycast import render
+    from render_iclevr import MIN_VISIBLE_PIXELS, layout, plan_conditions, to_uint8
 
     if kind == "noise":
         generator = torch.Generator().manual_seed(seed)
@@ -259,12 +258,10 @@ def reference_images(conditions: Sequence[Sequence[str]], kind: str, seed: int =
     if kind == "floor":
         floor = torch.from_numpy(to_uint8(render([], resolution, resolution, spp=1).image))
         return floor.expand(len(conditions), -1, -1, -1).clone()
-    if kind == "rendered":
-        images = []
-        for i, labels in enumerate(conditions):
-            objects = place_objects(scene_rng(seed + 1_000_003, i), labels, lambda objs: min(visible_pixels(objs)) >= MIN_VISIBLE_PIXELS)
-            images.append(torch.from_numpy(to_uint8(render(objects, resolution, resolution, spp=4).image)))
-        return torch.stack(images)
+    if kind == "rendered":  # the renderer's own layout of each condition, as render_iclevr --conditions_json does
+        jobs = plan_conditions(conditions)
+        scenes = [layout(job, seed + 1_000_003, MIN_VISIBLE_PIXELS) for job in jobs]
+        return torch.stack([torch.from_numpy(to_uint8(render(objects, resolution, resolution, spp=4).image)) for objects in scenes])
     raise ValueError(f"Unknown reference kind {kind!r}; use 'floor', 'noise' or 'rendered'.")
 
 

@@ -32,7 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from iclevr_data import read_json, scene_id
+from iclevr_data import load_conditions, parse_train_json, read_json, scene_id
 from iclevr_raycast import render, visible_pixels
 from iclevr_scenes import SceneObject, place_objects, sample_labels, scene_rng
 from pipeline_iclevr import LABELS, LabelVocabulary
@@ -234,13 +234,9 @@ def plan(args: argparse.Namespace) -> tuple[list[SceneJob], list[str]]:
     vocab = LabelVocabulary()
     excluded = read_excluded(args.exclude_json, vocab)
     if args.conditions_json is not None:
-        from iclevr_data import load_conditions
-
         conditions = load_conditions(args.conditions_json, vocab)
         return plan_conditions([c for c in conditions if frozenset(c) not in excluded]), []
     if args.labels_json is not None:
-        from iclevr_data import parse_train_json
-
         records = parse_train_json(read_json(args.labels_json, "--labels_json"), vocab, source=args.labels_json)
         return plan_from_labels(records, excluded)
     return plan_random_scenes(args.num_scenes, args.seed, excluded), []
