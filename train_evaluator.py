@@ -27,7 +27,14 @@ from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from iclevr_data import add_data_args, dataset_to_tensors, load_conditions, load_dataset_from_args, split_by_scene
+from iclevr_data import (
+    add_data_args,
+    dataset_to_tensors,
+    load_conditions,
+    load_dataset_from_args,
+    random_hflip,
+    split_by_scene,
+)
 from iclevr_evaluator import EVALUATOR_RESOLUTION, Evaluator, build_evaluator, sanity_report
 from iclevr_metrics import evaluate_scores
 from iclevr_utils import multi_process_cpu_launch
@@ -79,8 +86,7 @@ def augment(images: torch.Tensor, args: argparse.Namespace, generator: torch.Gen
     """uint8 ``(B, H, W, 3)`` → float ``(B, 3, H, W)`` in [-1, 1], augmented in ways that keep every label true."""
     pixels = images.permute(0, 3, 1, 2).float() / 255.0
     batch = pixels.shape[0]
-    flip = torch.rand(batch, generator=generator) < 0.5
-    pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+    pixels = random_hflip(pixels, generator)
     lowres = torch.rand(batch, generator=generator) < args.lowres_prob
     if lowres.any():
         size = args.lowres_sizes[int(torch.randint(len(args.lowres_sizes), (1,), generator=generator))]
