@@ -229,8 +229,10 @@ class ICLEVRPipeline(DiffusionPipeline):
 
     Args:
         unet ([`UNet2DConditionModel`]):
-            Denoiser with ``class_embed_type="projection"`` and ``projection_class_embeddings_input_dim=24``: the
-            multi-hot condition is embedded by the UNet itself, so the embedding is saved and reloaded with it.
+            Denoiser that embeds the multi-hot condition itself, so the embedding is saved and reloaded with it:
+            globally (``class_embed_type="projection"``, ``projection_class_embeddings_input_dim=24``) and/or as one
+            cross-attention token per label (``encoder_hid_dim=24``, ``encoder_hid_dim_type="text_proj"``; see
+            [`label_tokens`]).
         scheduler ([`SchedulerMixin`]):
             Any diffusers scheduler (DDPM, DDIM, DPM-Solver++, Euler, ...); swap with ``Scheduler.from_config``.
         label2id (`dict`, *optional*):
@@ -244,11 +246,11 @@ class ICLEVRPipeline(DiffusionPipeline):
         super().__init__()
         label2id = dict(label2id) if label2id else {name: i for i, name in enumerate(LABELS)}
         self.vocab = LabelVocabulary(label2id)
-        expected = getattr(unet.config, "projection_class_embeddings_input_dim", None)
-        if getattr(unet.config, "class_embed_type", None) != "projection" or expected != len(self.vocab):
+        if not condition_routes(unet.config, len(self.vocab)):
             raise ValueError(
-                "The UNet must embed the multi-hot condition itself: build it with class_embed_type='projection' "
-                f"and projection_class_embeddings_input_dim={len(self.vocab)}."
+                "The UNet must embed the multi-hot condition itself: build it with class_embed_type='projection' and "
+                f"projection_class_embeddings_input_dim={len(self.vocab)} (a global embedding), and/or with "
+                f"encoder_hid_dim={len(self.vocab)} and encoder_hid_dim_type='text_proj' (one cross-attention token per label)."
             )
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(label2id=label2id)
@@ -355,7 +357,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = torch.cat([latents, latents]) if two_pass else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            noise_pred = self.unet(model_input, t, encoder_hidden_states=None, class_labels=class_labels).sample
+            noise_pred = self.unet(model_input, t, **unet_condition_kwargs(self.unet.config, class_labels)).sample
             if two_pass:
                 null, cond = noise_pred.chunk(2)
                 noise_pred = null + guidance_scale * (cond - null)
@@ -375,6 +377,38 @@ class ICLEVRPipeline(DiffusionPipeline):
         if not return_dict:
             return (result,)
         return ImagePipelineOutput(images=result)
+
+
+def condition_routes(unet_config, num_labels: int = len(LABELS)) -> list[str]:
+    """How a UNet config takes the multi-hot condition: ``"class_embedding"`` and/or ``"cross_attention"``."""
+    routes = []
+    if getattr(unet_config, "class_embed_type", None) == "projection" and getattr(
+        unet_config, "projection_class_embeddings_input_dim", None
+    ) == num_labels:
+        routes.append("class_embedding")
+    if getattr(unet_config, "encoder_hid_dim_type", None) == "text_proj" and getattr(unet_config, "encoder_hid_dim", None) == num_labels:
+        routes.append("cross_attention")
+    return routes
+
+
+def label_tokens(multi_hot: torch.Tensor) -> torch.Tensor:
+    """One cross-attention token per label, ``(B, L, L)``: token ``i`` is one-hot ``i`` if label ``i`` is present, else zero.
+
+    The UNet's ``encoder_hid_proj`` (a Linear from L) turns a present label into its own learned embedding and every
+    absent one (and all of the null condition's) into the same bias vector, a "nothing here" token. Spatial
+    positions can then attend to the object they are drawing, which binds colour and shape per object far better
+    than one global vector. The set has no order, so no positional encoding is needed.
+    """
+    return torch.diag_embed(multi_hot)
+
+
+def unet_condition_kwargs(unet_config, conditions: torch.Tensor) -> dict:
+    """The UNet keyword arguments that carry multi-hot ``conditions`` ``(B, L)`` (zero rows are the null condition)."""
+    routes = condition_routes(unet_config, conditions.shape[-1])
+    return {
+        "class_labels": conditions if "class_embedding" in routes else None,
+        "encoder_hidden_states": label_tokens(conditions) if "cross_attention" in routes else None,
+    }
 
 
 def _describe(value) -> str:

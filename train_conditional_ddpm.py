@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, set_seed
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
@@ -41,7 +41,7 @@ from iclevr_data import (
     to_model_input,
 )
 from iclevr_utils import ema_weights, image_grid, multi_process_cpu_launch
-from pipeline_iclevr import LABELS, ICLEVRPipeline
+from pipeline_iclevr import LABELS, ICLEVRPipeline, unet_condition_kwargs
 
 logger = get_logger(__name__)
 
@@ -72,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--layers_per_block", type=int, default=1, help="ResNet layers per UNet level.")
     model.add_argument("--attention_levels", type=_int_list, default=None, help="1/0 per level: self-attention there (default: the lowest level only).")
     model.add_argument("--attention_head_dim", type=int, default=32, help="Channels per attention head.")
+    model.add_argument("--conditioning", type=str, default="class_embedding", choices=["class_embedding", "cross_attention", "both"],
+                       help="How the UNet sees the labels: one projected vector added to the timestep embedding, one "
+                            "cross-attention token per label at the attention levels, or both.")
+    model.add_argument("--cross_attention_dim", type=int, default=64, help="Width of the label tokens (cross-attention conditioning).")
+    model.add_argument("--resnet_time_scale_shift", type=str, default="default", choices=["default", "scale_shift"],
+                       help="How every ResNet block applies the (timestep + class) embedding: added, or as a FiLM scale and shift.")
 
     diffusion = parser.add_argument_group("diffusion")
     diffusion.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps in training.")
@@ -85,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
     optim.add_argument("--num_epochs", type=int, default=10, help="Epochs (ignored when --max_train_steps is set).")
     optim.add_argument("--max_train_steps", type=int, default=None, help="Total optimiser steps; overrides --num_epochs.")
+    optim.add_argument("--max_train_minutes", type=float, default=None,
+                       help="Stop after this much training wall time (validation excluded), then save as usual: a fixed time budget.")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimiser step.")
     optim.add_argument("--learning_rate", type=float, default=2e-4, help="Peak learning rate.")
     optim.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"], help="Schedule (diffusers get_scheduler).")
@@ -141,6 +149,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{name} must be positive.")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         parser.error("--max_train_steps must be positive.")
+    if args.max_train_minutes is not None and args.max_train_minutes <= 0:
+        parser.error("--max_train_minutes must be positive.")
+    if args.conditioning != "class_embedding" and not any(args.attention_levels):
+        parser.error(f"--conditioning {args.conditioning} needs at least one attention level (--attention_levels) to cross-attend.")
     if args.foreground_weight < 0:
         parser.error("--foreground_weight must be >= 0.")
     if not 0.0 <= args.condition_dropout < 1.0:
@@ -163,22 +175,35 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 # --- building blocks ---------------------------------------------------------------------------------------------
 def build_model(args: argparse.Namespace) -> UNet2DConditionModel:
-    """The denoiser: plain (optionally self-attention) UNet levels, the multi-hot condition embedded by projection."""
-    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in args.attention_levels)
-    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(args.attention_levels))
+    """The denoiser: a UNet with self-attention (or, for label tokens, self + cross-attention) at the attention levels.
+
+    The multi-hot condition is embedded inside the UNet, so it is saved with it: ``class_embedding`` projects it into
+    the timestep embedding; ``cross_attention`` turns it into one token per label (`pipeline_iclevr.label_tokens`)
+    through ``encoder_hid_proj``, attended to by every attention level and the middle block.
+    """
+    cross = args.conditioning in ("cross_attention", "both")
+    attn = "CrossAttn" if cross else "Attn"
+    down = tuple(f"{attn}DownBlock2D" if a else "DownBlock2D" for a in args.attention_levels)
+    up = tuple(f"{attn}UpBlock2D" if a else "UpBlock2D" for a in reversed(args.attention_levels))
+    extra = {}
+    if args.conditioning in ("class_embedding", "both"):
+        extra |= {"class_embed_type": "projection", "projection_class_embeddings_input_dim": len(LABELS)}
+    if cross:
+        extra |= {"encoder_hid_dim": len(LABELS), "encoder_hid_dim_type": "text_proj", "cross_attention_dim": args.cross_attention_dim}
     return UNet2DConditionModel(
         sample_size=args.resolution,
         in_channels=3,
         out_channels=3,
         down_block_types=down,
         up_block_types=up,
-        mid_block_type="UNetMidBlock2D",
+        mid_block_type="UNetMidBlock2DCrossAttn" if cross else "UNetMidBlock2D",
         block_out_channels=tuple(args.block_out_channels),
         layers_per_block=args.layers_per_block,
         norm_num_groups=math.gcd(32, *args.block_out_channels),
-        attention_head_dim=args.attention_head_dim,
-        class_embed_type="projection",
-        projection_class_embeddings_input_dim=len(LABELS),
+        # for cross-attention blocks diffusers reads this as the number of heads (diffusers issue 2011)
+        attention_head_dim=[c // args.attention_head_dim for c in args.block_out_channels] if cross else args.attention_head_dim,
+        resnet_time_scale_shift=args.resnet_time_scale_shift,
+        **extra,
     )
 
 
@@ -267,7 +292,8 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (pixels.shape[0],), device=pixels.device)
     noisy = noise_scheduler.add_noise(pixels, noise, timesteps)
     keep = (torch.rand(pixels.shape[0], 1, device=pixels.device) >= args.condition_dropout).to(conditions.dtype)
-    prediction = unet(noisy, timesteps, encoder_hidden_states=None, class_labels=conditions * keep).sample
+    config = getattr(unet, "module", unet).config  # DDP wraps the model in multi-process runs
+    prediction = unet(noisy, timesteps, **unet_condition_kwargs(config, conditions * keep)).sample
     if args.prediction_type == "epsilon":
         target = noise
     elif args.prediction_type == "v_prediction":
@@ -284,6 +310,17 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     clipped = torch.clamp(snr, max=args.snr_gamma)
     weights = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[args.prediction_type]
     return (per_sample * weights).mean()
+
+
+def out_of_time(accelerator: Accelerator, budget_minutes: float | None, elapsed_seconds: float) -> bool:
+    """Whether the ``--max_train_minutes`` budget is spent; in multi-process runs every process gets rank 0's answer,
+    so all of them stop at the same step (their clocks differ slightly)."""
+    if budget_minutes is None:
+        return False
+    done = torch.tensor([float(elapsed_seconds >= budget_minutes * 60)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        done = broadcast(done, from_process=0)
+    return bool(done.item())
 
 
 def make_pipeline(unet, noise_scheduler) -> ICLEVRPipeline:
@@ -452,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.info(f"{len(dataset)} images, {max_steps} steps of {args.train_batch_size}x{accelerator.num_processes}x{args.gradient_accumulation_steps}, "
                 f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
     progress = tqdm(total=max_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
-    start, samples_seen, loss_value, record = time.time(), 0, float("nan"), {}
+    start, samples_seen, loss_value, record, validation_seconds = time.time(), 0, float("nan"), {}, 0.0
     warm = None  # (time, samples) after the first step: throughput is measured from there, past kernel warm-up
     for epoch in range(first_epoch, num_epochs):
         unet.train()
@@ -493,8 +530,11 @@ def main(argv: list[str] | None = None) -> None:
                     rotate_checkpoints(output_dir, args.checkpoints_total_limit)
                 accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
             if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                paused = time.time()
                 record = log_validation(accelerator.unwrap_model(unet), ema, noise_scheduler, args, accelerator, global_step, evaluator)
-            if global_step >= max_steps:
+                validation_seconds += time.time() - paused
+            if global_step >= max_steps or out_of_time(accelerator, args.max_train_minutes, time.time() - start - validation_seconds):
+                max_steps = global_step
                 break
         if global_step >= max_steps:
             break
@@ -510,6 +550,7 @@ def main(argv: list[str] | None = None) -> None:
         rate = (samples_seen - warm[1]) / max(time.time() - warm[0], 1e-9)
         summary = {"steps": global_step, "final loss": f"{loss_value:.4f}", "images seen (this run)": samples_seen,
                    "images/s": f"{rate:.1f}", "minutes": f"{seconds / 60:.1f}",
+                   "training minutes (validation excluded)": f"{(seconds - validation_seconds) / 60:.1f}",
                    "parameters": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M", "resolution": args.resolution,
                    "mixed precision": accelerator.mixed_precision, "processes": accelerator.num_processes}
         summary |= {f"validation {k}": v for k, v in record.items() if k != "step"}

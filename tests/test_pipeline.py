@@ -145,10 +145,30 @@ def test_bad_inputs(pipe, kwargs, message):
 
 
 def test_unet_must_embed_the_condition():
-    with pytest.raises(ValueError, match="class_embed_type='projection'"):
+    with pytest.raises(ValueError, match="class_embed_type='projection'.*encoder_hid_dim=24"):
         ICLEVRPipeline(unet=tiny_unet(class_embed_type=None), scheduler=DDIMScheduler())
     with pytest.raises(ValueError, match="objects.json does not match"):
         ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(), label2id={"red sphere": 0})
+
+
+def test_label_tokens_route():
+    from pipeline_iclevr import condition_routes, label_tokens, unet_condition_kwargs
+
+    conditions = torch.zeros(2, 24)
+    conditions[0, [3, 9]] = 1
+    tokens = label_tokens(conditions)
+    assert tokens.shape == (2, 24, 24) and torch.equal(tokens[0].sum(0), conditions[0]) and not tokens[1].any()
+    assert torch.equal(tokens[0, 9], torch.eye(24)[9])
+    unet = tiny_unet(class_embed_type=None, encoder_hid_dim=24, encoder_hid_dim_type="text_proj", cross_attention_dim=8,
+                     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                     mid_block_type="UNetMidBlock2DCrossAttn", attention_head_dim=2)
+    assert condition_routes(unet.config) == ["cross_attention"]
+    kwargs = unet_condition_kwargs(unet.config, conditions)
+    assert kwargs["class_labels"] is None and torch.equal(kwargs["encoder_hidden_states"], tokens)
+    pipe = ICLEVRPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100))
+    pipe.set_progress_bar_config(disable=True)
+    red, blue = _run(pipe, labels=[["red sphere"]]), _run(pipe, labels=[["blue sphere"]])
+    assert red.shape == (1, 3, 16, 16) and not torch.equal(red, blue)
 
 
 def test_save_load_and_remote_code(pipe, tmp_path):

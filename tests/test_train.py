@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import train_conditional_ddpm as trainer
-from pipeline_iclevr import ICLEVRPipeline
+from pipeline_iclevr import ICLEVRPipeline, unet_condition_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "4",
@@ -81,17 +81,31 @@ def test_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
         assert torch.equal(expected[key], actual[key]), key
 
 
-def test_reload_equals_in_memory_model(tmp_path):
-    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path)])
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["--conditioning", "cross_attention", "--attention_levels", "0,1"],
+     ["--conditioning", "both", "--attention_levels", "1,1", "--resnet_time_scale_shift", "scale_shift"]],
+    ids=["class_embedding", "cross_attention", "both"],
+)
+def test_reload_equals_in_memory_model(tmp_path, flags):
+    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path), *flags])
     unet = trainer.build_model(args)
     scheduler = trainer.build_noise_scheduler(args)
     trainer.save_pipeline(unet, None, scheduler, args)
     reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
     sample, conditions = torch.randn(2, 3, 16, 16), torch.eye(24)[:2]
     with torch.no_grad():
-        expected = unet(sample, 10, encoder_hidden_states=None, class_labels=conditions).sample
-        actual = reloaded.unet(sample, 10, encoder_hidden_states=None, class_labels=conditions).sample
+        expected = unet(sample, 10, **unet_condition_kwargs(unet.config, conditions)).sample
+        actual = reloaded.unet(sample, 10, **unet_condition_kwargs(reloaded.unet.config, conditions)).sample
+        null = reloaded.unet(sample, 10, **unet_condition_kwargs(reloaded.unet.config, torch.zeros_like(conditions))).sample
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(actual, null)  # the labels reach the output through the chosen route
+    loss = trainer.diffusion_loss(unet, scheduler, sample.clamp(-1, 1), conditions, args)
+    loss.backward()
+    routes = {"class_embedding": ["class_embedding.linear_1"], "cross_attention": ["encoder_hid_proj"],
+              "both": ["class_embedding.linear_1", "encoder_hid_proj"]}
+    for module in routes[args.conditioning]:  # the label embedding is trained
+        assert unet.get_submodule(module).weight.grad.abs().sum() > 0, module
     assert (tmp_path / "pipeline_iclevr.py").read_text() == (ROOT / "pipeline_iclevr.py").read_text()
 
 
@@ -139,6 +153,8 @@ def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch)
         (["--block_out_channels", "8,x"], "comma-separated integers"),
         (["--evaluator", "/nonexistent"], "does not exist"),
         (["--prediction_type", "x0"], "invalid choice"),
+        (["--conditioning", "cross_attention", "--attention_levels", "0,0"], "needs at least one attention level"),
+        (["--max_train_minutes", "0"], "must be positive"),
     ],
 )
 def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
