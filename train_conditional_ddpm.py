@@ -263,6 +263,38 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return max(folders, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+PARTIAL = ".partial"  # suffix of folders being written; never picked by `latest_checkpoint`, removed at start
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int) -> Path:
+    """``accelerator.save_state`` into ``checkpoint-<step>.partial``, then one rename to ``checkpoint-<step>``.
+
+    A run killed while writing leaves only a ``.partial`` folder, which `latest_checkpoint` ignores and
+    `remove_partial_saves` deletes, so ``--resume_from_checkpoint latest`` always finds a complete checkpoint.
+    """
+    final = output_dir / f"checkpoint-{step}"
+    partial = output_dir / f"checkpoint-{step}{PARTIAL}"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))  # every process writes its own RNG state into the same folder
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # a rerun of the same step: replace it only now that the new one is complete
+            shutil.rmtree(final)
+        os.replace(partial, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def remove_partial_saves(output_dir: Path) -> list[Path]:
+    """Delete what interrupted saves left (``*.partial`` folders); returns them for the log."""
+    leftovers = sorted(p for p in Path(output_dir).glob(f"*{PARTIAL}") if p.is_dir())
+    for folder in leftovers:
+        shutil.rmtree(folder)
+    return leftovers
+
+
 def rotate_checkpoints(output_dir: Path, limit: int | None) -> None:
     """Delete the oldest checkpoints so that at most ``limit - 1`` remain before a new one is written."""
     if limit is None:
@@ -359,12 +391,36 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
     return record
 
 
+PIPELINE_FILES = ("unet", "scheduler", "pipeline_iclevr.py")  # moved in before model_index.json, which goes last
+
+
 def save_pipeline(unet, ema, noise_scheduler, args) -> Path:
-    """Save the final pipeline (EMA weights if used) with a copy of pipeline_iclevr.py, so it loads as remote code."""
+    """Save the final pipeline (EMA weights if used) with a copy of pipeline_iclevr.py, so it loads as remote code.
+
+    The pipeline is written into a ``.partial`` folder first and its parts moved in afterwards, with the old
+    ``model_index.json`` removed first and the new one renamed in last: a save interrupted at any point leaves either
+    the previous pipeline or a folder that `from_pretrained` refuses (no ``model_index.json``), never a mix.
+    Non-finite weights are refused before anything is touched.
+    """
     output_dir = Path(args.output_dir)
     with ema_weights(ema, unet):
-        make_pipeline(unet, noise_scheduler).save_pretrained(output_dir, safe_serialization=True)
-    shutil.copy(PROJECT_DIR / "pipeline_iclevr.py", output_dir / "pipeline_iclevr.py")
+        bad = [name for name, p in unet.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise FloatingPointError(f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
+                                     "the checkpoints in the output folder are untouched.")
+        partial = output_dir / f"pipeline{PARTIAL}"
+        if partial.exists():
+            shutil.rmtree(partial)
+        make_pipeline(unet, noise_scheduler).save_pretrained(partial, safe_serialization=True)
+    shutil.copy(PROJECT_DIR / "pipeline_iclevr.py", partial / "pipeline_iclevr.py")
+    (output_dir / "model_index.json").unlink(missing_ok=True)
+    for name in PIPELINE_FILES:
+        target = output_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(partial / name, target)
+    os.replace(partial / "model_index.json", output_dir / "model_index.json")
+    shutil.rmtree(partial)
     return output_dir
 
 
@@ -443,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        for folder in remove_partial_saves(output_dir):
+            logger.warning(f"Removed {folder}, left by an interrupted save.")
 
     unet = build_model(args)
     noise_scheduler = build_noise_scheduler(args)
@@ -513,6 +571,8 @@ def main(argv: list[str] | None = None) -> None:
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if accelerator.optimizer_step_was_skipped:  # fp16 loss scaling found inf/NaN gradients
+                    logger.warning(f"Skipped the optimiser step at step {global_step}: non-finite gradients under fp16 loss scaling.")
             samples_seen += images.shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
@@ -528,7 +588,7 @@ def main(argv: list[str] | None = None) -> None:
             if global_step % args.checkpointing_steps == 0:
                 if accelerator.is_main_process:
                     rotate_checkpoints(output_dir, args.checkpoints_total_limit)
-                accelerator.save_state(str(output_dir / f"checkpoint-{global_step}"))
+                save_checkpoint(accelerator, output_dir, global_step)
             if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 paused = time.time()
                 record = log_validation(accelerator.unwrap_model(unet), ema, noise_scheduler, args, accelerator, global_step, evaluator)

@@ -81,6 +81,122 @@ def test_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
         assert torch.equal(expected[key], actual[key]), key
 
 
+def _popen(rendered_dir, output_dir, *flags):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_processes", "1", str(ROOT / "train_conditional_ddpm.py"),
+               "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir),
+               "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
+    """Kill -9 the whole launch (launcher and trainer) at random moments, checkpoint writes included, resume each time."""
+    import os
+    import random
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    flags = ["--max_train_steps", "6", "--checkpointing_steps", "1", "--use_ema"]
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(3):
+        resume = ["--resume_from_checkpoint", "latest"] if trainer.latest_checkpoint(out) else []
+        process = _popen(rendered_dir, out, *flags, *resume)
+        deadline = time.time() + 120
+        while process.poll() is None and time.time() < deadline and not list(out.glob("checkpoint-*")):
+            time.sleep(0.02)  # wait for training to be under way: the first save has started
+        time.sleep(rng.uniform(0.0, 0.3))
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            kills += 1
+        process.wait()
+        if (out / "model_index.json").exists():  # killed after the final save: what is there must load
+            ICLEVRPipeline.from_pretrained(out)
+        for folder in out.glob("checkpoint-*"):  # what a kill left: complete checkpoints, maybe one .partial folder
+            assert folder.name.endswith(".partial") or (folder / "model.safetensors").is_file(), folder
+    assert kills >= 1
+    result = _launch(rendered_dir, out, *flags, "--resume_from_checkpoint", "latest")
+    assert not list(out.glob("*.partial"))  # cleaned up
+    expected, actual = _weights(trained), _weights(out)
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    assert "Resuming from" in result.stdout + result.stderr
+
+
+def test_partial_checkpoint_is_never_picked(trained, rendered_dir, tmp_path):
+    out = tmp_path / "partial"
+    out.mkdir()
+    shutil.copytree(trained / "checkpoint-4", out / "checkpoint-4")
+    (out / "checkpoint-5.partial").mkdir()  # a save killed half way: newer, but incomplete
+    (out / "checkpoint-5.partial" / "model.safetensors").write_bytes(b"half")
+    assert trainer.latest_checkpoint(out).name == "checkpoint-4"
+    result = _launch(rendered_dir, out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--use_ema",
+                     "--resume_from_checkpoint", "latest")
+    assert "Resuming from" in result.stdout + result.stderr and "checkpoint-4" in result.stdout + result.stderr
+    assert not (out / "checkpoint-5.partial").exists() and "interrupted save" in result.stderr
+    for key, value in _weights(trained).items():
+        assert torch.equal(value, _weights(out)[key]), key
+
+
+def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch):
+    """Kill the final save between any two of its file moves: the folder holds the old pipeline or none, never a mix."""
+    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path)])
+    scheduler = trainer.build_noise_scheduler(args)
+    old = trainer.build_model(args)
+    trainer.save_pipeline(old, None, scheduler, args)
+    new = trainer.build_model(args)
+    torch.nn.init.zeros_(new.conv_out.weight)
+    real_replace = trainer.os.replace
+    moves = len(trainer.PIPELINE_FILES) + 1
+    for crash_at in range(moves):
+        calls = []
+
+        def crashing_replace(src, dst, calls=calls, crash_at=crash_at):
+            if len(calls) == crash_at:
+                raise KeyboardInterrupt("killed")
+            calls.append(dst)
+            real_replace(src, dst)
+
+        monkeypatch.setattr(trainer.os, "replace", crashing_replace)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.save_pipeline(new, None, scheduler, args)
+        monkeypatch.setattr(trainer.os, "replace", real_replace)
+        if (tmp_path / "model_index.json").exists():
+            pytest.fail(f"a pipeline folder loads after a crash at move {crash_at}")  # only the final move adds it
+        with pytest.raises(Exception):
+            ICLEVRPipeline.from_pretrained(tmp_path)
+        trainer.save_pipeline(old, None, scheduler, args)  # a completed save repairs it
+        reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
+        assert torch.equal(reloaded.unet.conv_out.weight, old.conv_out.weight)
+        assert not list(tmp_path.glob("*.partial"))
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path)])
+    unet = trainer.build_model(args)
+    with torch.no_grad():
+        unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite weights"):
+        trainer.save_pipeline(unet, None, trainer.build_noise_scheduler(args), args)
+    assert not (tmp_path / "model_index.json").exists() and not (tmp_path / "unet").exists()
+
+
+def test_exploding_run_stops_with_a_clear_error_and_keeps_good_checkpoints(rendered_dir, tmp_path):
+    out = tmp_path / "explode"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--num_processes", "1", str(ROOT / "train_conditional_ddpm.py"),
+               "--train_data_dir", str(rendered_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+               *TINY, "--learning_rate", "1e35", "--lr_warmup_steps", "2", "--max_train_steps", "8", "--checkpointing_steps", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "Non-finite loss" in result.stderr
+    assert not (out / "model_index.json").exists()  # no pipeline saved from a broken run
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert checkpoints and all(not p.name.endswith(".partial") for p in checkpoints)
+    for folder in checkpoints:
+        assert all(torch.isfinite(t).all() for t in load_file(folder / "model.safetensors").values()), folder
+
+
 @pytest.mark.parametrize(
     "flags",
     [[], ["--conditioning", "cross_attention", "--attention_levels", "0,1"],
