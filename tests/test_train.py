@@ -100,7 +100,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained
     flags = ["--max_train_steps", "6", "--checkpointing_steps", "1", "--use_ema"]
     rng = random.Random(0)
     kills = 0
-    for attempt in range(3):
+    for _attempt in range(3):
         resume = ["--resume_from_checkpoint", "latest"] if trainer.latest_checkpoint(out) else []
         process = _popen(rendered_dir, out, *flags, *resume)
         deadline = time.time() + 120
@@ -164,7 +164,7 @@ def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch):
         monkeypatch.setattr(trainer.os, "replace", real_replace)
         if (tmp_path / "model_index.json").exists():
             pytest.fail(f"a pipeline folder loads after a crash at move {crash_at}")  # only the final move adds it
-        with pytest.raises(Exception):
+        with pytest.raises((OSError, ValueError)):  # diffusers: no model_index.json
             ICLEVRPipeline.from_pretrained(tmp_path)
         trainer.save_pipeline(old, None, scheduler, args)  # a completed save repairs it
         reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
