@@ -1,0 +1,115 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""The whole job in one command: data -> evaluator -> `accelerate launch` training -> saved pipeline -> report.
+
+    python main_job.py --output_dir outputs/main
+
+1. **Evaluator**: ``--evaluator`` if given; else the one cached in ``<cache_dir>/evaluator-<recipe>`` from an earlier
+   run; else renders its training set (64x64) and trains it once with ``accelerate launch train_evaluator.py``.
+2. **Diffusion model**: ``accelerate launch --config_file accelerate_config.yaml train_conditional_ddpm.py`` with the
+   trainer's default recipe (it renders the embedded training set on first use), the course accuracy logged
+   during training, stopped by ``--train_minutes``.
+3. **Report**: ``evaluate_pipeline.py`` over ``../shared/iclevr/test.json`` (when present) and the project's own
+   condition sets, ``--num_seeds`` seeds, next to rendered / floor / noise reference rows.
+
+Each stage is a subprocess of the entry points a user would run by hand, so what this runs is what the README
+documents. Stage times and the headline figures go to ``<output_dir>/main_job.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from iclevr_data import default_cache_dir
+
+PROJECT_DIR = Path(__file__).resolve().parent
+# The evaluator trained when none is given: 30,000 rendered 64x64 images, 5 epochs, about 13 CPU minutes here.
+EVALUATOR_RECIPE = {"num_scenes": 10000, "seed": 1, "num_epochs": 5}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Render, train the evaluator (once), train the diffusion model, report.")
+    parser.add_argument("--output_dir", type=str, default="outputs/main", help="Where the pipeline and report go.")
+    parser.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth (else cached/trained).")
+    parser.add_argument("--cache_dir", type=str, default=None, help="Rendered data and the trained evaluator are cached here.")
+    parser.add_argument("--train_minutes", type=float, default=40.0, help="Wall-time budget of diffusion training (validation excluded).")
+    parser.add_argument("--max_train_steps", type=int, default=3300,
+                        help="Steps the learning-rate schedule spans; --train_minutes stops earlier on a slower machine.")
+    parser.add_argument("--validation_steps", type=int, default=500, help="Course accuracy logged every N training steps.")
+    parser.add_argument("--num_seeds", type=int, default=3, help="Sampling seeds of the report (mean ± std).")
+    parser.add_argument("--accelerate_config", type=str, default=str(PROJECT_DIR / "accelerate_config.yaml"),
+                        help="accelerate config for both training stages (the default gives one CPU process all cores).")
+    parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py, quoted as one string.")
+    args = parser.parse_args(argv)
+    if args.train_minutes <= 0 or args.max_train_steps < 1 or args.num_seeds < 1 or args.validation_steps < 1:
+        parser.error("--train_minutes, --max_train_steps, --validation_steps and --num_seeds must be positive.")
+    if args.evaluator and not Path(args.evaluator).exists():
+        parser.error(f"--evaluator {args.evaluator} does not exist.")
+    if not Path(args.accelerate_config).is_file():
+        parser.error(f"--accelerate_config {args.accelerate_config} does not exist.")
+    return args
+
+
+def run_stage(name: str, command: list[str], timings: dict) -> None:
+    """Run one stage as a subprocess (output streamed), time it, stop the job if it fails."""
+    print(f"\n=== {name}: {shlex.join(command)}", flush=True)
+    start = time.time()
+    result = subprocess.run(command, cwd=PROJECT_DIR)
+    timings[name] = round(time.time() - start, 1)
+    if result.returncode != 0:
+        raise SystemExit(f"Stage '{name}' failed (exit code {result.returncode}); earlier stages' outputs are kept.")
+
+
+def launch(args, script: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config, str(PROJECT_DIR / script)]
+
+
+def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
+    """The given evaluator, or the cached one, or a freshly trained one (cached for the next run)."""
+    if args.evaluator:
+        return Path(args.evaluator)
+    recipe = EVALUATOR_RECIPE
+    folder = cache / f"evaluator-seed{recipe['seed']}-scenes{recipe['num_scenes']}-epochs{recipe['num_epochs']}"
+    if (folder / "model.safetensors").is_file():
+        print(f"Using the cached evaluator {folder}")
+        return folder
+    data = cache / f"evaluator-data-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
+    if not (data / "train.json").is_file():
+        run_stage("render evaluator data", [sys.executable, str(PROJECT_DIR / "render_iclevr.py"), "--output_dir", str(data),
+                                            "--num_scenes", str(recipe["num_scenes"]), "--seed", str(recipe["seed"]),
+                                            "--width", "64", "--height", "64", "--overwrite"], timings)
+    run_stage("train evaluator", launch(args, "train_evaluator.py") + [
+        "--train_data_dir", str(data), "--cache_dir", str(cache), "--output_dir", str(folder),
+        "--num_epochs", str(recipe["num_epochs"]), "--mixed_precision", "bf16", "--logger", "none"], timings)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    start = time.time()
+    out = Path(args.output_dir)
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    timings: dict[str, float] = {}
+    evaluator = ensure_evaluator(args, cache, timings)
+    pipeline = out / "pipeline"
+    run_stage("train diffusion model", launch(args, "train_conditional_ddpm.py") + [
+        "--output_dir", str(pipeline), "--cache_dir", str(cache), "--evaluator", str(evaluator),
+        "--validation_steps", str(args.validation_steps), "--max_train_steps", str(args.max_train_steps),
+        "--max_train_minutes", str(args.train_minutes), *shlex.split(args.train_args)], timings)
+    run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
+                         "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    summary = {"wall_seconds": round(time.time() - start, 1), "stage_seconds": timings, "evaluator": str(evaluator),
+               "accuracy": {name: result["model"]["accuracy"] for name, result in metrics["sets"].items()}}
+    (out / "main_job.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nDone in {summary['wall_seconds'] / 60:.1f} min: {json.dumps(summary['accuracy'])}\nReport: {out / 'report' / 'report.md'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
