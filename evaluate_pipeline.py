@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scheduler", type=str, default="ddim", choices=sorted(SCHEDULERS), help="Sampler.")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampling steps.")
     parser.add_argument("--guidance_scale", type=float, default=2.0, help="Classifier-free guidance scale.")
+    parser.add_argument("--guidance", type=str, default="joint", choices=["joint", "composed"],
+                        help="Guide with the whole condition (classifier-free) or with each label on its own (composed).")
     parser.add_argument("--num_seeds", type=int, default=3, help="Generation repeats with different seeds (mean ± std).")
     parser.add_argument("--seed", type=int, default=0, help="First seed.")
     parser.add_argument("--batch_size", type=int, default=64, help="Images generated per forward batch.")
@@ -78,13 +80,13 @@ def load_pipeline(path: str, scheduler: str, device: str) -> ICLEVRPipeline:
     return pipe
 
 
-def generate(pipe, conditions, seed: int, steps: int, guidance: float, batch_size: int) -> tuple[np.ndarray, float]:
+def generate(pipe, conditions, seed: int, steps: int, guidance: float, batch_size: int, mode: str = "joint") -> tuple[np.ndarray, float]:
     """Images ``(N, H, W, 3)`` in [0, 1] for the conditions, batched; and the seconds per image."""
     outputs, start = [], time.perf_counter()
     for offset in range(0, len(conditions), batch_size):
         generator = torch.Generator().manual_seed(seed * 100_003 + offset)
         outputs.append(pipe(conditions[offset : offset + batch_size], num_inference_steps=steps, guidance_scale=guidance,
-                            generator=generator, output_type="np").images)
+                            guidance=mode, generator=generator, output_type="np").images)
     return np.concatenate(outputs), (time.perf_counter() - start) / len(conditions)
 
 
@@ -100,7 +102,8 @@ def evaluate_set(pipe, evaluator, name, conditions, args, out: Path) -> dict:
     """Generate and score one condition set over the seeds; save the first seed's images and grid."""
     runs = []
     for k in range(args.num_seeds):
-        images, seconds = generate(pipe, conditions, args.seed + k, args.num_inference_steps, args.guidance_scale, args.batch_size)
+        images, seconds = generate(pipe, conditions, args.seed + k, args.num_inference_steps, args.guidance_scale, args.batch_size,
+                                   args.guidance)
         runs.append((score(evaluator, images, conditions), seconds))
         if k == 0:
             folder = out / "images" / name
@@ -146,7 +149,7 @@ def sweep(args, evaluator, conditions) -> list[dict]:
     for name, steps, guidance in itertools.product(args.sweep_schedulers.split(","), map(int, args.sweep_steps.split(",")),
                                                    map(float, args.sweep_guidance.split(","))):
         pipe = load_pipeline(args.pipeline, name, args.device)
-        images, seconds = generate(pipe, conditions, args.seed, steps, guidance, args.batch_size)
+        images, seconds = generate(pipe, conditions, args.seed, steps, guidance, args.batch_size, args.guidance)
         rows.append({"scheduler": name, "steps": steps, "guidance_scale": guidance,
                      "accuracy": score(evaluator, images, conditions)["accuracy"], "seconds_per_image": seconds})
     return rows
@@ -178,7 +181,7 @@ def sweep_plot(rows: list[dict], path: Path) -> None:
 
 def write_report(out: Path, args, results: dict, sweep_rows: list[dict]) -> None:
     lines = [f"# Evaluation of `{args.pipeline}`", "",
-             f"Sampler {args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}, "
+             f"Sampler {args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale} ({args.guidance}), "
              f"{args.num_seeds} seeds; evaluator `{args.evaluator}`.", "",
              "| set | model accuracy (mean ± std) | exact-set | rendered (ceiling) | empty floor | noise | s/image |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

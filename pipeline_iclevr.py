@@ -269,13 +269,15 @@ class ICLEVRPipeline(DiffusionPipeline):
             batch = self.vocab.encode_batch(labels)
         return batch.repeat_interleave(num_images_per_prompt, dim=0)
 
-    def check_inputs(self, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape):
+    def check_inputs(self, num_inference_steps, guidance_scale, guidance, num_images_per_prompt, output_type, latents, shape):
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
         if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
+        if guidance not in ("joint", "composed"):
+            raise ValueError(f"guidance must be 'joint' or 'composed', got {guidance!r}.")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
         if latents is not None and tuple(latents.shape) != tuple(shape):
@@ -297,6 +299,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         labels,
         num_inference_steps: int = 50,
         guidance_scale: float = 2.0,
+        guidance: str = "joint",
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         num_images_per_prompt: int = 1,
@@ -316,6 +319,9 @@ class ICLEVRPipeline(DiffusionPipeline):
                 ``eps = eps_null + w * (eps_cond - eps_null)``. ``w = 1`` runs the conditional model alone and
                 ``w = 0`` the null (all-zero) condition alone, in a single pass; any other value runs both in one
                 batched forward.
+            guidance (`str`, defaults to ``"joint"``): ``"joint"`` guides with the whole condition (above);
+                ``"composed"`` guides with each label on its own, ``eps = eps_null + w * sum_i (eps(c_i) - eps_null)``
+                (Composable Diffusion, Liu et al. 2022), one forward per label plus the null one.
             generator (`torch.Generator`, *optional*): for reproducible sampling.
             latents (`torch.Tensor`, *optional*): initial noise ``(batch * num_images_per_prompt, C, H, W)``.
             num_images_per_prompt (`int`, defaults to 1): images per condition.
@@ -338,13 +344,19 @@ class ICLEVRPipeline(DiffusionPipeline):
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (conditions.shape[0], self.unet.config.in_channels, *size)
-        self.check_inputs(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_images_per_prompt, output_type, latents, shape)
 
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
         conditions = conditions.to(device=device, dtype=dtype)
-        if guidance_scale == 1.0:
+        owner = None  # composed guidance: which image each single-label row belongs to
+        if guidance == "composed" and guidance_scale != 0.0:
+            owner, label = conditions.nonzero(as_tuple=True)
+            singles = torch.zeros(owner.shape[0], conditions.shape[1], device=device, dtype=dtype)
+            singles[torch.arange(owner.shape[0], device=device), label] = 1
+            class_labels = torch.cat([torch.zeros_like(conditions), singles])
+        elif guidance_scale == 1.0:
             class_labels = conditions
         elif guidance_scale == 0.0:
             class_labels = torch.zeros_like(conditions)
@@ -355,10 +367,16 @@ class ICLEVRPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = torch.cat([latents, latents]) if two_pass else latents
+            if owner is not None:
+                model_input = torch.cat([latents, latents[owner]])
+            else:
+                model_input = torch.cat([latents, latents]) if two_pass else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
             noise_pred = self.unet(model_input, t, **unet_condition_kwargs(self.unet.config, class_labels)).sample
-            if two_pass:
+            if owner is not None:  # eps_null + w * sum_i (eps(c_i) - eps_null)
+                null, per_label = noise_pred[: latents.shape[0]], noise_pred[latents.shape[0] :]
+                noise_pred = null + guidance_scale * torch.zeros_like(null).index_add_(0, owner, per_label - null[owner])
+            elif two_pass:
                 null, cond = noise_pred.chunk(2)
                 noise_pred = null + guidance_scale * (cond - null)
             latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample

@@ -36,19 +36,18 @@ def _run(pipe, labels=(("red sphere",),), seed=0, **kwargs):
     return pipe([list(c) for c in labels], **kwargs).images
 
 
-def _final_latents(pipe, guidance_scale):
+def _final_latents(pipe, guidance_scale, labels=(("red sphere", "cyan cube"), ("gray cylinder",)), **kwargs):
     captured = {}
 
     def grab(_pipe, _step, _t, tensors):
         captured["latents"] = tensors["latents"].clone()
         return tensors
 
-    _run(pipe, [["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=1, guidance_scale=guidance_scale,
-         callback_on_step_end=grab)
+    _run(pipe, labels, num_inference_steps=1, guidance_scale=guidance_scale, callback_on_step_end=grab, **kwargs)
     return captured["latents"]
 
 
-def _count_forwards(pipe, guidance_scale):
+def _count_forwards(pipe, guidance_scale, **kwargs):
     calls = []
     forward = pipe.unet.forward
 
@@ -57,7 +56,7 @@ def _count_forwards(pipe, guidance_scale):
         return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels, **kwargs)
 
     pipe.unet.forward = spy
-    _run(pipe, [["red sphere"], ["gray cube", "blue cube"]], num_inference_steps=1, guidance_scale=guidance_scale)
+    _run(pipe, [["red sphere"], ["gray cube", "blue cube"]], num_inference_steps=1, guidance_scale=guidance_scale, **kwargs)
     pipe.unet.forward = forward
     return calls
 
@@ -67,6 +66,18 @@ def test_guidance_formula(pipe):
     # One DDIM step is linear in the noise prediction, so guidance w gives null + w * (cond - null).
     torch.testing.assert_close(_final_latents(pipe, 3.0), null + 3.0 * (cond - null), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(_final_latents(pipe, 0.5), null + 0.5 * (cond - null), atol=1e-4, rtol=1e-4)
+
+
+def test_composed_guidance_formula(pipe):
+    null = _final_latents(pipe, 0.0)
+    red = _final_latents(pipe, 1.0, labels=[["red sphere"], ["gray cylinder"]])
+    cyan = _final_latents(pipe, 1.0, labels=[["cyan cube"], ["gray cylinder"]])
+    composed = _final_latents(pipe, 2.0, guidance="composed")
+    # image 0 (two labels): null + w * ((red - null) + (cyan - null)); image 1 (one label): plain CFG
+    torch.testing.assert_close(composed[0], null[0] + 2.0 * (red[0] - null[0] + cyan[0] - null[0]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(composed[1], null[1] + 2.0 * (red[1] - null[1]), atol=1e-4, rtol=1e-4)
+    forwards = _count_forwards(pipe, 2.0, guidance="composed")
+    assert forwards[0].shape == (2 + 3, 24) and forwards[0][:2].sum() == 0 and (forwards[0][2:].sum(1) == 1).all()
 
 
 def test_single_pass_at_guidance_one_and_zero(pipe):
@@ -133,6 +144,7 @@ def test_half_precision_weights(pipe):
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
         ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance": "sum"}, "guidance must be 'joint' or 'composed'"),
         ({"output_type": "jpg"}, "output_type"),
         ({"latents": torch.randn(2, 3, 16, 16)}, r"latents must have shape \(1, 3, 16, 16\)"),
         ({"callback_on_step_end_tensor_inputs": ["noise_pred"]}, "may only hold"),
