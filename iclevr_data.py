@@ -37,7 +37,7 @@ from pipeline_iclevr import LabelVocabulary, validate_objects_json
 logger = logging.getLogger(__name__)
 
 # Bump when the decoding below changes, so stale caches are not reused.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # bump when the cached columns change
 MAX_LISTED = 10  # how many offending files an error message names before summarising
 
 
@@ -165,15 +165,18 @@ def resize_to_array(image: Image.Image, resolution: int) -> np.ndarray:
 
 
 def _decode_batch(batch: dict, resolution: int, image_column: str) -> dict:
-    arrays, errors = [], []
+    arrays, errors, sizes = [], [], []
     for source in batch[image_column]:
         try:
-            arrays.append(resize_to_array(load_rgb_image(source), resolution))
+            image = load_rgb_image(source)
+            arrays.append(resize_to_array(image, resolution))
             errors.append("")
+            sizes.append(f"{image.width}x{image.height}")
         except ValueError as error:
             arrays.append(np.zeros((resolution, resolution, 3), dtype=np.uint8))
             errors.append(str(error))
-    return {"image": arrays, "error": errors}
+            sizes.append("")
+    return {"image": arrays, "error": errors, "size": sizes}
 
 
 def _output_features(resolution: int, vocab_size: int):
@@ -186,13 +189,21 @@ def _output_features(resolution: int, vocab_size: int):
             "label_names": List(Value("string")),
             "file_name": Value("string"),
             "error": Value("string"),
+            "size": Value("string"),
         }
     )
 
 
 def _finish(dataset, skip_bad_images: bool, source: str):
-    """Raise on (or, with ``skip_bad_images``, drop and report) rows whose image failed to decode."""
-    errors = [(name, error) for name, error in zip(dataset["file_name"], dataset["error"]) if error]
+    """Raise on (or, with ``skip_bad_images``, drop and report) rows whose image failed to decode or whose size
+    differs from the others' (a dataset's renders share one size; an odd one out is a broken or foreign file)."""
+    sizes = dataset["size"]
+    common = Counter(size for size in sizes if size).most_common(1)
+    errors = [
+        (name, error or f"wrong size {size}: the other images are {common[0][0]} (resize it to match)")
+        for name, error, size in zip(dataset["file_name"], dataset["error"], sizes)
+        if error or (size and size != common[0][0])
+    ]
     if errors:
         problems = [f"{name}: {error}" for name, error in errors]
         if not skip_bad_images:
@@ -204,7 +215,7 @@ def _finish(dataset, skip_bad_images: bool, source: str):
         logger.warning("Skipped %s", _summarise(problems, f"bad images out of {len(dataset)} in {source}"))
         bad = {name for name, _ in errors}
         dataset = dataset.filter(lambda name: name not in bad, input_columns="file_name")
-    dataset = dataset.remove_columns("error")
+    dataset = dataset.remove_columns(["error", "size"])
     dataset.info.description = json.dumps({"skipped_bad_images": [name for name, _ in errors]})
     return dataset
 
