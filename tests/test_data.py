@@ -83,7 +83,7 @@ def test_decoded_images_are_cached(small_folder, tmp_path):
     assert len(list(cache.glob("iclevr-*.arrow"))) == 1
     # A changed file or resolution is a different cache entry, never a stale hit.
     load_train_dataset(train_data_dir=small_folder, resolution=8, cache_dir=cache)
-    _write(small_folder, "CLEVR_train_000000_0.png", size=(32, 20))
+    _write(small_folder, "CLEVR_train_000000_0.png", color=(1, 2, 3))
     changed = load_train_dataset(train_data_dir=small_folder, resolution=16, cache_dir=cache)
     assert len(list(cache.glob("iclevr-*.arrow"))) == 3
     assert changed.cache_files[0]["filename"] != first.cache_files[0]["filename"]
