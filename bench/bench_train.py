@@ -1,0 +1,151 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""Training throughput: the trainer's recipe against a naive loop written like the course reports, and each CPU lever.
+
+    python bench/bench_train.py --resolution 32 --train_batch_size 64 --steps 30
+
+Same model (the trainer's `build_model` with its default flags), same batch, same loss (`diffusion_loss`), measured
+side by side in one run after warm-up steps. Rows:
+
+- naive: fp32, every batch decoded from PNG files (PIL open, resize, normalise) as a course-style Dataset does,
+  contiguous layout, AdamW without foreach;
+- pre-decoded: the same, from uint8 tensors decoded once (what the trainer does);
+- + bf16 autocast (the trainer's --mixed_precision bf16);
+- + channels_last; + torch.compile (compile time reported apart).
+
+``--scaling`` adds a grid of resolution x batch for the default recipe (images/s and ms per step).
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train_conditional_ddpm as trainer  # noqa: E402
+from iclevr_data import dataset_to_tensors, load_train_dataset, to_model_input  # noqa: E402
+from render_iclevr import main as render  # noqa: E402
+
+
+class PngDataset(torch.utils.data.Dataset):
+    """What the course reports do: open and transform a PNG for every sample, every epoch."""
+
+    def __init__(self, folder: Path, labels: dict[str, torch.Tensor], resolution: int):
+        self.folder, self.names, self.labels, self.resolution = folder, sorted(labels), labels, resolution
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        image = Image.open(self.folder / self.names[i]).convert("RGB").resize((self.resolution, self.resolution), Image.BILINEAR)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+        return pixels, self.labels[self.names[i]]
+
+
+def measure(step, batches, warmup: int, steps: int) -> float:
+    """Images per second over ``steps`` steps after ``warmup`` untimed ones."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        step(*next(iterator))
+    start, count = time.perf_counter(), 0
+    for _ in range(steps):
+        pixels, labels = next(iterator)
+        step(pixels, labels)
+        count += pixels.shape[0]
+    return count / (time.perf_counter() - start)
+
+
+def make_step(args, bf16: bool, channels_last: bool, compile_model: bool, foreach: bool):
+    torch.manual_seed(0)
+    unet = trainer.build_model(args)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    unet = unet.to(memory_format=memory_format).train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=foreach)
+    scheduler = trainer.build_noise_scheduler(args)
+    model = torch.compile(unet) if compile_model else unet
+    model.config = unet.config
+
+    def step(pixels, labels):
+        pixels = pixels.contiguous(memory_format=memory_format)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            loss = trainer.diffusion_loss(model, scheduler, pixels, labels, args)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def cycle_png(dataset, batch_size):
+    while True:
+        yield from torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+
+
+def cycle_tensors(images, labels, batch_size):
+    generator = torch.Generator().manual_seed(0)
+    while True:
+        order = torch.randperm(images.shape[0], generator=generator)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            index = order[start : start + batch_size]
+            yield to_model_input(images[index]), labels[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resolution", type=int, default=32, help="Training resolution of the comparison.")
+    parser.add_argument("--train_batch_size", type=int, default=64, help="Batch size of the comparison.")
+    parser.add_argument("--steps", type=int, default=30, help="Timed steps per row.")
+    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps per row.")
+    parser.add_argument("--compile", action="store_true", help="Add a torch.compile row (compiling takes minutes on CPU).")
+    parser.add_argument("--scaling", action="store_true", help="Add the resolution x batch grid of the default recipe.")
+    parser.add_argument("--model_args", type=str, default="", help="Extra train_conditional_ddpm.py model flags, e.g. '--conditioning both'.")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resolution {args.resolution}, batch {args.train_batch_size}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "data"
+        render(["--output_dir", str(folder), "--num_scenes", "200", "--width", "64", "--height", "64"])
+        dataset = load_train_dataset(train_data_dir=folder, resolution=args.resolution, cache_dir=Path(tmp) / "cache")
+        images, labels = dataset_to_tensors(dataset)
+        label_of = dict(zip(dataset["file_name"], labels))
+        png = PngDataset(folder, label_of, args.resolution)
+        train_args = trainer.parse_args(["--resolution", str(args.resolution), *args.model_args.split()])
+        rows = [
+            ("naive: fp32, PNG decode per batch", dict(bf16=False, channels_last=False, compile_model=False, foreach=False), "png"),
+            ("pre-decoded uint8 tensors", dict(bf16=False, channels_last=False, compile_model=False, foreach=False), "tensor"),
+            ("+ foreach AdamW", dict(bf16=False, channels_last=False, compile_model=False, foreach=True), "tensor"),
+            ("+ bf16 autocast (trainer default)", dict(bf16=True, channels_last=False, compile_model=False, foreach=True), "tensor"),
+            ("+ channels_last", dict(bf16=True, channels_last=True, compile_model=False, foreach=True), "tensor"),
+        ]
+        if args.compile:
+            rows.append(("+ torch.compile (bf16)", dict(bf16=True, channels_last=False, compile_model=True, foreach=True), "tensor"))
+        results = {}
+        print(f"{'configuration':<38} {'images/s':>9} {'vs naive':>9}")
+        for name, options, source in rows:
+            batches = cycle_png(png, args.train_batch_size) if source == "png" else cycle_tensors(images, labels, args.train_batch_size)
+            start = time.perf_counter()
+            step = make_step(train_args, **options)
+            rate = measure(step, batches, args.warmup, args.steps)
+            results[name] = rate
+            extra = f"  (incl. warm-up/compile {time.perf_counter() - start:.0f} s)" if options["compile_model"] else ""
+            print(f"{name:<38} {rate:>9.1f} {rate / results[rows[0][0]]:>8.2f}x{extra}", flush=True)
+        if args.scaling:
+            print(f"\n{'resolution':>10} {'batch':>6} {'images/s':>9} {'ms/step':>8}")
+            for resolution in (32, 64):
+                scaled = load_train_dataset(train_data_dir=folder, resolution=resolution, cache_dir=Path(tmp) / "cache")
+                scaled_images, scaled_labels = dataset_to_tensors(scaled)
+                for batch in (16, 64, 128):
+                    step_args = trainer.parse_args(["--resolution", str(resolution), *args.model_args.split()])
+                    step = make_step(step_args, bf16=True, channels_last=False, compile_model=False, foreach=True)
+                    rate = measure(step, cycle_tensors(scaled_images, scaled_labels, batch), args.warmup, max(5, args.steps // 3))
+                    print(f"{resolution:>10} {batch:>6} {rate:>9.1f} {1000 * batch / rate:>8.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
