@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
@@ -98,19 +98,31 @@ def augment(images: torch.Tensor, args: argparse.Namespace, generator: torch.Gen
 
 @torch.no_grad()
 def heldout_figures(model, images: torch.Tensor, labels: torch.Tensor, accelerator: Accelerator, batch_size: int = 512) -> dict:
-    """Course and exact-set accuracy on held-out images at 64x64 and after a 32x32 round trip."""
+    """Course and exact-set accuracy on held-out images at 64x64 and after a 32x32 round trip.
+
+    Each process scores a contiguous share of the images; the shares are gathered in process order, so every
+    process gets the figures of the whole held-out set, each image counted once.
+    """
     model.eval()
+    if accelerator.num_processes > 1:
+        # DDP broadcasts BatchNorm statistics from rank 0 at the start of each forward, so after the last training
+        # step the ranks' running statistics differ by one update: score with rank 0's (the model that is saved).
+        for buffer in model.buffers():
+            buffer.copy_(broadcast(buffer.clone(), from_process=0))
     figures = {}
+    with accelerator.split_between_processes(list(range(images.shape[0]))) as mine:
+        share = images[mine[0] : mine[-1] + 1] if mine else images[:0]
     for name, size in (("64", None), ("32to64", 32)):
-        scores = []
-        for start in range(0, images.shape[0], batch_size):
-            pixels = images[start : start + batch_size].permute(0, 3, 1, 2).float() / 255.0
+        scores = [torch.zeros(0, labels.shape[1])]
+        for start in range(0, share.shape[0], batch_size):
+            pixels = share[start : start + batch_size].permute(0, 3, 1, 2).float() / 255.0
             if size is not None:
                 pixels = lowres_round_trip(pixels, size)
             pixels = (pixels * 2 - 1).to(accelerator.device).contiguous(memory_format=torch.channels_last)
             with accelerator.autocast():
                 scores.append(torch.sigmoid(model(pixel_values=pixels).logits.float()).cpu())
-        report = evaluate_scores(torch.cat(scores), labels)
+        gathered = gather_object([torch.cat(scores)]) if accelerator.num_processes > 1 else [torch.cat(scores)]
+        report = evaluate_scores(torch.cat(gathered), labels)
         figures[name] = {
             "accuracy": report["accuracy"],
             "exact_set_accuracy": report["exact_set_accuracy"],

@@ -212,6 +212,33 @@ def test_train_evaluator_smoke(rendered_dir, tmp_path):
     assert Evaluator.from_pretrained(out).predict(torch.rand(1, 3, 64, 64)).shape == (1, 24)
 
 
+def test_two_process_evaluator_training_gathers_heldout_figures(rendered_dir, tmp_path):
+    """Two CPU processes (gloo) each score half of the held-out images; the gathered figures must equal one process
+    scoring all of them with the saved model."""
+    from accelerate import Accelerator
+
+    from iclevr_data import load_train_dataset
+    from train_evaluator import heldout_figures
+
+    out = tmp_path / "ev2"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_evaluator.py"),
+               "--train_data_dir", str(rendered_dir), "--output_dir", str(out), "--num_epochs", "1", "--train_batch_size", "4",
+               "--heldout_fraction", "0.4", "--lr_warmup_steps", "1", "--logger", "none", "--cache_dir", str(tmp_path / "cache")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "evaluator_metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["heldout_images"] % 2 == 1  # an odd count: uneven shares
+    dataset = load_train_dataset(train_data_dir=rendered_dir, resolution=64, cache_dir=tmp_path / "cache")
+    images, labels = dataset_to_tensors(dataset)
+    _, heldout = split_by_scene(list(dataset["file_name"]), 0.4, 0)
+    model = Evaluator.from_pretrained(out).model
+    single = heldout_figures(model, images[heldout], labels[heldout], Accelerator(cpu=True))
+    for size in ("64", "32to64"):
+        assert single[size]["accuracy"] == pytest.approx(metrics["heldout"][size]["accuracy"], abs=1e-6)
+        assert single[size]["by_num_objects"] == metrics["heldout"][size]["by_num_objects"]
+
+
 def test_train_evaluator_bad_flags(capsys):
     from train_evaluator import parse_args
 

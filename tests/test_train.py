@@ -231,6 +231,13 @@ def test_two_processes_train_and_save_once(rendered_dir, tmp_path):
     assert (result.stdout + result.stderr).count("Saved the pipeline") == 1
     assert "| processes | 2 |" in (out / "README.md").read_text()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert sorted(p.name for p in (out / "checkpoint-2").glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    resumed = _launch(rendered_dir, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
+                      "--resume_from_checkpoint", "latest", processes=2)
+    log = resumed.stdout + resumed.stderr
+    assert "Resuming from" in log and log.count("Saved the pipeline") == 1 and "| steps | 4 |" in (out / "README.md").read_text()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"] and not list(out.glob("*.partial"))
+    ICLEVRPipeline.from_pretrained(out)
 
 
 def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch):
