@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     summary = {"wall_seconds": round(time.time() - start, 1), "stage_seconds": timings, "evaluator": str(evaluator),
-               "accuracy": {name: result["model"]["accuracy"] for name, result in metrics["sets"].items()}}
+               "accuracy": {name: result["accuracy"] for name, result in metrics["sets"].items()}}
     (out / "main_job.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDone in {summary['wall_seconds'] / 60:.1f} min: {json.dumps(summary['accuracy'])}\nReport: {out / 'report' / 'report.md'}")
     return summary
