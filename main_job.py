@@ -28,6 +28,9 @@ from pathlib import Path
 from iclevr_data import default_cache_dir
 
 PROJECT_DIR = Path(__file__).resolve().parent
+# What the main job adds to the trainer's defaults: bf16 autocast (AMX on this CPU; 2.8x fp32) and EMA weights.
+TRAIN_RECIPE = ["--mixed_precision", "bf16", "--use_ema"]
+SHARED_TEST = PROJECT_DIR.parent / "shared" / "iclevr" / "test.json"
 # The evaluator trained when none is given: 30,000 rendered 64x64 images, 5 epochs, about 13 CPU minutes here.
 EVALUATOR_RECIPE = {"num_scenes": 10000, "seed": 1, "num_epochs": 5}
 
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
     run_stage("train diffusion model", launch(args, "train_conditional_ddpm.py") + [
         "--output_dir", str(pipeline), "--cache_dir", str(cache), "--evaluator", str(evaluator),
         "--validation_steps", str(args.validation_steps), "--max_train_steps", str(args.max_train_steps),
-        "--max_train_minutes", str(args.train_minutes), *shlex.split(args.train_args)], timings)
+        "--max_train_minutes", str(args.train_minutes), *TRAIN_RECIPE,
+        *(["--validation_conditions_json", str(SHARED_TEST)] if SHARED_TEST.is_file() else []),
+        *shlex.split(args.train_args)], timings)
     run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
                          "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
     metrics = json.loads((out / "report" / "metrics.json").read_text())

@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--validation_steps", type=int, default=None, help="Sample the validation conditions every N steps (and at the end).")
     run.add_argument("--validation_conditions_json", type=str, default=str(DEFAULT_CONDITIONS), help="Conditions sampled at validation (test.json format).")
     run.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps at validation.")
-    run.add_argument("--validation_guidance_scale", type=float, default=2.0, help="Classifier-free guidance at validation.")
+    run.add_argument("--validation_guidance_scale", type=float, default=3.0, help="Classifier-free guidance at validation.")
     run.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth: log the course accuracy at validation.")
     run.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline (no checkpoints) to the Hub at the end.")
     run.add_argument("--hub_model_id", type=str, default=None, help="Hub repository, e.g. user/iclevr-ddpm.")
