@@ -40,8 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=str, default="outputs/main", help="Where the pipeline and report go.")
     parser.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth (else cached/trained).")
     parser.add_argument("--cache_dir", type=str, default=None, help="Rendered data and the trained evaluator are cached here.")
-    parser.add_argument("--train_minutes", type=float, default=40.0, help="Wall-time budget of diffusion training (validation excluded).")
-    parser.add_argument("--max_train_steps", type=int, default=3300,
+    parser.add_argument("--train_minutes", type=float, default=48.0, help="Wall-time budget of diffusion training (validation excluded).")
+    parser.add_argument("--max_train_steps", type=int, default=3900,
                         help="Steps the learning-rate schedule spans; --train_minutes stops earlier on a slower machine.")
     parser.add_argument("--validation_steps", type=int, default=500, help="Course accuracy logged every N training steps.")
     parser.add_argument("--num_seeds", type=int, default=3, help="Sampling seeds of the report (mean ± std).")

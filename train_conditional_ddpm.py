@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="How the UNet sees the labels: one projected vector added to the timestep embedding, one "
                             "cross-attention token per label at the attention levels, or both.")
     model.add_argument("--cross_attention_dim", type=int, default=64, help="Width of the label tokens (cross-attention conditioning).")
-    model.add_argument("--resnet_time_scale_shift", type=str, default="default", choices=["default", "scale_shift"],
+    model.add_argument("--resnet_time_scale_shift", type=str, default="scale_shift", choices=["default", "scale_shift"],
                        help="How every ResNet block applies the (timestep + class) embedding: added, or as a FiLM scale and shift.")
 
     diffusion = parser.add_argument_group("diffusion")

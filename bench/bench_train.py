@@ -69,7 +69,6 @@ def make_step(args, bf16: bool, channels_last: bool, compile_model: bool, foreac
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=foreach)
     scheduler = trainer.build_noise_scheduler(args)
     model = torch.compile(unet) if compile_model else unet
-    model.config = unet.config
 
     def step(pixels, labels):
         pixels = pixels.contiguous(memory_format=memory_format)
