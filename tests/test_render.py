@@ -205,3 +205,14 @@ def test_bad_label_files(tmp_path):
     with pytest.raises(ValueError, match="pink cube"):
         main(["--output_dir", str(tmp_path / "x"), "--exclude_json", str(tmp_path / "exclude.json")])
     assert not (tmp_path / "x").exists()
+
+
+def test_condition_sets_are_the_generator_output():
+    """conditions/*.json are exactly iclevr_scenes.sample_condition_set's output (reproducible, never hand-edited)."""
+    from iclevr_scenes import sample_condition_set
+
+    folder = Path(__file__).resolve().parents[1] / "conditions"
+    expected = {"synthetic_test.json": sample_condition_set(2026, [1] * 6 + [2] * 12 + [3] * 14),
+                "synthetic_96.json": sample_condition_set(2027, [1] * 32 + [2] * 32 + [3] * 32)}
+    for name, conditions in expected.items():
+        assert json.loads((folder / name).read_text()) == conditions, name
