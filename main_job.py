@@ -42,15 +42,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache_dir", type=str, default=None, help="Rendered data and the trained evaluator are cached here.")
     parser.add_argument("--train_minutes", type=float, default=48.0, help="Wall-time budget of diffusion training (validation excluded).")
     parser.add_argument("--max_train_steps", type=int, default=3900,
-                        help="Steps the learning-rate schedule spans; --train_minutes stops earlier on a slower machine.")
+                        help="Steps the learning-rate schedule spans when training gets all of --train_minutes "
+                             "(3,900 = 48 minutes of the default recipe on a 2-core CPU); scaled down with the budget.")
+    parser.add_argument("--job_minutes", type=float, default=60.0,
+                        help="Wall-time budget of the whole job: when rendering and training the evaluator took longer, "
+                             "diffusion training gets what is left (minus --report_minutes), its step count scaled to match.")
+    parser.add_argument("--report_minutes", type=float, default=6.0, help="Time kept back for validation and the report.")
     parser.add_argument("--validation_steps", type=int, default=500, help="Course accuracy logged every N training steps.")
     parser.add_argument("--num_seeds", type=int, default=3, help="Sampling seeds of the report (mean ± std).")
     parser.add_argument("--accelerate_config", type=str, default=str(PROJECT_DIR / "accelerate_config.yaml"),
                         help="accelerate config for both training stages (the default gives one CPU process all cores).")
     parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py, quoted as one string.")
     args = parser.parse_args(argv)
-    if args.train_minutes <= 0 or args.max_train_steps < 1 or args.num_seeds < 1 or args.validation_steps < 1:
-        parser.error("--train_minutes, --max_train_steps, --validation_steps and --num_seeds must be positive.")
+    if min(args.train_minutes, args.job_minutes, args.max_train_steps, args.num_seeds, args.validation_steps) <= 0:
+        parser.error("--train_minutes, --job_minutes, --max_train_steps, --validation_steps and --num_seeds must be positive.")
+    if args.report_minutes < 0:
+        parser.error("--report_minutes must be >= 0.")
     if args.evaluator and not Path(args.evaluator).exists():
         parser.error(f"--evaluator {args.evaluator} does not exist.")
     if not Path(args.accelerate_config).is_file():
@@ -92,6 +99,16 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
     return folder
 
 
+def training_budget(args, minutes_spent: float) -> tuple[float, int]:
+    """Minutes and schedule steps for diffusion training: ``--train_minutes``, or less when the earlier stages used
+    up part of ``--job_minutes``; the steps shrink in proportion, so the learning rate still decays to its end."""
+    minutes = min(args.train_minutes, args.job_minutes - minutes_spent - args.report_minutes)
+    if minutes < 1:
+        raise SystemExit(f"Only {minutes:.1f} minutes of the --job_minutes {args.job_minutes:g} budget are left for training "
+                         f"after {minutes_spent:.1f} minutes of data/evaluator stages; raise --job_minutes or give --evaluator.")
+    return minutes, max(1, round(args.max_train_steps * minutes / args.train_minutes))
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     start = time.time()
@@ -99,17 +116,19 @@ def main(argv: list[str] | None = None) -> dict:
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     timings: dict[str, float] = {}
     evaluator = ensure_evaluator(args, cache, timings)
+    minutes, steps = training_budget(args, (time.time() - start) / 60)
     pipeline = out / "pipeline"
     run_stage("train diffusion model", launch(args, "train_conditional_ddpm.py") + [
         "--output_dir", str(pipeline), "--cache_dir", str(cache), "--evaluator", str(evaluator),
-        "--validation_steps", str(args.validation_steps), "--max_train_steps", str(args.max_train_steps),
-        "--max_train_minutes", str(args.train_minutes), *TRAIN_RECIPE,
+        "--validation_steps", str(args.validation_steps), "--max_train_steps", str(steps),
+        "--max_train_minutes", f"{minutes:.2f}", *TRAIN_RECIPE,
         *(["--validation_conditions_json", str(SHARED_TEST)] if SHARED_TEST.is_file() else []),
         *shlex.split(args.train_args)], timings)
     run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
                          "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     summary = {"wall_seconds": round(time.time() - start, 1), "stage_seconds": timings, "evaluator": str(evaluator),
+               "train_minutes_budget": round(minutes, 2), "max_train_steps": steps,
                "accuracy": {name: result["accuracy"] for name, result in metrics["sets"].items()}}
     (out / "main_job.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDone in {summary['wall_seconds'] / 60:.1f} min: {json.dumps(summary['accuracy'])}\nReport: {out / 'report' / 'report.md'}")

@@ -45,3 +45,12 @@ def test_bad_flags(flags, message, capsys):
     with pytest.raises(SystemExit):
         main_job.parse_args(flags)
     assert message in capsys.readouterr().err
+
+
+def test_training_budget_shrinks_with_the_time_already_spent():
+    args = main_job.parse_args([])
+    assert main_job.training_budget(args, 1.5) == (48.0, 3900)  # cached evaluator: all of --train_minutes
+    minutes, steps = main_job.training_budget(args, 16.0)  # evaluator trained first: 60 - 16 - 6 = 38 minutes
+    assert minutes == 38.0 and steps == round(3900 * 38 / 48)
+    with pytest.raises(SystemExit, match="raise --job_minutes or give --evaluator"):
+        main_job.training_budget(args, 55.0)
