@@ -16,14 +16,18 @@ TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_
         "--lr_warmup_steps", "1", "--seed", "3"]
 
 
-def _launch(rendered_dir, output_dir, *flags, processes=1):
+def _command(rendered_dir, output_dir, *flags, processes=1):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", "--num_processes", str(processes)]
     if processes > 1:
         command.append("--multi_gpu")
-    command += [str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir),
-                "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return command + [str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir",
+                      str(output_dir), "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
+
+
+def _launch(rendered_dir, output_dir, *flags, processes=1):
+    result = subprocess.run(_command(rendered_dir, output_dir, *flags, processes=processes), cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -82,11 +86,8 @@ def test_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
 
 
 def _popen(rendered_dir, output_dir, *flags):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--num_processes", "1", str(ROOT / "train_conditional_ddpm.py"),
-               "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir),
-               "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(_command(rendered_dir, output_dir, *flags), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
@@ -184,10 +185,8 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 def test_exploding_run_stops_with_a_clear_error_and_keeps_good_checkpoints(rendered_dir, tmp_path):
     out = tmp_path / "explode"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--num_processes", "1", str(ROOT / "train_conditional_ddpm.py"),
-               "--train_data_dir", str(rendered_dir), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
-               *TINY, "--learning_rate", "1e35", "--lr_warmup_steps", "2", "--max_train_steps", "8", "--checkpointing_steps", "1"]
+    command = _command(rendered_dir, out, "--learning_rate", "1e35", "--lr_warmup_steps", "2", "--max_train_steps", "8",
+                       "--checkpointing_steps", "1")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "Non-finite loss" in result.stderr
     assert not (out / "model_index.json").exists()  # no pipeline saved from a broken run
