@@ -33,7 +33,7 @@ TRAIN_RECIPE = ["--mixed_precision", "bf16", "--use_ema"]
 SHARED_TEST = PROJECT_DIR.parent / "shared" / "iclevr" / "test.json"
 # The evaluator trained when none is given: 30,000 rendered 64x64 images, 5 epochs (about 13 CPU minutes here, estimated
 # from the measured evaluator runs in the README: render 170 images/s, training 270k image-epochs in 16.6 min).
-EVALUATOR_RECIPE = {"num_scenes": 10000, "seed": 1, "num_epochs": 5}
+EVALUATOR_RECIPE = {"num_scenes": 10000, "seed": 1, "num_epochs": 5, "train_batch_size": 128}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,7 +96,8 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
                                             "--width", "64", "--height", "64", "--overwrite"], timings)
     run_stage("train evaluator", launch(args, "train_evaluator.py") + [
         "--train_data_dir", str(data), "--cache_dir", str(cache), "--output_dir", str(folder),
-        "--num_epochs", str(recipe["num_epochs"]), "--mixed_precision", "bf16", "--logger", "none"], timings)
+        "--num_epochs", str(recipe["num_epochs"]), "--train_batch_size", str(recipe["train_batch_size"]),
+        "--mixed_precision", "bf16", "--logger", "none"], timings)
     return folder
 
 

@@ -54,3 +54,16 @@ def test_training_budget_shrinks_with_the_time_already_spent():
     assert minutes == 38.0 and steps == round(3900 * 38 / 48)
     with pytest.raises(SystemExit, match="raise --job_minutes or give --evaluator"):
         main_job.training_budget(args, 55.0)
+
+
+def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
+    """The first command's path on a fresh machine: no --evaluator, nothing cached (a tiny recipe stands in)."""
+    monkeypatch.setattr(main_job, "EVALUATOR_RECIPE", {"num_scenes": 20, "seed": 1, "num_epochs": 1, "train_batch_size": 8})
+    args = main_job.parse_args(["--cache_dir", str(tmp_path)])
+    timings = {}
+    folder = main_job.ensure_evaluator(args, tmp_path, timings)
+    assert folder == tmp_path / "evaluator-seed1-scenes20-epochs1" and (folder / "model.safetensors").is_file()
+    assert set(timings) == {"render evaluator data", "train evaluator"}
+    metrics = json.loads((folder / "evaluator_metrics.json").read_text())
+    assert metrics["train_images"] + metrics["heldout_images"] == 60
+    assert main_job.ensure_evaluator(args, tmp_path, timings := {}) == folder and timings == {}  # cached now
