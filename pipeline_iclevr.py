@@ -269,7 +269,8 @@ class ICLEVRPipeline(DiffusionPipeline):
             batch = self.vocab.encode_batch(labels)
         return batch.repeat_interleave(num_images_per_prompt, dim=0)
 
-    def check_inputs(self, num_inference_steps, guidance_scale, guidance, num_images_per_prompt, output_type, latents, shape):
+    def check_inputs(self, num_inference_steps, guidance_scale, guidance, num_images_per_prompt, output_type, latents, shape,
+                     guidance_rescale=0.0, guidance_interval=None):
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -278,6 +279,14 @@ class ICLEVRPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
         if guidance not in ("joint", "composed"):
             raise ValueError(f"guidance must be 'joint' or 'composed', got {guidance!r}.")
+        if not isinstance(guidance_rescale, (int, float)) or not 0 <= guidance_rescale <= 1:
+            raise ValueError(f"guidance_rescale must be a number in [0, 1], got {guidance_rescale!r}.")
+        if guidance_interval is not None and not (
+            isinstance(guidance_interval, (tuple, list)) and len(guidance_interval) == 2
+            and all(isinstance(x, (int, float)) for x in guidance_interval) and 0 <= guidance_interval[0] <= guidance_interval[1] <= 1
+        ):
+            raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high <= 1 (fractions of the training "
+                             f"timesteps), got {guidance_interval!r}.")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
         if latents is not None and tuple(latents.shape) != tuple(shape):
@@ -300,6 +309,8 @@ class ICLEVRPipeline(DiffusionPipeline):
         num_inference_steps: int = 50,
         guidance_scale: float = 3.0,
         guidance: str = "joint",
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         num_images_per_prompt: int = 1,
@@ -322,6 +333,12 @@ class ICLEVRPipeline(DiffusionPipeline):
             guidance (`str`, defaults to ``"joint"``): ``"joint"`` guides with the whole condition (above);
                 ``"composed"`` guides with each label on its own, ``eps = eps_null + w * sum_i (eps(c_i) - eps_null)``
                 (Composable Diffusion, Liu et al. 2022), one forward per label plus the null one.
+            guidance_rescale (`float`, defaults to 0.0): rescales the guided prediction to the standard deviation of
+                the conditional one and mixes by this factor (Lin et al. 2023, as diffusers' Stable Diffusion
+                pipelines' ``guidance_rescale``): counters the colour cast strong guidance gives v-prediction models.
+            guidance_interval (`tuple[float, float]`, *optional*): ``(low, high)`` as fractions of the training
+                timesteps; guidance is applied only at timesteps ``t / T`` in that range, and the conditional model
+                alone (``w = 1``) elsewhere (Kynkäänniemi et al. 2024). ``None`` guides at every step.
             generator (`torch.Generator`, *optional*): for reproducible sampling.
             latents (`torch.Tensor`, *optional*): initial noise ``(batch * num_images_per_prompt, C, H, W)``.
             num_images_per_prompt (`int`, defaults to 1): images per condition.
@@ -344,7 +361,8 @@ class ICLEVRPipeline(DiffusionPipeline):
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (conditions.shape[0], self.unet.config.in_channels, *size)
-        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_images_per_prompt, output_type, latents, shape)
+        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_images_per_prompt, output_type, latents, shape,
+                          guidance_rescale, guidance_interval)
 
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -373,12 +391,15 @@ class ICLEVRPipeline(DiffusionPipeline):
                 model_input = torch.cat([latents, latents]) if two_pass else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
             noise_pred = self.unet(model_input, t, **unet_condition_kwargs(self.unet.config, class_labels)).sample
+            scale = guidance_scale if guided_at(t, guidance_interval, self.scheduler.config.num_train_timesteps) else 1.0
             if owner is not None:  # eps_null + w * sum_i (eps(c_i) - eps_null)
                 null, per_label = noise_pred[: latents.shape[0]], noise_pred[latents.shape[0] :]
-                noise_pred = null + guidance_scale * torch.zeros_like(null).index_add_(0, owner, per_label - null[owner])
+                noise_pred = null + scale * torch.zeros_like(null).index_add_(0, owner, per_label - null[owner])
             elif two_pass:
                 null, cond = noise_pred.chunk(2)
-                noise_pred = null + guidance_scale * (cond - null)
+                noise_pred = null + scale * (cond - null)
+                if guidance_rescale > 0 and scale != 1.0:
+                    noise_pred = rescale_guided(noise_pred, cond, guidance_rescale)
             latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 outputs = callback_on_step_end(self, i, t, {"latents": latents})
@@ -395,6 +416,25 @@ class ICLEVRPipeline(DiffusionPipeline):
         if not return_dict:
             return (result,)
         return ImagePipelineOutput(images=result)
+
+
+def guided_at(timestep, interval: tuple[float, float] | None, num_train_timesteps: int) -> bool:
+    """Whether classifier-free guidance applies at ``timestep`` (see ``guidance_interval`` of `ICLEVRPipeline`)."""
+    if interval is None:
+        return True
+    position = float(timestep) / num_train_timesteps
+    return interval[0] <= position <= interval[1]
+
+
+def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, factor: float) -> torch.Tensor:
+    """Rescale a guided prediction to the per-image standard deviation of the conditional one, mixed by ``factor``.
+
+    The same computation as diffusers' ``rescale_noise_cfg``; importing it from the Stable Diffusion pipeline module
+    would pull in transformers, which this remote-code file must not need.
+    """
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return factor * rescaled + (1 - factor) * guided
 
 
 def condition_routes(unet_config, num_labels: int = len(LABELS)) -> list[str]:

@@ -80,6 +80,46 @@ def test_composed_guidance_formula(pipe):
     assert forwards[0].shape == (2 + 3, 24) and forwards[0][:2].sum() == 0 and (forwards[0][2:].sum(1) == 1).all()
 
 
+def _guided_predictions(pipe, **kwargs):
+    """(unet outputs, prediction handed to the scheduler) at every step."""
+    outputs, stepped = [], []
+    forward, step = pipe.unet.forward, pipe.scheduler.step
+
+    def spy_unet(*args, **kw):
+        out = forward(*args, **kw)
+        outputs.append(out.sample.clone())
+        return out
+
+    def spy_step(model_output, *args, **kw):
+        stepped.append(model_output.clone())
+        return step(model_output, *args, **kw)
+
+    pipe.unet.forward, pipe.scheduler.step = spy_unet, spy_step
+    _run(pipe, [["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=4, **kwargs)
+    pipe.unet.forward, pipe.scheduler.step = forward, step
+    return outputs, stepped
+
+
+def test_guidance_rescale(pipe):
+    outputs, stepped = _guided_predictions(pipe, guidance_scale=4.0, guidance_rescale=0.7)
+    for out, got in zip(outputs, stepped):
+        null, cond = out.chunk(2)
+        guided = null + 4.0 * (cond - null)
+        ratio = cond.std(dim=(1, 2, 3), keepdim=True) / guided.std(dim=(1, 2, 3), keepdim=True)
+        torch.testing.assert_close(got, 0.7 * guided * ratio + 0.3 * guided)
+        assert not torch.allclose(got, guided)
+
+
+def test_guidance_interval(pipe):
+    timesteps = pipe.scheduler.set_timesteps(4) or pipe.scheduler.timesteps.tolist()  # [75, 50, 25, 0] of 100
+    outputs, stepped = _guided_predictions(pipe, guidance_scale=3.0, guidance_interval=(0.3, 0.6))
+    for t, out, got in zip(timesteps, outputs, stepped):
+        null, cond = out.chunk(2)
+        expected = null + 3.0 * (cond - null) if 0.3 <= t / 100 <= 0.6 else cond
+        torch.testing.assert_close(got, expected)
+    assert [0.3 <= t / 100 <= 0.6 for t in timesteps] == [False, True, False, False]
+
+
 def test_single_pass_at_guidance_one_and_zero(pipe):
     one, zero, three = (_count_forwards(pipe, g) for g in (1.0, 0.0, 3.0))
     assert len(one) == len(zero) == len(three) == 1
@@ -145,6 +185,9 @@ def test_half_precision_weights(pipe):
         ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
         ({"guidance_scale": -1.0}, "guidance_scale"),
         ({"guidance": "sum"}, "guidance must be 'joint' or 'composed'"),
+        ({"guidance_rescale": 1.5}, r"guidance_rescale must be a number in \[0, 1\]"),
+        ({"guidance_interval": (0.8, 0.2)}, "guidance_interval must be"),
+        ({"guidance_interval": 0.5}, "guidance_interval must be"),
         ({"output_type": "jpg"}, "output_type"),
         ({"latents": torch.randn(2, 3, 16, 16)}, r"latents must have shape \(1, 3, 16, 16\)"),
         ({"callback_on_step_end_tensor_inputs": ["noise_pred"]}, "may only hold"),
