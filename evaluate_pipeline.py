@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance_scale", type=float, default=3.0, help="Classifier-free guidance scale (3 scored best in the README sweep).")
     parser.add_argument("--guidance", type=str, default="joint", choices=["joint", "composed"],
                         help="Guide with the whole condition (classifier-free) or with each label on its own (composed).")
+    parser.add_argument("--guidance_rescale", type=float, default=None,
+                        help="Rescale the guided prediction towards the conditional one's std (0-1; default: the pipeline's).")
     parser.add_argument("--num_seeds", type=int, default=3, help="Generation repeats with different seeds (mean ± std).")
     parser.add_argument("--seed", type=int, default=0, help="First seed.")
     parser.add_argument("--batch_size", type=int, default=64, help="Images generated per forward batch.")
@@ -80,13 +82,20 @@ def load_pipeline(path: str, scheduler: str, device: str) -> ICLEVRPipeline:
     return pipe
 
 
-def generate(pipe, conditions, seed: int, steps: int, guidance: float, batch_size: int, mode: str = "joint") -> tuple[np.ndarray, float]:
+def sampling_kwargs(args, **overrides) -> dict:
+    """The pipeline call's sampling arguments from the flags (a flag left unset keeps the pipeline's default)."""
+    kwargs = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale, "guidance": args.guidance}
+    if args.guidance_rescale is not None:
+        kwargs["guidance_rescale"] = args.guidance_rescale
+    return kwargs | overrides
+
+
+def generate(pipe, conditions, seed: int, batch_size: int, **sampling) -> tuple[np.ndarray, float]:
     """Images ``(N, H, W, 3)`` in [0, 1] for the conditions, batched; and the seconds per image."""
     outputs, start = [], time.perf_counter()
     for offset in range(0, len(conditions), batch_size):
         generator = torch.Generator().manual_seed(seed * 100_003 + offset)
-        outputs.append(pipe(conditions[offset : offset + batch_size], num_inference_steps=steps, guidance_scale=guidance,
-                            guidance=mode, generator=generator, output_type="np").images)
+        outputs.append(pipe(conditions[offset : offset + batch_size], generator=generator, output_type="np", **sampling).images)
     return np.concatenate(outputs), (time.perf_counter() - start) / len(conditions)
 
 
@@ -102,8 +111,7 @@ def evaluate_set(pipe, evaluator, name, conditions, args, out: Path) -> dict:
     """Generate and score one condition set over the seeds; save the first seed's images and grid."""
     runs = []
     for k in range(args.num_seeds):
-        images, seconds = generate(pipe, conditions, args.seed + k, args.num_inference_steps, args.guidance_scale, args.batch_size,
-                                   args.guidance)
+        images, seconds = generate(pipe, conditions, args.seed + k, args.batch_size, **sampling_kwargs(args))
         runs.append((score(evaluator, images, conditions), seconds))
         if k == 0:
             folder = out / "images" / name
@@ -135,8 +143,7 @@ def denoising_figure(pipe, labels, args, snapshots: int = 8) -> Image.Image:
             frames.append((tensors["latents"][0].float().cpu() / 2 + 0.5).clamp(0, 1).permute(1, 2, 0).numpy())
         return tensors
 
-    pipe([labels], num_inference_steps=steps, guidance_scale=args.guidance_scale,
-         generator=torch.Generator().manual_seed(args.seed), callback_on_step_end=capture)
+    pipe([labels], generator=torch.Generator().manual_seed(args.seed), callback_on_step_end=capture, **sampling_kwargs(args))
     grid = image_grid(np.stack(frames), columns=len(frames))
     canvas = Image.new("RGB", (grid.width, grid.height + 14), "white")
     canvas.paste(grid, (0, 14))
@@ -149,7 +156,8 @@ def sweep(args, evaluator, conditions) -> list[dict]:
     for name, steps, guidance in itertools.product(args.sweep_schedulers.split(","), map(int, args.sweep_steps.split(",")),
                                                    map(float, args.sweep_guidance.split(","))):
         pipe = load_pipeline(args.pipeline, name, args.device)
-        images, seconds = generate(pipe, conditions, args.seed, steps, guidance, args.batch_size, args.guidance)
+        images, seconds = generate(pipe, conditions, args.seed, args.batch_size,
+                                   **sampling_kwargs(args, num_inference_steps=steps, guidance_scale=guidance))
         rows.append({"scheduler": name, "steps": steps, "guidance_scale": guidance,
                      "accuracy": score(evaluator, images, conditions)["accuracy"], "seconds_per_image": seconds})
     return rows
@@ -181,7 +189,8 @@ def sweep_plot(rows: list[dict], path: Path) -> None:
 
 def write_report(out: Path, args, results: dict, sweep_rows: list[dict]) -> None:
     lines = [f"# Evaluation of `{args.pipeline}`", "",
-             f"Sampler {args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale} ({args.guidance}), "
+             f"Sampler {args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale} ({args.guidance}"
+             f"{'' if args.guidance_rescale is None else f', rescale {args.guidance_rescale}'}), "
              f"{args.num_seeds} seeds; evaluator `{args.evaluator}`.", "",
              "| set | model accuracy (mean ± std) | exact-set | rendered (ceiling) | empty floor | noise | s/image |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -76,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="How the UNet sees the labels: one projected vector added to the timestep embedding, one "
                             "cross-attention token per label at the attention levels, or both.")
     model.add_argument("--cross_attention_dim", type=int, default=64, help="Width of the label tokens (cross-attention conditioning).")
+    model.add_argument("--time_embedding_dim", type=int, default=None,
+                       help="Width of the timestep + class embedding every ResNet block reads (default: 4x the first level's channels).")
     model.add_argument("--resnet_time_scale_shift", type=str, default="scale_shift", choices=["default", "scale_shift"],
                        help="How every ResNet block applies the (timestep + class) embedding: added, or as a FiLM scale and shift.")
 
@@ -149,6 +151,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{name} must be positive.")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         parser.error("--max_train_steps must be positive.")
+    if args.time_embedding_dim is not None and args.time_embedding_dim < 1:
+        parser.error("--time_embedding_dim must be positive.")
     if args.max_train_minutes is not None and args.max_train_minutes <= 0:
         parser.error("--max_train_minutes must be positive.")
     if args.conditioning != "class_embedding" and not any(args.attention_levels):
@@ -205,6 +209,7 @@ def build_model(args: argparse.Namespace) -> UNet2DConditionModel:
         # for cross-attention blocks diffusers reads this as the number of heads (diffusers issue 2011)
         attention_head_dim=[c // args.attention_head_dim for c in args.block_out_channels] if cross else args.attention_head_dim,
         resnet_time_scale_shift=args.resnet_time_scale_shift,
+        time_embedding_dim=args.time_embedding_dim,
         **extra,
     )
 

@@ -42,7 +42,7 @@ def main() -> None:
     for row in args.rows.split(","):
         name, steps = row.split(":")
         pipe = load_pipeline(args.pipeline, name, "cpu")
-        images, seconds = generate(pipe, conditions, 0, int(steps), args.guidance_scale, 64)
+        images, seconds = generate(pipe, conditions, 0, 64, num_inference_steps=int(steps), guidance_scale=args.guidance_scale)
         result = score(evaluator, images, conditions)
         print(f"{name:<8} {steps:>6} {seconds:>8.3f} {result['accuracy']:>9.3f} {result['exact_set_accuracy']:>10.3f}", flush=True)
     if args.scaling:

@@ -199,8 +199,9 @@ def test_exploding_run_stops_with_a_clear_error_and_keeps_good_checkpoints(rende
 @pytest.mark.parametrize(
     "flags",
     [[], ["--conditioning", "cross_attention", "--attention_levels", "0,1"],
-     ["--conditioning", "both", "--attention_levels", "1,1", "--resnet_time_scale_shift", "scale_shift"]],
-    ids=["class_embedding", "cross_attention", "both"],
+     ["--conditioning", "both", "--attention_levels", "1,1", "--resnet_time_scale_shift", "scale_shift"],
+     ["--time_embedding_dim", "64", "--resnet_time_scale_shift", "default"]],
+    ids=["class_embedding", "cross_attention", "both", "wide_embedding"],
 )
 def test_reload_equals_in_memory_model(tmp_path, flags):
     args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path), *flags])
@@ -215,8 +216,11 @@ def test_reload_equals_in_memory_model(tmp_path, flags):
         null = reloaded.unet(sample, 10, **unet_condition_kwargs(reloaded.unet.config, torch.zeros_like(conditions))).sample
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(actual, null)  # the labels reach the output through the chosen route
+    args.condition_dropout = 0.0  # with dropout both conditions could be nulled, leaving no gradient to check
     loss = trainer.diffusion_loss(unet, scheduler, sample.clamp(-1, 1), conditions, args)
     loss.backward()
+    if args.time_embedding_dim:
+        assert unet.class_embedding.linear_2.out_features == args.time_embedding_dim
     routes = {"class_embedding": ["class_embedding.linear_1"], "cross_attention": ["encoder_hid_proj"],
               "both": ["class_embedding.linear_1", "encoder_hid_proj"]}
     for module in routes[args.conditioning]:  # the label embedding is trained
@@ -277,6 +281,7 @@ def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch)
         (["--prediction_type", "x0"], "invalid choice"),
         (["--conditioning", "cross_attention", "--attention_levels", "0,0"], "needs at least one attention level"),
         (["--max_train_minutes", "0"], "must be positive"),
+        (["--time_embedding_dim", "0"], "--time_embedding_dim must be positive"),
     ],
 )
 def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
