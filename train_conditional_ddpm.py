@@ -76,16 +76,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="How the UNet sees the labels: one projected vector added to the timestep embedding, one "
                             "cross-attention token per label at the attention levels, or both.")
     model.add_argument("--cross_attention_dim", type=int, default=64, help="Width of the label tokens (cross-attention conditioning).")
-    model.add_argument("--time_embedding_dim", type=int, default=None,
-                       help="Width of the timestep + class embedding every ResNet block reads (default: 4x the first level's channels).")
+    model.add_argument("--time_embedding_dim", type=int, default=512,
+                       help="Width of the timestep + class embedding every ResNet block reads (diffusers' default is 4x the "
+                            "first level's channels, 128 here; 512 binds the labels faster, README).")
     model.add_argument("--resnet_time_scale_shift", type=str, default="scale_shift", choices=["default", "scale_shift"],
                        help="How every ResNet block applies the (timestep + class) embedding: added, or as a FiLM scale and shift.")
 
     diffusion = parser.add_argument_group("diffusion")
     diffusion.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps in training.")
     diffusion.add_argument("--ddpm_beta_schedule", type=str, default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2"], help="Noise schedule.")
-    diffusion.add_argument("--prediction_type", type=str, default="v_prediction", choices=["epsilon", "v_prediction", "sample"], help="What the UNet predicts (v binds the condition faster than epsilon here; README).")
-    diffusion.add_argument("--snr_gamma", type=float, default=5.0, help="Min-SNR-gamma loss weighting; 0 turns it off.")
+    diffusion.add_argument("--prediction_type", type=str, default="sample", choices=["epsilon", "v_prediction", "sample"],
+                           help="What the UNet predicts: the clean image x0 ('sample'), the noise, or v (x0 with an unweighted loss "
+                                "bound the condition fastest here; README).")
+    diffusion.add_argument("--snr_gamma", type=float, default=0.0,
+                           help="Min-SNR-gamma loss weighting (0 = off: with x0-prediction every noise level then weighs the "
+                                "same in image space, so the high-noise steps that decide layout and colour are trained).")
     diffusion.add_argument("--condition_dropout", type=float, default=0.1, help="Probability of replacing the condition by the null (all-zero) one, for classifier-free guidance.")
     diffusion.add_argument("--foreground_weight", type=float, default=4.0, help="Extra loss weight on pixels where the clean image departs from the floor (the training set's mean image): weight = 1 + W * departure. 0 = plain MSE.")
 
@@ -96,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--max_train_minutes", type=float, default=None,
                        help="Stop after this much training wall time (validation excluded), then save as usual: a fixed time budget.")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimiser step.")
-    optim.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
+    optim.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate.")
     optim.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"], help="Schedule (diffusers get_scheduler).")
     optim.add_argument("--lr_warmup_steps", type=int, default=200, help="Warm-up steps.")
     optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
@@ -122,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--validation_conditions_json", type=str, default=str(DEFAULT_CONDITIONS), help="Conditions sampled at validation (test.json format).")
     run.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps at validation.")
     run.add_argument("--validation_guidance_scale", type=float, default=3.0, help="Classifier-free guidance at validation.")
+    run.add_argument("--validation_guidance_rescale", type=float, default=None,
+                     help="Guidance rescale at validation, 0-1 (default: the pipeline's).")
     run.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth: log the course accuracy at validation.")
     run.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline (no checkpoints) to the Hub at the end.")
     run.add_argument("--hub_model_id", type=str, default=None, help="Hub repository, e.g. user/iclevr-ddpm.")
@@ -151,6 +158,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{name} must be positive.")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         parser.error("--max_train_steps must be positive.")
+    if args.validation_guidance_rescale is not None and not 0 <= args.validation_guidance_rescale <= 1:
+        parser.error("--validation_guidance_rescale must be in [0, 1].")
     if args.time_embedding_dim is not None and args.time_embedding_dim < 1:
         parser.error("--time_embedding_dim must be positive.")
     if args.max_train_minutes is not None and args.max_train_minutes <= 0:
@@ -376,8 +385,9 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
         generator = torch.Generator(device="cpu").manual_seed(args.seed)
         start = time.time()
         with accelerator.autocast():
+            rescale = {} if args.validation_guidance_rescale is None else {"guidance_rescale": args.validation_guidance_rescale}
             images = pipeline(conditions, num_inference_steps=args.validation_inference_steps,
-                              guidance_scale=args.validation_guidance_scale, generator=generator, output_type="np").images
+                              guidance_scale=args.validation_guidance_scale, generator=generator, output_type="np", **rescale).images
         seconds = time.time() - start
     grid = image_grid(images, columns=8)
     folder = Path(args.output_dir) / "validation"

@@ -44,7 +44,8 @@ def trained(rendered_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     build_evaluator().save_pretrained(out.parent / "evaluator")
     _launch(rendered_dir, out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
-            "--use_ema", "--validation_steps", "3", "--validation_inference_steps", "2", "--evaluator", str(out.parent / "evaluator"))
+            "--use_ema", "--validation_steps", "3", "--validation_inference_steps", "2", "--validation_guidance_rescale", "0.5",
+            "--evaluator", str(out.parent / "evaluator"))
     return out
 
 
@@ -282,6 +283,7 @@ def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch)
         (["--conditioning", "cross_attention", "--attention_levels", "0,0"], "needs at least one attention level"),
         (["--max_train_minutes", "0"], "must be positive"),
         (["--time_embedding_dim", "0"], "--time_embedding_dim must be positive"),
+        (["--validation_guidance_rescale", "2"], "--validation_guidance_rescale must be in [0, 1]"),
     ],
 )
 def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
