@@ -220,7 +220,8 @@ def test_reload_equals_in_memory_model(tmp_path, flags):
     args.condition_dropout = 0.0  # with dropout both conditions could be nulled, leaving no gradient to check
     loss = trainer.diffusion_loss(unet, scheduler, sample.clamp(-1, 1), conditions, args)
     loss.backward()
-    if args.time_embedding_dim:
+    assert unet.time_embedding.linear_2.out_features == args.time_embedding_dim
+    if unet.class_embedding is not None:
         assert unet.class_embedding.linear_2.out_features == args.time_embedding_dim
     routes = {"class_embedding": ["class_embedding.linear_1"], "cross_attention": ["encoder_hid_proj"],
               "both": ["class_embedding.linear_1", "encoder_hid_proj"]}
