@@ -333,13 +333,13 @@ class ICLEVRPipeline(DiffusionPipeline):
             guidance (`str`, defaults to ``"joint"``): ``"joint"`` guides with the whole condition (above);
                 ``"composed"`` guides with each label on its own, ``eps = eps_null + w * sum_i (eps(c_i) - eps_null)``
                 (Composable Diffusion, Liu et al. 2022), one forward per label plus the null one.
-            guidance_rescale (`float`, defaults to 0.0): rescales the guided prediction to the standard deviation of
-                the conditional one and mixes by this factor (Lin et al. 2023, as diffusers' Stable Diffusion
+            guidance_rescale (`float`, defaults to 0.0): joint guidance only; rescales the guided prediction to the
+                standard deviation of the conditional one and mixes by this factor (Lin et al. 2023, as diffusers' Stable Diffusion
                 pipelines' ``guidance_rescale``), meant to counter the over-saturation of strong guidance (off by
                 default: it did not help accuracy here, README).
             guidance_interval (`tuple[float, float]`, *optional*): ``(low, high)`` as fractions of the training
-                timesteps; guidance is applied only at timesteps ``t / T`` in that range, and the conditional model
-                alone (``w = 1``) elsewhere (Kynkäänniemi et al. 2024). ``None`` guides at every step.
+                timesteps; guidance is applied only at timesteps ``t / T`` in that range, and ``w = 1`` elsewhere (for
+                joint guidance: the conditional model alone) (Kynkäänniemi et al. 2024). ``None`` guides at every step.
             generator (`torch.Generator`, *optional*): for reproducible sampling.
             latents (`torch.Tensor`, *optional*): initial noise ``(batch * num_images_per_prompt, C, H, W)``.
             num_images_per_prompt (`int`, defaults to 1): images per condition.
