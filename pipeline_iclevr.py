@@ -334,9 +334,9 @@ class ICLEVRPipeline(DiffusionPipeline):
                 ``"composed"`` guides with each label on its own, ``eps = eps_null + w * sum_i (eps(c_i) - eps_null)``
                 (Composable Diffusion, Liu et al. 2022), one forward per label plus the null one.
             guidance_rescale (`float`, defaults to 0.0): joint guidance only; rescales the guided prediction to the
-                standard deviation of the conditional one and mixes by this factor (Lin et al. 2023, as diffusers' Stable Diffusion
-                pipelines' ``guidance_rescale``), meant to counter the over-saturation of strong guidance (off by
-                default: it did not help accuracy here, README).
+                standard deviation of the conditional one and mixes by this factor (Lin et al. 2023, as diffusers'
+                Stable Diffusion pipelines' ``guidance_rescale``), meant to counter the over-saturation of strong
+                guidance (off by default: it did not help accuracy here, README).
             guidance_interval (`tuple[float, float]`, *optional*): ``(low, high)`` as fractions of the training
                 timesteps; guidance is applied only at timesteps ``t / T`` in that range, and ``w = 1`` elsewhere (for
                 joint guidance: the conditional model alone) (Kynkäänniemi et al. 2024). ``None`` guides at every step.

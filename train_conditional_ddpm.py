@@ -86,8 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     diffusion.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps in training.")
     diffusion.add_argument("--ddpm_beta_schedule", type=str, default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2"], help="Noise schedule.")
     diffusion.add_argument("--prediction_type", type=str, default="sample", choices=["epsilon", "v_prediction", "sample"],
-                           help="What the UNet predicts: the clean image x0 ('sample'), the noise, or v (x0 with an unweighted loss "
-                                "bound the condition fastest here; README).")
+                           help="What the UNet predicts: the clean image x0 ('sample'), the noise ('epsilon') or v. x0 with "
+                                "an unweighted loss (--snr_gamma 0) bound the condition fastest here (README).")
     diffusion.add_argument("--snr_gamma", type=float, default=0.0,
                            help="Min-SNR-gamma loss weighting (0 = off: with x0-prediction every noise level then weighs the "
                                 "same in image space, so the high-noise steps that decide layout and colour are trained).")

@@ -202,7 +202,7 @@ def test_exploding_run_stops_with_a_clear_error_and_keeps_good_checkpoints(rende
     [[], ["--conditioning", "cross_attention", "--attention_levels", "0,1"],
      ["--conditioning", "both", "--attention_levels", "1,1", "--resnet_time_scale_shift", "scale_shift"],
      ["--time_embedding_dim", "64", "--resnet_time_scale_shift", "default"]],
-    ids=["class_embedding", "cross_attention", "both", "wide_embedding"],
+    ids=["class_embedding", "cross_attention", "both", "embedding_width_64_additive"],
 )
 def test_reload_equals_in_memory_model(tmp_path, flags):
     args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path), *flags])
