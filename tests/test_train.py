@@ -45,7 +45,7 @@ def trained(rendered_dir, tmp_path_factory):
     build_evaluator().save_pretrained(out.parent / "evaluator")
     _launch(rendered_dir, out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
             "--use_ema", "--validation_steps", "3", "--validation_inference_steps", "2", "--validation_guidance_rescale", "0.5",
-            "--evaluator", str(out.parent / "evaluator"))
+            "--validation_num_seeds", "2", "--evaluator", str(out.parent / "evaluator"))
     return out
 
 
@@ -57,6 +57,8 @@ def test_launch_produces_a_pipeline(trained):
     records = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]
     assert all(0 <= r["accuracy"] <= 1 and 0 <= r["exact_set_accuracy"] <= 1 for r in records)
+    for r in records:  # two seeds each: the logged accuracy is their mean
+        assert len(r["accuracy_per_seed"]) == 2 and r["accuracy"] == pytest.approx(sum(r["accuracy_per_seed"]) / 2)
     assert list((trained / "logs").rglob("events.out.tfevents.*"))
     pipe = ICLEVRPipeline.from_pretrained(trained)
     pipe.set_progress_bar_config(disable=True)
@@ -84,6 +86,20 @@ def test_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
+
+
+def test_resume_at_the_last_step_exports_the_checkpoint_without_training(trained, rendered_dir, tmp_path):
+    """checkpoint-4 is mid-epoch (6 batches per epoch): a resume there used to train one more step before saving."""
+    exported = tmp_path / "exported"
+    result = _launch(rendered_dir, exported, "--max_train_steps", "4", "--use_ema",
+                     "--resume_from_checkpoint", str(trained / "checkpoint-4"))
+    assert "Resuming from" in result.stdout + result.stderr
+    assert not list(exported.glob("checkpoint-*"))  # no step taken, so nothing new to checkpoint
+    ema = torch.load(trained / "checkpoint-4" / "custom_checkpoint_0.pkl", weights_only=True)
+    unet = ICLEVRPipeline.from_pretrained(exported).unet
+    for (name, actual), expected in zip(unet.named_parameters(), ema["shadow_params"], strict=True):
+        assert torch.equal(actual, expected), name  # the checkpoint's EMA weights, untouched
+    assert "| steps | 4 |" in (exported / "README.md").read_text()
 
 
 def _popen(rendered_dir, output_dir, *flags):
@@ -285,6 +301,7 @@ def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch)
         (["--max_train_minutes", "0"], "must be positive"),
         (["--time_embedding_dim", "0"], "--time_embedding_dim must be positive"),
         (["--validation_guidance_rescale", "2"], "--validation_guidance_rescale must be in [0, 1]"),
+        (["--validation_num_seeds", "0"], "--validation_num_seeds must be at least 1"),
     ],
 )
 def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
