@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from iclevr_data import load_conditions
 from iclevr_evaluator import Evaluator, sanity_report
+from iclevr_metrics import mean_std
 from iclevr_utils import image_grid
 from pipeline_iclevr import ICLEVRPipeline
 
@@ -101,10 +102,6 @@ def generate(pipe, conditions, seed: int, batch_size: int, **sampling) -> tuple[
 
 def score(evaluator: Evaluator, images: np.ndarray, conditions) -> dict:
     return evaluator.score(torch.from_numpy(images).permute(0, 3, 1, 2).float(), conditions)
-
-
-def mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
 
 
 def evaluate_set(pipe, evaluator, name, conditions, args, out: Path) -> dict:

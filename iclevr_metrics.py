@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from pipeline_iclevr import LABELS
@@ -88,3 +90,8 @@ def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, threshold: floa
         "by_num_objects": by_objects,
         "per_label": per_label,
     }
+
+
+def mean_std(values: list[float]) -> dict:
+    """Mean and sample standard deviation (0 for one value) of a figure over sampling seeds, with the values."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}

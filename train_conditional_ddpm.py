@@ -40,6 +40,7 @@ from iclevr_data import (
     random_hflip,
     to_model_input,
 )
+from iclevr_metrics import mean_std
 from iclevr_utils import ema_weights, image_grid, multi_process_cpu_launch
 from pipeline_iclevr import LABELS, ICLEVRPipeline, unet_condition_kwargs
 
@@ -409,11 +410,10 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
     record = {"step": step, "seconds_per_image": seconds / (len(conditions) * len(per_seed))}
     if evaluator is not None:
         reports = [evaluator.score(torch.from_numpy(batch).permute(0, 3, 1, 2), conditions) for batch in per_seed]
-        accuracies = torch.tensor([r["accuracy"] for r in reports], dtype=torch.float64)
-        record |= {"accuracy": accuracies.mean().item(),
-                   "exact_set_accuracy": sum(r["exact_set_accuracy"] for r in reports) / len(reports)}
+        accuracy = mean_std([r["accuracy"] for r in reports])
+        record |= {"accuracy": accuracy["mean"], "exact_set_accuracy": mean_std([r["exact_set_accuracy"] for r in reports])["mean"]}
         if len(reports) > 1:
-            record |= {"accuracy_std": accuracies.std().item(), "accuracy_per_seed": accuracies.tolist()}
+            record |= {"accuracy_std": accuracy["std"], "accuracy_per_seed": accuracy["values"]}
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_images("validation", images, step, dataformats="NHWC")
