@@ -189,6 +189,14 @@ def read_image_folder(images_dir: str | os.PathLike, count: int) -> list[Image.I
     return images
 
 
+def probabilities(model, pixel_values: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+    """Sigmoid label probabilities of normalised ``(B, 3, 64, 64)`` pixels, optionally averaged with the mirror image's."""
+    scores = torch.sigmoid(model(pixel_values=pixel_values).logits.float())
+    if flip_average:
+        scores = (scores + torch.sigmoid(model(pixel_values=pixel_values.flip(-1)).logits.float())) / 2
+    return scores
+
+
 # --- the scorer --------------------------------------------------------------------------------------------------
 class Evaluator:
     """A trained evaluator: predicts label probabilities and scores images against their conditions.
@@ -196,9 +204,14 @@ class Evaluator:
     Args:
         model: a `ResNetForImageClassification` with 24 labels in the course's order.
         device: where to run it; batches are moved there.
+        batch_size: images per forward pass.
+        flip_average: score each image as the mean of its own and its mirror image's probabilities (a horizontal
+            flip keeps every label true, and the two views' errors on barely visible objects differ). Default: the
+            model config's ``flip_average`` (set by ``train_evaluator.py --flip_average``; off for the course's
+            checkpoint), so every score made with a saved evaluator uses the mode its held-out figures were made in.
     """
 
-    def __init__(self, model, device: str | torch.device = "cpu", batch_size: int = 256):
+    def __init__(self, model, device: str | torch.device = "cpu", batch_size: int = 256, flip_average: bool | None = None):
         label2id = getattr(model.config, "label2id", None)
         if model.config.num_labels != len(LABELS):
             raise ValueError(f"The evaluator must have {len(LABELS)} outputs, this one has {model.config.num_labels}.")
@@ -207,6 +220,7 @@ class Evaluator:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.flip_average = bool(getattr(model.config, "flip_average", False)) if flip_average is None else flip_average
         self.vocab = LabelVocabulary()
 
     @classmethod
@@ -231,7 +245,7 @@ class Evaluator:
         outputs = []
         for start in range(0, pixels.shape[0], self.batch_size):
             batch = pixels[start : start + self.batch_size].to(self.device)
-            outputs.append(torch.sigmoid(self.model(pixel_values=batch).logits.float()).cpu())
+            outputs.append(probabilities(self.model, batch, self.flip_average).cpu())
         return torch.cat(outputs)
 
     def score(self, images, conditions: Sequence | torch.Tensor) -> dict:

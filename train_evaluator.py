@@ -8,6 +8,8 @@ Held-out split by scene; augmentations keep labels valid (horizontal flips, smal
 like the course's evaluator that was trained on 32x32 images upsampled to 64x64, a low-resolution round trip), so
 upsampled low-resolution generations are scored fairly. Writes ``model.safetensors`` + ``config.json`` and
 ``evaluator_metrics.json`` (held-out figures at 64x64 and after a 32x32 round trip, the sanity rows, time).
+``--flip_average`` saves an evaluator that scores each image as the mean of its own and its mirror image's
+probabilities (held-out figures are then reported both ways).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from iclevr_data import (
     random_hflip,
     split_by_scene,
 )
-from iclevr_evaluator import EVALUATOR_RESOLUTION, Evaluator, build_evaluator, sanity_report
+from iclevr_evaluator import EVALUATOR_RESOLUTION, Evaluator, build_evaluator, probabilities, sanity_report
 from iclevr_metrics import evaluate_scores
 from iclevr_utils import multi_process_cpu_launch
 
@@ -58,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr_warmup_steps", type=int, default=200, help="Warm-up steps of the schedule.")
     train.add_argument("--lowres_prob", type=float, default=0.5, help="Probability of the low-resolution round trip augmentation.")
     train.add_argument("--lowres_sizes", type=str, default="32,40,48", help="Sizes images are shrunk to before being upsampled back to 64.")
+    train.add_argument("--flip_average", action="store_true",
+                       help="Score with the mean of each image's and its mirror image's probabilities; saved in the config, so "
+                            "every later score uses it (held-out figures are reported both ways).")
     train.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
     train.add_argument("--seed", type=int, default=0, help="Random seed (initialisation, shuffling, augmentation, split).")
     train.add_argument("--logger", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no logging).")
@@ -97,8 +102,11 @@ def augment(images: torch.Tensor, args: argparse.Namespace, generator: torch.Gen
 
 
 @torch.no_grad()
-def heldout_figures(model, images: torch.Tensor, labels: torch.Tensor, accelerator: Accelerator, batch_size: int = 512) -> dict:
+def heldout_figures(model, images: torch.Tensor, labels: torch.Tensor, accelerator: Accelerator, batch_size: int = 512,
+                    flip_average: bool = False) -> dict:
     """Course and exact-set accuracy on held-out images at 64x64 and after a 32x32 round trip.
+
+    ``flip_average`` scores as `Evaluator` does with that setting (each image averaged with its mirror image).
 
     Each process scores a contiguous share of the images; the shares are gathered in process order, so every
     process gets the figures of the whole held-out set, each image counted once.
@@ -120,7 +128,7 @@ def heldout_figures(model, images: torch.Tensor, labels: torch.Tensor, accelerat
                 pixels = lowres_round_trip(pixels, size)
             pixels = (pixels * 2 - 1).to(accelerator.device).contiguous(memory_format=torch.channels_last)
             with accelerator.autocast():
-                scores.append(torch.sigmoid(model(pixel_values=pixels).logits.float()).cpu())
+                scores.append(probabilities(model, pixels, flip_average).cpu())
         gathered = gather_object([torch.cat(scores)]) if accelerator.num_processes > 1 else [torch.cat(scores)]
         report = evaluate_scores(torch.cat(gathered), labels)
         figures[name] = {
@@ -190,16 +198,24 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info(f"epoch {epoch + 1}: held-out accuracy {figures['64']['accuracy']:.4f} (64), {figures['32to64']['accuracy']:.4f} (32->64)", main_process_only=True)
     progress.close()
 
+    single_view = None
+    if args.flip_average:  # the saved evaluator scores this way; the per-epoch figures above are single-view
+        single_view = figures
+        figures = heldout_figures(accelerator.unwrap_model(model), images[heldout_rows], labels[heldout_rows], accelerator,
+                                  flip_average=True)
     accelerator.wait_for_everyone()
     result = {}
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(model).float().eval()
+        model.config.flip_average = args.flip_average
         model.save_pretrained(output_dir, safe_serialization=True)
         sanity_conditions = load_conditions(args.sanity_conditions_json) if args.sanity_conditions_json else heldout_names[:96]
         result = {
             "heldout_images": len(heldout_rows),
             "train_images": len(train_rows),
             "heldout": figures,
+            "flip_average": args.flip_average,
+            **({"heldout_single_view": single_view} if single_view else {}),
             "sanity": sanity_report(Evaluator(model), sanity_conditions, seed=args.seed),
             "history": history,
             "train_minutes": (time.time() - start) / 60,
@@ -211,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps({k: result[k] for k in ("heldout_images", "train_minutes")} | {
             "heldout_accuracy": {k: v["accuracy"] for k, v in figures.items()},
             "heldout_exact_set_3_objects": {k: v["by_num_objects"].get("3", {}).get("exact_set_accuracy") for k, v in figures.items()},
+            "flip_average": args.flip_average,
             "sanity": result["sanity"],
         }, indent=2))
     accelerator.end_training()

@@ -109,6 +109,23 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(Evaluator(model).predict(images), Evaluator.from_pretrained(tmp_path / "ev").predict(images))
 
 
+def test_flip_average_is_saved_and_scores_the_mean_of_both_views(tmp_path):
+    model = _randomised(build_evaluator())
+    images = torch.rand(4, 3, 64, 64)
+    plain = Evaluator(model)
+    assert not plain.flip_average  # a model without the config entry (e.g. the course's) scores single-view
+    mean = (plain.predict(images) + plain.predict(images.flip(-1))) / 2
+    torch.testing.assert_close(Evaluator(model, flip_average=True).predict(images), mean)
+    assert not torch.allclose(mean, plain.predict(images))
+    symmetric = torch.cat([images[..., :32], images[..., :32].flip(-1)], dim=-1)
+    torch.testing.assert_close(Evaluator(model, flip_average=True).predict(symmetric), plain.predict(symmetric))
+    model.config.flip_average = True
+    model.save_pretrained(tmp_path / "ev")
+    loaded = Evaluator.from_pretrained(tmp_path / "ev")
+    assert loaded.flip_average
+    torch.testing.assert_close(loaded.predict(images), mean)
+
+
 def test_input_forms_agree_and_upsample():
     images = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
     as_uint8 = to_evaluator_input(images)
@@ -204,12 +221,14 @@ def test_train_evaluator_smoke(rendered_dir, tmp_path):
     out = tmp_path / "ev"
     command = [sys.executable, str(ROOT / "train_evaluator.py"), "--train_data_dir", str(rendered_dir),
                "--output_dir", str(out), "--num_epochs", "1", "--train_batch_size", "8", "--heldout_fraction", "0.3",
-               "--lr_warmup_steps", "1", "--logger", "none", "--cache_dir", str(tmp_path / "cache")]
+               "--lr_warmup_steps", "1", "--logger", "none", "--cache_dir", str(tmp_path / "cache"), "--flip_average"]
     subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=300)
     metrics = json.loads((out / "evaluator_metrics.json").read_text())
     assert set(metrics["heldout"]) == {"64", "32to64"} and set(metrics["sanity"]) == {"rendered", "floor", "noise"}
+    assert metrics["flip_average"] and set(metrics["heldout_single_view"]) == {"64", "32to64"}
     assert metrics["train_images"] + metrics["heldout_images"] == 24
-    assert Evaluator.from_pretrained(out).predict(torch.rand(1, 3, 64, 64)).shape == (1, 24)
+    evaluator = Evaluator.from_pretrained(out)
+    assert evaluator.flip_average and evaluator.predict(torch.rand(1, 3, 64, 64)).shape == (1, 24)
 
 
 def test_two_process_evaluator_training_gathers_heldout_figures(rendered_dir, tmp_path):
