@@ -5,7 +5,7 @@ This file is copied into every saved model so the Hub can load it as remote code
 the standard library, torch and diffusers. It owns label encoding; every other module imports it from here.
 
     >>> pipe = ICLEVRPipeline.from_pretrained("outputs/iclevr-ddpm")
-    >>> images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=50, guidance_scale=3.0).images
+    >>> images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=50, guidance_scale=2.0).images
 
 The vocabulary is the course's `objects.json`: 24 labels, 8 colours x 3 shapes, with
 ``index = shape_index * 8 + colour_index``::
@@ -307,7 +307,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         self,
         labels,
         num_inference_steps: int = 50,
-        guidance_scale: float = 3.0,
+        guidance_scale: float = 2.0,
         guidance: str = "joint",
         guidance_rescale: float = 0.0,
         guidance_interval: tuple[float, float] | None = None,
@@ -326,7 +326,7 @@ class ICLEVRPipeline(DiffusionPipeline):
             labels: one condition (``["red sphere", "cyan cube"]``, ``[9, 6]`` or a multi-hot tensor) or a batch
                 (a list of conditions or a ``(batch, 24)`` tensor).
             num_inference_steps (`int`, defaults to 50): denoising steps.
-            guidance_scale (`float`, defaults to 3.0): classifier-free guidance weight ``w`` in
+            guidance_scale (`float`, defaults to 2.0): classifier-free guidance weight ``w`` in
                 ``eps = eps_null + w * (eps_cond - eps_null)``. ``w = 1`` runs the conditional model alone and
                 ``w = 0`` the null (all-zero) condition alone, in a single pass; any other value runs both in one
                 batched forward.

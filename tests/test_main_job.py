@@ -49,11 +49,11 @@ def test_bad_flags(flags, message, capsys):
 
 def test_training_budget_shrinks_with_the_time_already_spent():
     args = main_job.parse_args([])
-    assert main_job.training_budget(args, 1.5) == (48.0, 3900)  # cached evaluator: all of --train_minutes
-    minutes, steps = main_job.training_budget(args, 16.0)  # evaluator trained first: 60 - 16 - 6 = 38 minutes
-    assert minutes == 38.0 and steps == round(3900 * 38 / 48)
+    assert main_job.training_budget(args, 1.5) == (57.0, 5000)  # cached evaluator: all of --train_minutes
+    minutes, steps = main_job.training_budget(args, 16.0)  # evaluator trained first: 75 - 16 - 6 = 53 minutes
+    assert minutes == 53.0 and steps == round(5000 * 53 / 57)
     with pytest.raises(SystemExit, match="raise --job_minutes or give --evaluator"):
-        main_job.training_budget(args, 55.0)
+        main_job.training_budget(args, 70.0)
 
 
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
