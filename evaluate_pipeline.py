@@ -31,7 +31,7 @@ from iclevr_data import load_conditions
 from iclevr_evaluator import Evaluator, sanity_report
 from iclevr_metrics import mean_std
 from iclevr_utils import image_grid
-from pipeline_iclevr import ICLEVRPipeline
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=str, default="outputs/report", help="Where images, metrics.json and report.md go.")
     parser.add_argument("--scheduler", type=str, default="ddim", choices=sorted(SCHEDULERS), help="Sampler.")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampling steps.")
-    parser.add_argument("--guidance_scale", type=float, default=2.0, help="Classifier-free guidance scale (2 scored best on late checkpoints, README).")
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale (2 scored best on late checkpoints, README).")
     parser.add_argument("--guidance", type=str, default="joint", choices=["joint", "composed"],
                         help="Guide with the whole condition (classifier-free) or with each label on its own (composed).")
     parser.add_argument("--guidance_rescale", type=float, default=None,

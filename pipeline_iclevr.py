@@ -32,6 +32,8 @@ from diffusers.utils.torch_utils import randn_tensor
 COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES = ("cube", "sphere", "cylinder")
 LABELS = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
+# The guidance every entry point samples with unless told otherwise (chosen on conditions/synthetic_96.json, README).
+DEFAULT_GUIDANCE_SCALE = 2.0
 
 # One condition: label names, label indices, or a multi-hot tensor of length 24.
 Condition = Sequence[str] | Sequence[int] | torch.Tensor
@@ -307,7 +309,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         self,
         labels,
         num_inference_steps: int = 50,
-        guidance_scale: float = 2.0,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         guidance: str = "joint",
         guidance_rescale: float = 0.0,
         guidance_interval: tuple[float, float] | None = None,

@@ -42,7 +42,7 @@ from iclevr_data import (
 )
 from iclevr_metrics import mean_std
 from iclevr_utils import ema_weights, image_grid, multi_process_cpu_launch
-from pipeline_iclevr import LABELS, ICLEVRPipeline, unet_condition_kwargs
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS, ICLEVRPipeline, unet_condition_kwargs
 
 logger = get_logger(__name__)
 
@@ -128,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--validation_steps", type=int, default=None, help="Sample the validation conditions every N steps (and at the end).")
     run.add_argument("--validation_conditions_json", type=str, default=str(DEFAULT_CONDITIONS), help="Conditions sampled at validation (test.json format).")
     run.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps at validation.")
-    run.add_argument("--validation_guidance_scale", type=float, default=2.0, help="Classifier-free guidance at validation.")
+    run.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance at validation.")
     run.add_argument("--validation_guidance_rescale", type=float, default=None,
                      help="Guidance rescale at validation, 0-1 (default: the pipeline's).")
     run.add_argument("--validation_num_seeds", type=int, default=1,

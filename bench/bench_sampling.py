@@ -21,7 +21,7 @@ import train_conditional_ddpm as trainer  # noqa: E402
 from evaluate_pipeline import OWN_TEST, SHARED_TEST, generate, load_pipeline, score  # noqa: E402
 from iclevr_data import load_conditions  # noqa: E402
 from iclevr_evaluator import Evaluator  # noqa: E402
-from pipeline_iclevr import unet_condition_kwargs  # noqa: E402
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, unet_condition_kwargs  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--pipeline", type=str, required=True, help="Trained pipeline folder.")
     parser.add_argument("--evaluator", type=str, required=True, help="Evaluator folder or course checkpoint.pth.")
     parser.add_argument("--conditions_json", type=str, default=None, help="Condition set (default: test.json if present).")
-    parser.add_argument("--guidance_scale", type=float, default=2.0, help="Classifier-free guidance scale for every row.")
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale for every row.")
     parser.add_argument("--rows", type=str, default="ddpm:1000,ddim:10,ddim:20,ddim:25,ddim:50,dpm++:10,dpm++:20,dpm++:25,dpm++:50",
                         help="Comma-separated SCHEDULER:STEPS rows.")
     parser.add_argument("--scaling", action="store_true", help="Add the resolution x batch cost grid.")
