@@ -11,6 +11,7 @@ each rate into the minutes that a given number of training images takes (default
 """
 
 import argparse
+import itertools
 import sys
 import time
 from contextlib import nullcontext
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_train import measure  # noqa: E402  (the same timing loop as the diffusion bench)
 
 from iclevr_evaluator import build_evaluator  # noqa: E402
 from train_evaluator import augment  # noqa: E402
@@ -43,16 +46,6 @@ def make_step(bf16: bool, channels_last: bool, compile_model: bool, augment_args
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def measure(step, images: torch.Tensor, labels: torch.Tensor, warmup: int, steps: int) -> float:
-    """Images per second over ``steps`` steps after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step(images, labels)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(images, labels)
-    return steps * images.shape[0] / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -81,7 +74,7 @@ def main() -> None:
     for name, options in rows:
         start = time.perf_counter()
         step = make_step(**options, augment_args=augment_args)
-        rate = measure(step, images, labels, args.warmup, args.steps)
+        rate = measure(step, itertools.repeat((images, labels)), args.warmup, args.steps)
         first = first or rate
         extra = f"  (incl. warm-up/compile {time.perf_counter() - start:.0f} s)" if options["compile_model"] else ""
         print(f"{name:<30} {rate:>9.1f} {rate / first:>7.2f}x {args.train_images / rate / 60:>22.1f}{extra}", flush=True)
