@@ -1,5 +1,6 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
-"""Small helpers shared by the training and evaluation scripts: image grids and swapping in EMA weights."""
+"""Small helpers shared by the training and evaluation scripts: image grids, swapping in EMA weights, and choosing
+mixed precision for the hardware at hand."""
 
 from __future__ import annotations
 
@@ -60,3 +61,34 @@ def multi_process_cpu_launch() -> bool:
     import os
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware: AMX tiles (Sapphire Rapids and later) or AVX512-BF16.
+
+    Without either, PyTorch emulates bf16 convolutions and matmuls on the CPU, and bf16 autocast trains the default
+    model about 15x *slower* than fp32 (measured on a 2-core AMD EPYC with AVX2 only: 2.3 vs 35.2 images/s), where
+    with AMX it is 1.5x faster (88 vs 59 images/s on 2 Sapphire Rapids cores).
+    """
+    cpu = torch.cpu
+    probes = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if all(probe is None for probe in probes):  # a torch without the probes: oneDNN's own answer
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return any(probe() for probe in probes if probe is not None)
+
+
+def auto_mixed_precision() -> str:
+    """The fastest safe ``--mixed_precision`` for the device Accelerate will train on: on CUDA bf16 where the GPU
+    supports it, else fp16; on a CPU bf16 only with native bf16 (`cpu_has_native_bf16`), else ``"no"`` (fp32)."""
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+def slow_bf16_warning(mixed_precision: str, device: torch.device) -> str | None:
+    """The warning for bf16 autocast on a CPU that only emulates bf16 (``None`` when there is nothing to say)."""
+    if mixed_precision != "bf16" or device.type != "cpu" or cpu_has_native_bf16():
+        return None
+    return ("--mixed_precision bf16 on a CPU without native bf16 (no AMX or AVX512-BF16): PyTorch emulates it, and "
+            "training runs 10-25x slower than fp32 on such CPUs (measured on AVX2: 2.3 vs 35 images/s). "
+            "Pass --mixed_precision no, or let main_job.py choose (--mixed_precision auto).")

@@ -27,10 +27,11 @@ from pathlib import Path
 
 from evaluate_pipeline import SHARED_TEST  # the report's default condition set; training validates on the same
 from iclevr_data import default_cache_dir
+from iclevr_utils import auto_mixed_precision
 
 PROJECT_DIR = Path(__file__).resolve().parent
-# What the main job adds to the trainer's defaults: bf16 autocast (AMX on this CPU; 2.8x fp32) and EMA weights.
-TRAIN_RECIPE = ["--mixed_precision", "bf16", "--use_ema"]
+# What the main job adds to the trainer's defaults: EMA weights (and --mixed_precision, chosen per machine).
+TRAIN_RECIPE = ["--use_ema"]
 # The evaluator trained when none is given: 30,000 rendered 64x64 images, 5 epochs (about 13 CPU minutes here, estimated
 # from the measured evaluator runs in the README: render 170 images/s, training 270k image-epochs in 16.6 min).
 EVALUATOR_RECIPE = {"num_scenes": 10000, "seed": 1, "num_epochs": 5, "train_batch_size": 128}
@@ -53,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_seeds", type=int, default=3, help="Sampling seeds of the report (mean ± std).")
     parser.add_argument("--accelerate_config", type=str, default=str(PROJECT_DIR / "accelerate_config.yaml"),
                         help="accelerate config for both training stages (the default gives one CPU process all cores).")
+    parser.add_argument("--mixed_precision", type=str, default="auto", choices=["auto", "no", "fp16", "bf16"],
+                        help="Mixed precision of both training stages. auto: bf16 on a GPU that supports it (else fp16) and on "
+                             "a CPU with native bf16 (AMX / AVX512-BF16: 1.5x fp32), fp32 on other CPUs (where bf16 is "
+                             "emulated and 15x slower than fp32).")
     parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py, quoted as one string.")
     args = parser.parse_args(argv)
     if min(args.train_minutes, args.job_minutes, args.max_train_steps, args.num_seeds, args.validation_steps) <= 0:
@@ -63,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--evaluator {args.evaluator} does not exist.")
     if not Path(args.accelerate_config).is_file():
         parser.error(f"--accelerate_config {args.accelerate_config} does not exist.")
+    if args.mixed_precision == "auto":
+        args.mixed_precision = auto_mixed_precision()
     return args
 
 
@@ -97,7 +104,7 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
     run_stage("train evaluator", launch(args, "train_evaluator.py") + [
         "--train_data_dir", str(data), "--cache_dir", str(cache), "--output_dir", str(folder),
         "--num_epochs", str(recipe["num_epochs"]), "--train_batch_size", str(recipe["train_batch_size"]),
-        "--mixed_precision", "bf16", "--logger", "none"], timings)
+        "--mixed_precision", args.mixed_precision, "--logger", "none"], timings)
     return folder
 
 
@@ -123,13 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
     run_stage("train diffusion model", launch(args, "train_conditional_ddpm.py") + [
         "--output_dir", str(pipeline), "--cache_dir", str(cache), "--evaluator", str(evaluator),
         "--validation_steps", str(args.validation_steps), "--max_train_steps", str(steps),
-        "--max_train_minutes", f"{minutes:.2f}", *TRAIN_RECIPE,
+        "--max_train_minutes", f"{minutes:.2f}", "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE,
         *(["--validation_conditions_json", str(SHARED_TEST)] if SHARED_TEST.is_file() else []),
         *shlex.split(args.train_args)], timings)
     run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
                          "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     summary = {"wall_seconds": round(time.time() - start, 1), "stage_seconds": timings, "evaluator": str(evaluator),
+               "mixed_precision": args.mixed_precision,
                "train_minutes_budget": round(minutes, 2), "max_train_steps": steps,
                "accuracy": {name: result["accuracy"] for name, result in metrics["sets"].items()}}
     (out / "main_job.json").write_text(json.dumps(summary, indent=2))

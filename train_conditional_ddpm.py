@@ -41,7 +41,7 @@ from iclevr_data import (
     to_model_input,
 )
 from iclevr_metrics import mean_std
-from iclevr_utils import ema_weights, image_grid, multi_process_cpu_launch
+from iclevr_utils import ema_weights, image_grid, multi_process_cpu_launch, slow_bf16_warning
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS, ICLEVRPipeline, unet_condition_kwargs
 
 logger = get_logger(__name__)
@@ -530,6 +530,8 @@ def main(argv: list[str] | None = None) -> None:
         cpu=multi_process_cpu_launch(),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if warning := slow_bf16_warning(accelerator.mixed_precision, accelerator.device):
+        logger.warning(warning, main_process_only=True)
     set_seed(args.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

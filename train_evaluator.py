@@ -39,7 +39,7 @@ from iclevr_data import (
 )
 from iclevr_evaluator import EVALUATOR_RESOLUTION, Evaluator, build_evaluator, probabilities, sanity_report
 from iclevr_metrics import evaluate_scores
-from iclevr_utils import multi_process_cpu_launch
+from iclevr_utils import multi_process_cpu_launch, slow_bf16_warning
 
 logger = get_logger(__name__)
 
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
         cpu=multi_process_cpu_launch(),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if warning := slow_bf16_warning(accelerator.mixed_precision, accelerator.device):
+        logger.warning(warning, main_process_only=True)
     set_seed(args.seed)
     start = time.time()
     images, labels, train_rows, heldout_rows, heldout_names = build_data(args, accelerator)

@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -15,4 +17,5 @@ def test_bench_evaluator_prints_every_row():
     assert len(rows) == 3
     for row in rows:
         rate, minutes = float(row.split()[-3]), float(row.split()[-1])
-        assert rate > 0 and abs(minutes - 1000 / rate / 60) < 0.051
+        # both are printed rounded (rate to 0.1, minutes to 0.1): slow rows (bf16 emulated on AVX2 CPUs) magnify the rate's rounding
+        assert rate > 0 and minutes == pytest.approx(1000 / rate / 60, rel=0.06 / rate, abs=0.051)

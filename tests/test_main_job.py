@@ -1,7 +1,9 @@
 import json
 
 import pytest
+import torch
 
+import iclevr_utils
 import main_job
 from iclevr_evaluator import build_evaluator
 
@@ -19,6 +21,7 @@ def test_main_job_end_to_end(tmp_path):
     assert (job / "pipeline" / "model_index.json").is_file() and (job / "report" / "report.md").is_file()
     saved = json.loads((job / "main_job.json").read_text())
     assert saved == summary and set(saved["stage_seconds"]) == {"train diffusion model", "report"}
+    assert saved["mixed_precision"] == iclevr_utils.auto_mixed_precision()  # bf16 only where the CPU computes it natively
     assert "synthetic_test" in saved["accuracy"] and 0 <= saved["accuracy"]["synthetic_test"]["mean"] <= 1
     steps = [json.loads(line)["step"] for line in (job / "pipeline" / "validation" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 3]
@@ -67,3 +70,29 @@ def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, m
     metrics = json.loads((folder / "evaluator_metrics.json").read_text())
     assert metrics["train_images"] + metrics["heldout_images"] == 60
     assert main_job.ensure_evaluator(args, tmp_path, timings := {}) == folder and timings == {}  # cached now
+
+
+@pytest.mark.parametrize("cuda, cuda_bf16, cpu_bf16, expected", [(False, False, True, "bf16"), (False, False, False, "no"),
+                                                                  (True, True, False, "bf16"), (True, False, False, "fp16")])
+def test_auto_mixed_precision_follows_the_hardware(monkeypatch, cuda, cuda_bf16, cpu_bf16, expected):
+    """bf16 only where it is computed in hardware: on an AVX2-only CPU it is emulated and 15x slower than fp32."""
+    monkeypatch.setattr(iclevr_utils.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(iclevr_utils.torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    monkeypatch.setattr(iclevr_utils, "cpu_has_native_bf16", lambda: cpu_bf16)
+    assert iclevr_utils.auto_mixed_precision() == expected
+    assert main_job.parse_args([]).mixed_precision == expected
+    assert main_job.parse_args(["--mixed_precision", "no"]).mixed_precision == "no"
+
+
+def test_slow_bf16_is_named_with_its_fix(monkeypatch):
+    monkeypatch.setattr(iclevr_utils, "cpu_has_native_bf16", lambda: False)
+    warning = iclevr_utils.slow_bf16_warning("bf16", torch.device("cpu"))
+    assert "without native bf16" in warning and "--mixed_precision no" in warning
+    assert iclevr_utils.slow_bf16_warning("no", torch.device("cpu")) is None
+    assert iclevr_utils.slow_bf16_warning("bf16", torch.device("cuda")) is None
+    monkeypatch.setattr(iclevr_utils, "cpu_has_native_bf16", lambda: True)
+    assert iclevr_utils.slow_bf16_warning("bf16", torch.device("cpu")) is None
+
+
+def test_cpu_bf16_probe_agrees_with_torch():
+    assert iclevr_utils.cpu_has_native_bf16() == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
