@@ -2,8 +2,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,4 +16,6 @@ def test_bench_evaluator_prints_every_row():
     for row in rows:
         rate, minutes = float(row.split()[-3]), float(row.split()[-1])
         # both are printed rounded (rate to 0.1, minutes to 0.1): slow rows (bf16 emulated on AVX2 CPUs) magnify the rate's rounding
-        assert rate > 0 and minutes == pytest.approx(1000 / rate / 60, rel=0.06 / rate, abs=0.051)
+        assert rate > 0.05
+        expected = 1000 / rate / 60
+        assert abs(minutes - expected) <= expected * 0.05 / (rate - 0.05) + 0.051
