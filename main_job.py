@@ -5,9 +5,10 @@
 
 1. **Evaluator**: ``--evaluator`` if given; else the one cached in ``<cache_dir>/evaluator-<recipe>`` from an earlier
    run; else renders its training set (64x64) and trains it once with ``accelerate launch train_evaluator.py``.
-2. **Diffusion model**: ``accelerate launch --config_file accelerate_config.yaml train_conditional_ddpm.py`` with the
-   trainer's default recipe (it renders the embedded training set on first use), the course accuracy logged
-   during training, stopped by ``--train_minutes``.
+2. **Diffusion model**: a 20-step calibration run of the trainer measures this machine's seconds per step (and
+   renders the embedded training set on first use); then ``accelerate launch --config_file accelerate_config.yaml
+   train_conditional_ddpm.py`` with the trainer's default recipe, its schedule sized to what fits ``--train_minutes``
+   here, the course accuracy logged during training. Mixed precision follows the hardware (``--mixed_precision auto``).
 3. **Report**: ``evaluate_pipeline.py`` over ``../shared/iclevr/test.json`` (when present) and the project's own
    condition sets, ``--num_seeds`` seeds, next to rendered / floor / noise reference rows.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +36,8 @@ PROJECT_DIR = Path(__file__).resolve().parent
 TRAIN_RECIPE = ["--use_ema"]
 # The evaluator trained when none is given: 30,000 rendered 64x64 images, 5 epochs (about 13 CPU minutes here, estimated
 # from the measured evaluator runs in the README: render 170 images/s, training 270k image-epochs in 16.6 min).
+# Steps of the calibration run that measures this machine's training speed (the first is excluded as warm-up).
+CALIBRATION_STEPS = 20
 EVALUATOR_RECIPE = {"num_scenes": 10000, "seed": 1, "num_epochs": 5, "train_batch_size": 128}
 
 
@@ -45,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_minutes", type=float, default=57.0, help="Wall-time budget of diffusion training (validation excluded).")
     parser.add_argument("--max_train_steps", type=int, default=5000,
                         help="Steps the learning-rate schedule spans when training gets all of --train_minutes "
-                             "(5,000 = 56 minutes of the default recipe on a 2-core CPU, measured); scaled down with the budget.")
+                             "(5,000 = 56 minutes of the default recipe on a 2-core Sapphire Rapids CPU, measured); scaled "
+                             "down with the budget, and to what a calibration run shows this machine trains in it.")
     parser.add_argument("--job_minutes", type=float, default=75.0,
                         help="Wall-time budget of the whole job: when rendering and training the evaluator took longer, "
                              "diffusion training gets what is left (minus --report_minutes), its step count scaled to match.")
@@ -108,14 +113,29 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
     return folder
 
 
-def training_budget(args, minutes_spent: float) -> tuple[float, int]:
+def calibrate(args, cache: Path, out: Path, timings: dict) -> float:
+    """Seconds per training step of the recipe on this machine, from a short run of the trainer itself (which also
+    renders the embedded data on first use, so that the real run starts training at once)."""
+    folder = out / "calibration"
+    run_stage("calibrate", launch(args, "train_conditional_ddpm.py") + [
+        "--output_dir", str(folder), "--cache_dir", str(cache), "--max_train_steps", str(CALIBRATION_STEPS),
+        "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE, *shlex.split(args.train_args)], timings)
+    seconds = json.loads((folder / "train_summary.json").read_text())["seconds per step"]
+    shutil.rmtree(folder)
+    return seconds
+
+
+def training_budget(args, minutes_spent: float, seconds_per_step: float) -> tuple[float, int]:
     """Minutes and schedule steps for diffusion training: ``--train_minutes``, or less when the earlier stages used
-    up part of ``--job_minutes``; the steps shrink in proportion, so the learning rate still decays to its end."""
+    up part of ``--job_minutes``; the steps shrink in proportion, and to what this machine trains in that time
+    (``seconds_per_step``), so the learning rate still decays to its end instead of being cut off mid-schedule."""
     minutes = min(args.train_minutes, args.job_minutes - minutes_spent - args.report_minutes)
     if minutes < 1:
         raise SystemExit(f"Only {minutes:.1f} minutes of the --job_minutes {args.job_minutes:g} budget are left for training "
                          f"after {minutes_spent:.1f} minutes of data/evaluator stages; raise --job_minutes or give --evaluator.")
-    return minutes, max(1, round(args.max_train_steps * minutes / args.train_minutes))
+    steps = round(args.max_train_steps * minutes / args.train_minutes)
+    # No safety margin: a run slightly slower than calibrated is stopped by the clock where the cosine rate is ~0.
+    return minutes, max(1, min(steps, int(minutes * 60 / seconds_per_step)))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -125,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     timings: dict[str, float] = {}
     evaluator = ensure_evaluator(args, cache, timings)
-    minutes, steps = training_budget(args, (time.time() - start) / 60)
+    seconds_per_step = calibrate(args, cache, out, timings)
+    minutes, steps = training_budget(args, (time.time() - start) / 60, seconds_per_step)
     pipeline = out / "pipeline"
     run_stage("train diffusion model", launch(args, "train_conditional_ddpm.py") + [
         "--output_dir", str(pipeline), "--cache_dir", str(cache), "--evaluator", str(evaluator),
@@ -138,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     summary = {"wall_seconds": round(time.time() - start, 1), "stage_seconds": timings, "evaluator": str(evaluator),
                "mixed_precision": args.mixed_precision,
-               "train_minutes_budget": round(minutes, 2), "max_train_steps": steps,
+               "train_minutes_budget": round(minutes, 2), "calibrated_seconds_per_step": round(seconds_per_step, 4),
+               "max_train_steps": steps,
                "accuracy": {name: result["accuracy"] for name, result in metrics["sets"].items()}}
     (out / "main_job.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDone in {summary['wall_seconds'] / 60:.1f} min: {json.dumps(summary['accuracy'])}\nReport: {out / 'report' / 'report.md'}")

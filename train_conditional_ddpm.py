@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
     progress = tqdm(total=max_steps, initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process)
     start, samples_seen, loss_value, record, validation_seconds = time.time(), 0, float("nan"), {}, 0.0
-    warm = None  # (time, samples) after the first step: throughput is measured from there, past kernel warm-up
+    warm = None  # (time, samples, step) after the first step: throughput is measured from there, past kernel warm-up
     # Resuming at (or past) the last step trains nothing and only saves: this exports checkpoint-N as a pipeline.
     for epoch in range(first_epoch, num_epochs if global_step < max_steps else first_epoch):
         unet.train()
@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
                 ema.step(unet.parameters())
             global_step += 1
             if warm is None:
-                warm = (time.time(), samples_seen)
+                warm = (time.time(), samples_seen, global_step)
             loss_value = loss.detach().item()
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
@@ -630,7 +630,12 @@ def main(argv: list[str] | None = None) -> None:
                 paused = time.time()
                 record = log_validation(accelerator.unwrap_model(unet), ema, noise_scheduler, args, accelerator, global_step, evaluator)
                 validation_seconds += time.time() - paused
-            if global_step >= max_steps or out_of_time(accelerator, args.max_train_minutes, time.time() - start - validation_seconds):
+            if global_step >= max_steps:
+                break
+            if out_of_time(accelerator, args.max_train_minutes, time.time() - start - validation_seconds):
+                logger.warning(f"--max_train_minutes {args.max_train_minutes:g} spent at step {global_step} of {max_steps}: the "
+                               f"learning-rate schedule stops at {lr_scheduler.get_last_lr()[0]:.2e}, not at its end. Fewer "
+                               f"--max_train_steps fit this machine (main_job.py sizes them by a calibration run).")
                 max_steps = global_step
                 break
         if global_step >= max_steps:
@@ -643,8 +648,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.validation_steps and global_step % args.validation_steps:
             record = log_validation(unet, ema, noise_scheduler, args, accelerator, global_step, evaluator)
         seconds = time.time() - start
-        warm = warm or (start, 0)
-        rate = (samples_seen - warm[1]) / max(time.time() - warm[0], 1e-9)
+        trained = warm is not None  # False when a resume at the last step only exports
+        warm = warm or (start, 0, global_step)
+        timed = max(time.time() - warm[0] - validation_seconds, 1e-9)  # validation all falls after the first step
+        rate = (samples_seen - warm[1]) / timed
         summary = {"steps": global_step, "final loss": f"{loss_value:.4f}", "images seen (this run)": samples_seen,
                    "images/s": f"{rate:.1f}", "minutes": f"{seconds / 60:.1f}",
                    "training minutes (validation excluded)": f"{(seconds - validation_seconds) / 60:.1f}",
@@ -653,6 +660,9 @@ def main(argv: list[str] | None = None) -> None:
         summary |= {f"validation {k}": v for k, v in record.items() if k != "step"}
         save_pipeline(unet, ema, noise_scheduler, args)
         write_model_card(args, summary)
+        # Machine-readable figures (main_job.py sizes its schedule to this machine from a short run's seconds per step).
+        seconds_per_step = timed / (global_step - warm[2]) if trained and global_step > warm[2] else None
+        (output_dir / "train_summary.json").write_text(json.dumps(summary | {"seconds per step": seconds_per_step}, indent=2))
         logger.info(f"Saved the pipeline to {output_dir}: {summary}")
         if args.push_to_hub:
             logger.info(f"Pushed to https://huggingface.co/{push_to_hub(args)}")

@@ -20,7 +20,8 @@ def test_main_job_end_to_end(tmp_path):
     job = tmp_path / "job"
     assert (job / "pipeline" / "model_index.json").is_file() and (job / "report" / "report.md").is_file()
     saved = json.loads((job / "main_job.json").read_text())
-    assert saved == summary and set(saved["stage_seconds"]) == {"train diffusion model", "report"}
+    assert saved == summary and set(saved["stage_seconds"]) == {"calibrate", "train diffusion model", "report"}
+    assert saved["calibrated_seconds_per_step"] > 0 and not (job / "calibration").exists()
     assert saved["mixed_precision"] == iclevr_utils.auto_mixed_precision()  # bf16 only where the CPU computes it natively
     assert "synthetic_test" in saved["accuracy"] and 0 <= saved["accuracy"]["synthetic_test"]["mean"] <= 1
     steps = [json.loads(line)["step"] for line in (job / "pipeline" / "validation" / "metrics.jsonl").read_text().splitlines()]
@@ -50,13 +51,15 @@ def test_bad_flags(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_training_budget_shrinks_with_the_time_already_spent():
+def test_training_budget_shrinks_with_the_time_already_spent_and_a_slower_machine():
     args = main_job.parse_args([])
-    assert main_job.training_budget(args, 1.5) == (57.0, 5000)  # cached evaluator: all of --train_minutes
-    minutes, steps = main_job.training_budget(args, 16.0)  # evaluator trained first: 75 - 16 - 6 = 53 minutes
+    assert main_job.training_budget(args, 1.5, 0.671) == (57.0, 5000)  # cached evaluator, Sapphire Rapids speed
+    minutes, steps = main_job.training_budget(args, 16.0, 0.671)  # evaluator trained first: 75 - 16 - 6 = 53 minutes
     assert minutes == 53.0 and steps == round(5000 * 53 / 57)
+    # an AVX2-only CPU in fp32 (1.8 s/step): the schedule is sized to the 57 minutes, not cut off by them
+    assert main_job.training_budget(args, 1.5, 1.8) == (57.0, int(57 * 60 / 1.8))
     with pytest.raises(SystemExit, match="raise --job_minutes or give --evaluator"):
-        main_job.training_budget(args, 70.0)
+        main_job.training_budget(args, 70.0, 0.671)
 
 
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):

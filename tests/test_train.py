@@ -60,6 +60,8 @@ def test_launch_produces_a_pipeline(trained):
     for r in records:  # two seeds each: the logged accuracy is their mean
         assert len(r["accuracy_per_seed"]) == 2 and r["accuracy"] == pytest.approx(sum(r["accuracy_per_seed"]) / 2)
     assert list((trained / "logs").rglob("events.out.tfevents.*"))
+    summary = json.loads((trained / "train_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["seconds per step"] > 0 and summary["mixed precision"] == "no"
     pipe = ICLEVRPipeline.from_pretrained(trained)
     pipe.set_progress_bar_config(disable=True)
     images = pipe([["red sphere"], ["gray cube", "blue cylinder"]], num_inference_steps=2, output_type="np").images
@@ -325,3 +327,11 @@ def test_foreground_weights_favour_objects(rendered_dir, tmp_path):
     departure = (pixels - floor).abs().amax(1, keepdim=True)
     objects, background = departure > 0.5, departure < 0.05  # clearly an object (or shadow) / clearly floor
     assert (weights[objects].mean() > 3 * weights[background].mean()) and objects.any() and background.any()
+
+
+def test_time_budget_stops_early_and_says_the_schedule_was_cut(rendered_dir, tmp_path):
+    result = _launch(rendered_dir, tmp_path / "out", "--max_train_steps", "50", "--max_train_minutes", "0.0001")
+    assert "--max_train_minutes 0.0001 spent at step 1 of 50" in result.stderr and "schedule stops at" in result.stderr
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert summary["steps"] == 1 and summary["seconds per step"] is None  # nothing timed past the warm-up step
+    assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
