@@ -21,6 +21,7 @@ import train_conditional_ddpm as trainer  # noqa: E402
 from evaluate_pipeline import OWN_TEST, SHARED_TEST, generate, load_pipeline, score  # noqa: E402
 from iclevr_data import load_conditions  # noqa: E402
 from iclevr_evaluator import Evaluator  # noqa: E402
+from iclevr_utils import cpu_has_native_bf16  # noqa: E402
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, unet_condition_kwargs  # noqa: E402
 
 
@@ -52,7 +53,8 @@ def main() -> None:
             for batch in (1, 32, 64):
                 x = torch.randn(2 * batch, 3, resolution, resolution)
                 kwargs = unet_condition_kwargs(unet.config, torch.zeros(2 * batch, 24))
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                # bf16 only where the CPU computes it natively (elsewhere it is emulated, 15x slower): as main_job.py chooses
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_native_bf16()):
                     unet(x, 500, **kwargs)
                     start = time.perf_counter()
                     for _ in range(5):
