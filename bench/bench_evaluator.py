@@ -66,6 +66,7 @@ def main() -> None:
     augment_args = evaluator_args(["--train_data_dir", "unused"])
     rows = [
         ("fp32", dict(bf16=False, channels_last=False, compile_model=False)),
+        ("fp32 + channels_last", dict(bf16=False, channels_last=True, compile_model=False)),
         ("bf16 autocast", dict(bf16=True, channels_last=False, compile_model=False)),
         ("+ channels_last (the recipe)", dict(bf16=True, channels_last=True, compile_model=False)),
     ]
