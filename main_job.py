@@ -30,6 +30,7 @@ from pathlib import Path
 from evaluate_pipeline import SHARED_TEST  # the report's default condition set; training validates on the same
 from iclevr_data import default_cache_dir
 from iclevr_utils import auto_mixed_precision
+from train_conditional_ddpm import parse_args as trainer_args
 
 PROJECT_DIR = Path(__file__).resolve().parent
 # What the main job adds to the trainer's defaults: EMA weights (and --mixed_precision, chosen per machine).
@@ -138,6 +139,13 @@ def training_budget(args, minutes_spent: float, seconds_per_step: float) -> tupl
     return minutes, max(1, min(steps, int(minutes * 60 / seconds_per_step)))
 
 
+def warmup_steps(args, steps: int) -> int:
+    """The trainer's warm-up (its default, or ``--train_args``'), shrunk with the schedule so a shortened run keeps the
+    recipe's shape (200 of 5,000 steps) instead of spending most of its steps warming up."""
+    warmup = trainer_args(["--output_dir", "unused", *shlex.split(args.train_args)]).lr_warmup_steps
+    return max(1, round(warmup * min(1.0, steps / args.max_train_steps)))
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     start = time.time()
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--validation_steps", str(args.validation_steps), "--max_train_steps", str(steps),
         "--max_train_minutes", f"{minutes:.2f}", "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE,
         *(["--validation_conditions_json", str(SHARED_TEST)] if SHARED_TEST.is_file() else []),
-        *shlex.split(args.train_args)], timings)
+        *shlex.split(args.train_args), "--lr_warmup_steps", str(warmup_steps(args, steps))], timings)
     run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
                          "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
     metrics = json.loads((out / "report" / "metrics.json").read_text())

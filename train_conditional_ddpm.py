@@ -554,6 +554,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"{len(dataset)} images are fewer than one batch of {args.train_batch_size}; lower --train_batch_size.")
     max_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
     num_epochs = math.ceil(max_steps / updates_per_epoch)
+    if args.lr_warmup_steps >= max_steps and args.lr_scheduler != "constant":
+        logger.warning(f"--lr_warmup_steps {args.lr_warmup_steps} is not shorter than the {max_steps}-step schedule: the learning "
+                       f"rate never decays. Pass fewer warm-up steps (e.g. --lr_warmup_steps {max(1, max_steps // 25)}).")
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_steps * accelerator.num_processes)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format

@@ -99,3 +99,11 @@ def test_slow_bf16_is_named_with_its_fix(monkeypatch):
 
 def test_cpu_bf16_probe_agrees_with_torch():
     assert iclevr_utils.cpu_has_native_bf16() == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def test_warmup_shrinks_with_the_schedule():
+    args = main_job.parse_args([])
+    assert main_job.warmup_steps(args, 5000) == 200  # the recipe as measured
+    assert main_job.warmup_steps(args, 1809) == 72  # an AVX2-only CPU's hour: 4 % of the schedule, as on Sapphire Rapids
+    assert main_job.warmup_steps(args, 3) == 1
+    assert main_job.warmup_steps(main_job.parse_args(["--train_args", "--lr_warmup_steps 500"]), 2500) == 250

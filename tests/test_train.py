@@ -329,9 +329,11 @@ def test_foreground_weights_favour_objects(rendered_dir, tmp_path):
     assert (weights[objects].mean() > 3 * weights[background].mean()) and objects.any() and background.any()
 
 
-def test_time_budget_stops_early_and_says_the_schedule_was_cut(rendered_dir, tmp_path):
-    result = _launch(rendered_dir, tmp_path / "out", "--max_train_steps", "50", "--max_train_minutes", "0.0001")
+def test_time_budget_and_warmup_longer_than_the_schedule_are_reported(rendered_dir, tmp_path):
+    result = _launch(rendered_dir, tmp_path / "out", "--max_train_steps", "50", "--max_train_minutes", "0.0001",
+                     "--lr_warmup_steps", "60")
     assert "--max_train_minutes 0.0001 spent at step 1 of 50" in result.stderr and "schedule stops at" in result.stderr
+    assert "--lr_warmup_steps 60 is not shorter than the 50-step schedule" in result.stderr
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert summary["steps"] == 1 and summary["seconds per step"] is None  # nothing timed past the warm-up step
     assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
