@@ -649,7 +649,9 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         unet = accelerator.unwrap_model(unet).to(memory_format=torch.contiguous_format)
         if args.validation_steps and global_step % args.validation_steps:
+            paused = time.time()
             record = log_validation(unet, ema, noise_scheduler, args, accelerator, global_step, evaluator)
+            validation_seconds += time.time() - paused  # the final validation is not training time either
         seconds = time.time() - start
         trained = warm is not None  # False when a resume at the last step only exports
         warm = warm or (start, 0, global_step)
