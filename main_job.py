@@ -121,6 +121,7 @@ def calibrate(args, cache: Path, out: Path, timings: dict) -> float:
     """Seconds per training step of the recipe on this machine, from a short run of the trainer itself (which also
     renders the embedded data on first use, so that the real run starts training at once)."""
     folder = out / "calibration"
+    shutil.rmtree(folder, ignore_errors=True)  # left by an interrupted job: never resumed, never mixed in
     run_stage("calibrate", launch(args, "train_conditional_ddpm.py") + [
         "--output_dir", str(folder), "--cache_dir", str(cache), "--max_train_steps", str(CALIBRATION_STEPS),
         "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE, *shlex.split(args.train_args),
@@ -143,13 +144,13 @@ def training_budget(args, minutes_spent: float, seconds_per_step: float) -> tupl
     return minutes, max(1, min(steps, int(minutes * 60 / seconds_per_step)))
 
 
-def warmup_steps(args, steps: int) -> int:
+def warmup_flags(args, steps: int) -> list[str]:
     """The trainer's default warm-up, capped at the recipe's share of the schedule (200 of 5,000 steps), so a shorter
-    run keeps the recipe's shape instead of spending most of its steps warming up; one given in ``--train_args`` wins."""
-    given = trainer_args(["--output_dir", "unused", *shlex.split(args.train_args)])
-    if "--lr_warmup_steps" in shlex.split(args.train_args):
-        return given.lr_warmup_steps
-    return max(1, min(given.lr_warmup_steps, round(steps * WARMUP_SHARE)))
+    run keeps the recipe's shape instead of spending most of its steps warming up; none when ``--train_args`` gives one."""
+    if any(flag.split("=")[0] == "--lr_warmup_steps" for flag in shlex.split(args.train_args)):
+        return []
+    default = trainer_args(["--output_dir", "unused"]).lr_warmup_steps
+    return ["--lr_warmup_steps", str(max(1, min(default, round(steps * WARMUP_SHARE))))]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--validation_steps", str(args.validation_steps), "--max_train_steps", str(steps),
         "--max_train_minutes", f"{minutes:.2f}", "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE,
         *(["--validation_conditions_json", str(SHARED_TEST)] if SHARED_TEST.is_file() else []),
-        *shlex.split(args.train_args), "--lr_warmup_steps", str(warmup_steps(args, steps))], timings)
+        *shlex.split(args.train_args), *warmup_flags(args, steps)], timings)
     run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
                          "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
     metrics = json.loads((out / "report" / "metrics.json").read_text())

@@ -103,8 +103,9 @@ def test_cpu_bf16_probe_agrees_with_torch():
 
 def test_warmup_shrinks_with_the_schedule():
     args = main_job.parse_args([])
-    assert main_job.warmup_steps(args, 5000) == 200  # the recipe as measured
-    assert main_job.warmup_steps(args, 1809) == 72  # an AVX2-only CPU's hour: 4 % of the schedule, as on Sapphire Rapids
-    assert main_job.warmup_steps(args, 98) == 4  # a 3-minute run there: 4 warm-up steps, not 200 of 98
-    assert main_job.warmup_steps(args, 3) == 1
-    assert main_job.warmup_steps(main_job.parse_args(["--train_args", "--lr_warmup_steps 500"]), 2500) == 500  # given: kept
+    assert main_job.warmup_flags(args, 5000) == ["--lr_warmup_steps", "200"]  # the recipe as measured
+    assert main_job.warmup_flags(args, 1809) == ["--lr_warmup_steps", "72"]  # an AVX2-only CPU's hour: 4 %, as on Sapphire Rapids
+    assert main_job.warmup_flags(args, 98) == ["--lr_warmup_steps", "4"]  # a 3-minute run there: 4 warm-up steps, not 200 of 98
+    assert main_job.warmup_flags(args, 3) == ["--lr_warmup_steps", "1"]
+    for given in ("--lr_warmup_steps 500", "--lr_warmup_steps=500"):  # the user's own warm-up stays as given
+        assert main_job.warmup_flags(main_job.parse_args([f"--train_args={given}"]), 2500) == []
