@@ -35,13 +35,13 @@ from train_conditional_ddpm import parse_args as trainer_args
 PROJECT_DIR = Path(__file__).resolve().parent
 # What the main job adds to the trainer's defaults: EMA weights (and --mixed_precision, chosen per machine).
 TRAIN_RECIPE = ["--use_ema"]
-# The evaluator trained when none is given: 30,000 rendered 64x64 images, 5 epochs (about 13 CPU minutes here, estimated
-# from the measured evaluator runs in the README: render 170 images/s, training 270k image-epochs in 16.6 min).
 # The default recipe's warm-up share of its schedule (200 of 5,000 steps), kept when the schedule is shortened.
 WARMUP_SHARE = 0.04
 # Steps of the calibration run that measures this machine's training speed (the first is excluded as warm-up; 40
 # average out step-to-step noise of 1.4-2.3 s per step seen on a shared 2-core machine).
 CALIBRATION_STEPS = 40
+# The evaluator trained when none is given: 30,000 rendered 64x64 images, 5 epochs (about 13 CPU minutes here, estimated
+# from the measured evaluator runs in the README: render 170 images/s, training 270k image-epochs in 16.6 min).
 EVALUATOR_RECIPE = {"num_scenes": 10000, "seed": 1, "num_epochs": 5, "train_batch_size": 128}
 
 

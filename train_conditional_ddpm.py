@@ -653,8 +653,7 @@ def main(argv: list[str] | None = None) -> None:
             record = log_validation(unet, ema, noise_scheduler, args, accelerator, global_step, evaluator)
             validation_seconds += time.time() - paused  # the final validation is not training time either
         seconds = time.time() - start
-        trained = warm is not None  # False when a resume at the last step only exports
-        warm = warm or (start, 0, global_step)
+        warm = warm or (start, 0, global_step)  # nothing trained (a resume at the last step only exports): no step timed
         timed = max(time.time() - warm[0] - validation_seconds, 1e-9)  # validation all falls after the first step
         rate = (samples_seen - warm[1]) / timed
         summary = {"steps": global_step, "final loss": f"{loss_value:.4f}", "images seen (this run)": samples_seen,
@@ -666,7 +665,7 @@ def main(argv: list[str] | None = None) -> None:
         save_pipeline(unet, ema, noise_scheduler, args)
         write_model_card(args, summary)
         # Machine-readable figures (main_job.py sizes its schedule to this machine from a short run's seconds per step).
-        seconds_per_step = timed / (global_step - warm[2]) if trained and global_step > warm[2] else None
+        seconds_per_step = timed / (global_step - warm[2]) if global_step > warm[2] else None
         (output_dir / "train_summary.json").write_text(json.dumps(summary | {"seconds per step": seconds_per_step}, indent=2))
         logger.info(f"Saved the pipeline to {output_dir}: {summary}")
         if args.push_to_hub:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_train import measure  # noqa: E402  (the same timing loop as the diffusion bench)
 
 from iclevr_evaluator import build_evaluator  # noqa: E402
-from iclevr_utils import cpu_has_native_bf16  # noqa: E402
+from iclevr_utils import hardware_line  # noqa: E402
 from train_evaluator import augment  # noqa: E402
 from train_evaluator import parse_args as evaluator_args  # noqa: E402
 
@@ -57,8 +57,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="Add a torch.compile row (compiling takes about a minute on CPU).")
     parser.add_argument("--train_images", type=int, default=9 * 80768, help="Training images to convert rates into minutes.")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.train_batch_size}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
+    print(f"{hardware_line()}; batch {args.train_batch_size}")
     generator = torch.Generator().manual_seed(0)
     # Random pixels cost the same as rendered scenes here: every op in the step is dense.
     images = torch.randint(0, 256, (args.train_batch_size, 64, 64, 3), dtype=torch.uint8, generator=generator)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_conditional_ddpm as trainer  # noqa: E402
 from iclevr_data import dataset_to_tensors, load_train_dataset, to_model_input  # noqa: E402
-from iclevr_utils import cpu_has_native_bf16  # noqa: E402
+from iclevr_utils import cpu_has_native_bf16, hardware_line  # noqa: E402
 from render_iclevr import main as render  # noqa: E402
 
 
@@ -108,8 +108,7 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="Add the resolution x batch grid of the default recipe.")
     parser.add_argument("--model_args", type=str, default="", help="Extra train_conditional_ddpm.py model flags, e.g. '--conditioning both'.")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, resolution {args.resolution}, batch {args.train_batch_size}, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
+    print(f"{hardware_line()}; resolution {args.resolution}, batch {args.train_batch_size}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "data"
         render(["--output_dir", str(folder), "--num_scenes", "200", "--width", "64", "--height", "64"])
