@@ -29,6 +29,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broa
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
+from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 from iclevr_data import (
@@ -310,6 +311,31 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int) -> Pa
     return final
 
 
+def bare_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The model without the DDP wrapper and without the ``torch.compile`` wrapper (``--dynamo_backend``): validation
+    samples other batch shapes than training, which would only recompile, and saved weights must not carry prefixes."""
+    # The compiled wrapper comes off first: `unwrap_model` keeps it by default and re-points it at the model without
+    # DDP, which would silently stop gradient synchronisation in the rest of a multi-GPU run.
+    return accelerator.unwrap_model(model._orig_mod if is_compiled_module(model) else model)
+
+
+def register_portable_checkpoints(accelerator: Accelerator) -> None:
+    """Checkpoints hold the bare model's weights (no DDP ``module.`` or torch.compile ``_orig_mod.`` key prefixes), so
+    ``--resume_from_checkpoint`` works across process counts and with or without ``accelerate launch
+    --dynamo_backend``; by default `save_state` writes whatever wrapper the model is in, and only that wrapper loads it."""
+
+    def save_bare(models, weights, output_dir):
+        for i in range(len(weights)):  # FSDP/DeepSpeed save their own way and leave `weights` empty
+            weights[i] = bare_model(accelerator, models[i]).state_dict()
+
+    def load_bare(models, input_dir):
+        for i, model in enumerate(models):
+            models[i] = bare_model(accelerator, model)  # the wrappers share its parameters
+
+    accelerator.register_save_state_pre_hook(save_bare)
+    accelerator.register_load_state_pre_hook(load_bare)
+
+
 def remove_partial_saves(output_dir: Path) -> list[Path]:
     """Delete what interrupted saves left (``*.partial`` folders); returns them for the log."""
     leftovers = sorted(p for p in Path(output_dir).glob(f"*{PARTIAL}") if p.is_dir())
@@ -562,6 +588,7 @@ def main(argv: list[str] | None = None) -> None:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     unet = unet.to(memory_format=memory_format)  # before DDP wraps it, so gradient buckets match the layout
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    register_portable_checkpoints(accelerator)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -631,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
                 save_checkpoint(accelerator, output_dir, global_step)
             if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 paused = time.time()
-                record = log_validation(accelerator.unwrap_model(unet), ema, noise_scheduler, args, accelerator, global_step, evaluator)
+                record = log_validation(bare_model(accelerator, unet), ema, noise_scheduler, args, accelerator, global_step, evaluator)
                 validation_seconds += time.time() - paused
             if global_step >= max_steps:
                 break
@@ -647,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unet = accelerator.unwrap_model(unet).to(memory_format=torch.contiguous_format)
+        unet = bare_model(accelerator, unet).to(memory_format=torch.contiguous_format)
         if args.validation_steps and global_step % args.validation_steps:
             paused = time.time()
             record = log_validation(unet, ema, noise_scheduler, args, accelerator, global_step, evaluator)

@@ -10,7 +10,7 @@ side by side in one run after warm-up steps. Rows:
   contiguous layout, AdamW without foreach;
 - pre-decoded: the same, from uint8 tensors decoded once (what the trainer does);
 - + bf16 autocast (the trainer's --mixed_precision bf16);
-- + channels_last; + torch.compile (compile time reported apart).
+- + channels_last; fp32 + channels_last; torch.compile in fp32 and in bf16 (compile time reported apart).
 
 ``--scaling`` adds a grid of resolution x batch for the default recipe (images/s and ms per step; bf16 where the CPU
 has native bf16, as the main job chooses, else fp32).
@@ -123,8 +123,11 @@ def main() -> None:
             ("+ foreach AdamW", dict(bf16=False, channels_last=False, compile_model=False, foreach=True), "tensor"),
             ("+ bf16 autocast (main job, native bf16)", dict(bf16=True, channels_last=False, compile_model=False, foreach=True), "tensor"),
             ("+ channels_last", dict(bf16=True, channels_last=True, compile_model=False, foreach=True), "tensor"),
+            ("fp32 + foreach + channels_last", dict(bf16=False, channels_last=True, compile_model=False, foreach=True), "tensor"),
         ]
         if args.compile:
+            # Both precisions: fp32 is what the main job trains in on a CPU without native bf16 (most laptops).
+            rows.append(("fp32 + foreach + torch.compile", dict(bf16=False, channels_last=False, compile_model=True, foreach=True), "tensor"))
             rows.append(("+ torch.compile (bf16)", dict(bf16=True, channels_last=False, compile_model=True, foreach=True), "tensor"))
         results = {}
         print(f"{'configuration':<38} {'images/s':>9} {'vs naive':>9}")

@@ -16,18 +16,18 @@ TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_
         "--lr_warmup_steps", "1", "--seed", "3"]
 
 
-def _command(rendered_dir, output_dir, *flags, processes=1):
+def _command(rendered_dir, output_dir, *flags, processes=1, dynamo="no"):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--num_processes", str(processes)]
+               "--dynamo_backend", dynamo, "--num_processes", str(processes)]
     if processes > 1:
         command.append("--multi_gpu")
     return command + [str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir",
                       str(output_dir), "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
 
 
-def _launch(rendered_dir, output_dir, *flags, processes=1):
-    result = subprocess.run(_command(rendered_dir, output_dir, *flags, processes=processes), cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+def _launch(rendered_dir, output_dir, *flags, processes=1, dynamo="no", timeout=300):
+    result = subprocess.run(_command(rendered_dir, output_dir, *flags, processes=processes, dynamo=dynamo), cwd=ROOT,
+                            capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -260,7 +260,23 @@ def test_two_processes_train_and_save_once(rendered_dir, tmp_path):
     log = resumed.stdout + resumed.stderr
     assert "Resuming from" in log and log.count("Saved the pipeline") == 1 and "| steps | 4 |" in (out / "README.md").read_text()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"] and not list(out.glob("*.partial"))
-    ICLEVRPipeline.from_pretrained(out)
+    # Checkpoints hold the bare UNet's keys (no DDP "module." prefix), so one process resumes what two wrote.
+    unet_keys = set(ICLEVRPipeline.from_pretrained(out).unet.state_dict())
+    assert set(load_file(out / "checkpoint-4" / "model.safetensors")) == unet_keys
+    single = _launch(rendered_dir, out, "--max_train_steps", "5", "--resume_from_checkpoint", "latest")
+    assert "Resuming from" in single.stdout + single.stderr and "| steps | 5 |" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_torch_compile_run_saves_portable_checkpoints(rendered_dir, tmp_path):
+    """`accelerate launch --dynamo_backend inductor`: trains, validates and saves the bare model; an eager run resumes it."""
+    out = tmp_path / "compiled"
+    _launch(rendered_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "2",
+            "--validation_inference_steps", "2", dynamo="inductor", timeout=900)
+    pipeline = ICLEVRPipeline.from_pretrained(out)
+    assert set(load_file(out / "checkpoint-2" / "model.safetensors")) == set(pipeline.unet.state_dict())
+    resumed = _launch(rendered_dir, out, "--max_train_steps", "3", "--resume_from_checkpoint", "latest")
+    assert "Resuming from" in resumed.stdout + resumed.stderr and "| steps | 3 |" in (out / "README.md").read_text()
 
 
 def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch):
