@@ -1,6 +1,6 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
-"""Small helpers shared by the training and evaluation scripts: image grids, swapping in EMA weights, and choosing
-mixed precision for the hardware at hand."""
+"""Small helpers shared by the training and evaluation scripts: image grids, swapping in EMA weights, unwrapping a
+prepared model, and choosing mixed precision for the hardware at hand."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+from diffusers.utils.torch_utils import is_compiled_module
 from PIL import Image, ImageDraw
 
 
@@ -50,6 +51,14 @@ def ema_weights(ema, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         ema.restore(model.parameters())
+
+
+def bare_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The model without the DDP wrapper and without the ``torch.compile`` wrapper (``--dynamo_backend``): evaluation
+    runs other batch shapes than training, which would only recompile, and saved weights must not carry prefixes."""
+    # The compiled wrapper comes off first: `unwrap_model` keeps it by default and re-points it at the model without
+    # DDP, which would silently stop gradient synchronisation in the rest of a multi-GPU run.
+    return accelerator.unwrap_model(model._orig_mod if is_compiled_module(model) else model)
 
 
 def multi_process_cpu_launch() -> bool:

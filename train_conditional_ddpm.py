@@ -29,7 +29,6 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broa
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
-from diffusers.utils.torch_utils import is_compiled_module
 from tqdm.auto import tqdm
 
 from iclevr_data import (
@@ -42,7 +41,7 @@ from iclevr_data import (
     to_model_input,
 )
 from iclevr_metrics import mean_std
-from iclevr_utils import ema_weights, image_grid, multi_process_cpu_launch, slow_bf16_warning
+from iclevr_utils import bare_model, ema_weights, image_grid, multi_process_cpu_launch, slow_bf16_warning
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS, ICLEVRPipeline, unet_condition_kwargs
 
 logger = get_logger(__name__)
@@ -309,14 +308,6 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int) -> Pa
         os.replace(partial, final)
     accelerator.wait_for_everyone()
     return final
-
-
-def bare_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
-    """The model without the DDP wrapper and without the ``torch.compile`` wrapper (``--dynamo_backend``): validation
-    samples other batch shapes than training, which would only recompile, and saved weights must not carry prefixes."""
-    # The compiled wrapper comes off first: `unwrap_model` keeps it by default and re-points it at the model without
-    # DDP, which would silently stop gradient synchronisation in the rest of a multi-GPU run.
-    return accelerator.unwrap_model(model._orig_mod if is_compiled_module(model) else model)
 
 
 def register_portable_checkpoints(accelerator: Accelerator) -> None:

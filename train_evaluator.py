@@ -39,7 +39,7 @@ from iclevr_data import (
 )
 from iclevr_evaluator import EVALUATOR_RESOLUTION, Evaluator, build_evaluator, probabilities, sanity_report
 from iclevr_metrics import evaluate_scores
-from iclevr_utils import multi_process_cpu_launch, slow_bf16_warning
+from iclevr_utils import bare_model, multi_process_cpu_launch, slow_bf16_warning
 
 logger = get_logger(__name__)
 
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
             accelerator.log({"loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=progress.n)
-        figures = heldout_figures(accelerator.unwrap_model(model), images[heldout_rows], labels[heldout_rows], accelerator)
+        figures = heldout_figures(bare_model(accelerator, model), images[heldout_rows], labels[heldout_rows], accelerator)
         history.append({"epoch": epoch + 1, "minutes": (time.time() - start) / 60, **{k: v["accuracy"] for k, v in figures.items()}})
         accelerator.log({f"heldout_accuracy_{k}": v["accuracy"] for k, v in figures.items()}, step=progress.n)
         logger.info(f"epoch {epoch + 1}: held-out accuracy {figures['64']['accuracy']:.4f} (64), {figures['32to64']['accuracy']:.4f} (32->64)", main_process_only=True)
@@ -203,12 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
     single_view = None
     if args.flip_average:  # the saved evaluator scores this way; the per-epoch figures above are single-view
         single_view = figures
-        figures = heldout_figures(accelerator.unwrap_model(model), images[heldout_rows], labels[heldout_rows], accelerator,
+        figures = heldout_figures(bare_model(accelerator, model), images[heldout_rows], labels[heldout_rows], accelerator,
                                   flip_average=True)
     accelerator.wait_for_everyone()
     result = {}
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(model).float().eval()
+        model = bare_model(accelerator, model).float().eval()
         model.config.flip_average = args.flip_average
         model.save_pretrained(output_dir, safe_serialization=True)
         sanity_conditions = load_conditions(args.sanity_conditions_json) if args.sanity_conditions_json else heldout_names[:96]

@@ -353,3 +353,27 @@ def test_time_budget_and_warmup_longer_than_the_schedule_are_reported(rendered_d
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
     assert summary["steps"] == 1 and summary["seconds per step"] is None  # nothing timed past the warm-up step
     assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_bare_model_strips_compile_and_ddp_without_touching_the_wrappers(tmp_path):
+    """Accelerate's own unwrap of compile(DDP(model)) re-points the compiled wrapper at the bare model (no DDP, so no
+    gradient sync afterwards); `bare_model` must return the bare model and leave the training wrapper as it was."""
+    import torch.distributed as dist
+    from accelerate.utils import extract_model_from_parallel
+
+    from iclevr_utils import bare_model
+
+    class Unwrapper:  # what bare_model uses of an Accelerator, without touching Accelerate's global state
+        unwrap_model = staticmethod(extract_model_from_parallel)
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(2, 2)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        compiled = torch.compile(ddp)  # lazy: nothing compiles unless called
+        assert bare_model(Unwrapper(), compiled) is model and compiled._orig_mod is ddp
+        assert bare_model(Unwrapper(), ddp) is model and bare_model(Unwrapper(), model) is model
+        extract_model_from_parallel(compiled)  # the default keeps the compile wrapper, and rewires it:
+        assert compiled._orig_mod is model
+    finally:
+        dist.destroy_process_group()
