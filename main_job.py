@@ -140,7 +140,8 @@ def training_budget(args, minutes_spent: float, seconds_per_step: float) -> tupl
     minutes = min(args.train_minutes, args.job_minutes - minutes_spent - args.report_minutes)
     if minutes < 1:
         raise SystemExit(f"Only {minutes:.1f} minutes of the --job_minutes {args.job_minutes:g} budget are left for training "
-                         f"after {minutes_spent:.1f} minutes of data/evaluator stages; raise --job_minutes or give --evaluator.")
+                         f"after {minutes_spent:.1f} minutes of data/evaluator stages; raise --job_minutes or give --evaluator (an "
+                         f"evaluator this job trained is cached now: the same command again trains for --train_minutes).")
     steps = round(args.max_train_steps * minutes / args.train_minutes)
     # No safety margin: a run slightly slower than calibrated is stopped by the clock where the cosine rate is ~0.
     return minutes, max(1, min(steps, int(minutes * 60 / seconds_per_step)))
