@@ -43,7 +43,7 @@ CALIBRATION_STEPS = 40
 # The evaluator trained when none is given: the recipe of the README's evaluator run 4, which scores every accuracy figure
 # of the recipe notes (90,000 rendered 64x64 images, 6 epochs: held-out 0.991, rendered test.json 1.000; render 7.6 +
 # training 29.4 min on Sapphire Rapids in bf16). The smaller recipe it replaces (30,000 images, 5 epochs) measured
-# held-out 0.968 and rendered test.json only 0.953 (AVX2-only CPU, fp32, 34.4 min): too weak a judge for the report.
+# held-out 0.968 (AVX2-only CPU, fp32, 34.7 min): too weak a judge for the report.
 EVALUATOR_RECIPE = {"num_scenes": 30000, "seed": 1, "num_epochs": 6, "train_batch_size": 128}
 
 
