@@ -310,23 +310,6 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int) -> Pa
     return final
 
 
-def register_portable_checkpoints(accelerator: Accelerator) -> None:
-    """Checkpoints hold the bare model's weights (no DDP ``module.`` or torch.compile ``_orig_mod.`` key prefixes), so
-    ``--resume_from_checkpoint`` works across process counts and with or without ``accelerate launch
-    --dynamo_backend``; by default `save_state` writes whatever wrapper the model is in, and only that wrapper loads it."""
-
-    def save_bare(models, weights, output_dir):
-        for i in range(len(weights)):  # FSDP/DeepSpeed save their own way and leave `weights` empty
-            weights[i] = bare_model(accelerator, models[i]).state_dict()
-
-    def load_bare(models, input_dir):
-        for i, model in enumerate(models):
-            models[i] = bare_model(accelerator, model)  # the wrappers share its parameters
-
-    accelerator.register_save_state_pre_hook(save_bare)
-    accelerator.register_load_state_pre_hook(load_bare)
-
-
 def remove_partial_saves(output_dir: Path) -> list[Path]:
     """Delete what interrupted saves left (``*.partial`` folders); returns them for the log."""
     leftovers = sorted(p for p in Path(output_dir).glob(f"*{PARTIAL}") if p.is_dir())
@@ -579,7 +562,6 @@ def main(argv: list[str] | None = None) -> None:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     unet = unet.to(memory_format=memory_format)  # before DDP wraps it, so gradient buckets match the layout
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    register_portable_checkpoints(accelerator)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
