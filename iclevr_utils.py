@@ -54,8 +54,9 @@ def ema_weights(ema, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 
 def bare_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
-    """The model without the DDP wrapper and without the ``torch.compile`` wrapper (``--dynamo_backend``): evaluation
-    runs other batch shapes than training, which would only recompile, and saved weights must not carry prefixes."""
+    """The model without the DDP wrapper and without the ``torch.compile`` wrapper (``--dynamo_backend``), for
+    validation, held-out scoring and ``save_pretrained``: their batch shapes differ from training's and would only
+    recompile."""
     # The compiled wrapper comes off first: `unwrap_model` keeps it by default and re-points it at the model without
     # DDP, which would silently stop gradient synchronisation in the rest of a multi-GPU run.
     return accelerator.unwrap_model(model._orig_mod if is_compiled_module(model) else model)
