@@ -1,6 +1,6 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
 """Small helpers shared by the training and evaluation scripts: image grids, swapping in EMA weights, unwrapping a
-prepared model, and choosing mixed precision for the hardware at hand."""
+prepared model, encoding images into an autoencoder's latents, and choosing mixed precision for the hardware at hand."""
 
 from __future__ import annotations
 
@@ -60,6 +60,27 @@ def bare_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     # The compiled wrapper comes off first: `unwrap_model` keeps it by default and re-points it at the model without
     # DDP, which would silently stop gradient synchronisation in the rest of a multi-GPU run.
     return accelerator.unwrap_model(model._orig_mod if is_compiled_module(model) else model)
+
+
+def vae_scale_factor(vae) -> int:
+    """How many image pixels one latent pixel spans per side (diffusers' convention: one halving per extra block)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, batch_size: int = 256, sample: bool = False, generator=None) -> torch.Tensor:
+    """Images in [-1, 1] ``(B, 3, H, W)`` → scaled latents ``(B, C, H / f, W / f)``, the space a latent UNet denoises.
+
+    The posterior's mean by default (deterministic, so encoded data can be computed once and reused); ``sample=True``
+    draws from it. Latents are multiplied by the autoencoder's ``scaling_factor`` (unit variance, as in Stable
+    Diffusion), which `ICLEVRPipeline.decode_latents` divides out again.
+    """
+    chunks = []
+    for start in range(0, pixels.shape[0], batch_size):
+        batch = pixels[start : start + batch_size].to(device=vae.device, dtype=vae.dtype)
+        posterior = vae.encode(batch).latent_dist
+        chunks.append((posterior.sample(generator) if sample else posterior.mode()).float().cpu())
+    return torch.cat(chunks) * vae.config.scaling_factor
 
 
 def multi_process_cpu_launch() -> bool:

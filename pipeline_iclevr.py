@@ -237,14 +237,19 @@ class ICLEVRPipeline(DiffusionPipeline):
             [`label_tokens`]).
         scheduler ([`SchedulerMixin`]):
             Any diffusers scheduler (DDPM, DDIM, DPM-Solver++, Euler, ...); swap with ``Scheduler.from_config``.
+        vae ([`AutoencoderKL`] or [`AutoencoderTiny`], *optional*):
+            For a latent-space model: the UNet denoises latents (``latent_channels`` x ``sample_size``²), which the
+            autoencoder decodes to images after dividing by its ``scaling_factor``. ``None`` (the default): the UNet
+            works in pixel space and its output is the image.
         label2id (`dict`, *optional*):
             The label vocabulary, stored in the pipeline config so it survives save/load; must be the course's.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet, scheduler, label2id: dict[str, int] | None = None):
+    def __init__(self, unet, scheduler, vae=None, label2id: dict[str, int] | None = None):
         super().__init__()
         label2id = dict(label2id) if label2id else {name: i for i, name in enumerate(LABELS)}
         self.vocab = LabelVocabulary(label2id)
@@ -254,8 +259,17 @@ class ICLEVRPipeline(DiffusionPipeline):
                 f"projection_class_embeddings_input_dim={len(self.vocab)} (a global embedding), and/or with "
                 f"encoder_hid_dim={len(self.vocab)} and encoder_hid_dim_type='text_proj' (one cross-attention token per label)."
             )
-        self.register_modules(unet=unet, scheduler=scheduler)
+        if vae is not None and vae.config.latent_channels != unet.config.in_channels:
+            raise ValueError(f"The UNet denoises {unet.config.in_channels} channels but the autoencoder's latents have "
+                             f"{vae.config.latent_channels}; pair a latent-space UNet with the autoencoder it was trained on.")
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         self.register_to_config(label2id=label2id)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The denoised sample → images in [-1, 1] ``(B, 3, H, W)``: decoded by the autoencoder, or as is in pixel space."""
+        if self.vae is None:
+            return latents
+        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
 
     def encode_labels(self, labels, num_images_per_prompt: int = 1) -> torch.Tensor:
         """Multi-hot conditions ``(batch * num_images_per_prompt, 24)`` from one condition or a list of them.
@@ -343,7 +357,8 @@ class ICLEVRPipeline(DiffusionPipeline):
                 timesteps; guidance is applied only at timesteps ``t / T`` in that range, and ``w = 1`` elsewhere (for
                 joint guidance: the conditional model alone) (Kynkäänniemi et al. 2024). ``None`` guides at every step.
             generator (`torch.Generator`, *optional*): for reproducible sampling.
-            latents (`torch.Tensor`, *optional*): initial noise ``(batch * num_images_per_prompt, C, H, W)``.
+            latents (`torch.Tensor`, *optional*): initial noise ``(batch * num_images_per_prompt, C, H, W)`` (the
+                UNet's channels and sample size: pixels, or the autoencoder's latents).
             num_images_per_prompt (`int`, defaults to 1): images per condition.
             eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers without it.
             output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (``(B, H, W, 3)`` floats in [0, 1]) or
@@ -408,7 +423,7 @@ class ICLEVRPipeline(DiffusionPipeline):
                 outputs = callback_on_step_end(self, i, t, {"latents": latents})
                 latents = (outputs or {}).get("latents", latents)
 
-        images = (latents.float() / 2 + 0.5).clamp(0, 1)
+        images = (self.decode_latents(latents).float() / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             result = images.cpu()
         else:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, set_seed
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
@@ -41,7 +41,15 @@ from iclevr_data import (
     to_model_input,
 )
 from iclevr_metrics import mean_std
-from iclevr_utils import bare_model, ema_weights, image_grid, multi_process_cpu_launch, slow_bf16_warning
+from iclevr_utils import (
+    bare_model,
+    ema_weights,
+    encode_latents,
+    image_grid,
+    multi_process_cpu_launch,
+    slow_bf16_warning,
+    vae_scale_factor,
+)
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS, ICLEVRPipeline, unet_condition_kwargs
 
 logger = get_logger(__name__)
@@ -64,12 +72,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_args(data, "i-CLEVR-layout folder (PNGs + train.json) or imagefolder with metadata.jsonl. Default: the embedded procedural set.")
     data.add_argument("--embedded_num_scenes", type=int, default=18003,
                       help="Scenes of the embedded default set (3 images each; 18,003 beat 6,003 on the 60-minute schedule, README).")
-    data.add_argument("--resolution", type=int, default=32, help="Training resolution (square); 32 is the CPU recipe, 64 the GPU one (README).")
+    data.add_argument("--resolution", type=int, default=32,
+                      help="Training resolution (square); 32 is the CPU recipe, 64 the GPU one (README). With "
+                           "--pretrained_vae: the image resolution the autoencoder encodes.")
     data.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random (labels stay valid).")
     data.add_argument("--channels_last", action="store_true", help="Use the channels-last memory format (measured on a 2-core Sapphire Rapids CPU with the default model at 64x64: fp32 8.4 vs 7.4 img/s, but bf16 18.5 vs 25.9 img/s).")
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (data is in memory; 0 is usually best).")
 
     model = parser.add_argument_group("model")
+    model.add_argument("--pretrained_vae", type=str, default=None,
+                       help="Folder of an AutoencoderKL (train_autoencoder.py): train in its latent space. The images are "
+                            "encoded once at start and the autoencoder is saved in the pipeline, which decodes its samples.")
     model.add_argument("--block_out_channels", type=_int_list, default=[32, 64, 128], help="UNet channels per level, e.g. 32,64,128.")
     model.add_argument("--layers_per_block", type=int, default=1, help="ResNet layers per UNet level.")
     model.add_argument("--attention_levels", type=_int_list, default=None, help="1/0 per level: self-attention there (default: the lowest level only).")
@@ -151,7 +164,12 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         args.attention_levels = [0] * (levels - 1) + [1]
     if len(args.attention_levels) != levels or set(args.attention_levels) - {0, 1}:
         parser.error(f"--attention_levels needs one 0/1 per level ({levels}), got {args.attention_levels}.")
-    if args.resolution % 2 ** (levels - 1):
+    if args.pretrained_vae and not (Path(args.pretrained_vae) / "config.json").is_file():
+        parser.error(f"--pretrained_vae {args.pretrained_vae} is not an autoencoder folder (config.json + weights); "
+                     "train one with train_autoencoder.py.")
+    if args.pretrained_vae and args.random_flip:
+        parser.error("--random_flip flips the encoded latents, which are not the latents of flipped images; drop it with --pretrained_vae.")
+    if not args.pretrained_vae and args.resolution % 2 ** (levels - 1):  # a latent size is checked once the autoencoder is loaded
         parser.error(f"--resolution {args.resolution} must be divisible by {2 ** (levels - 1)} (the UNet downsamples {levels - 1} times).")
     groups = math.gcd(32, *args.block_out_channels)
     if groups < 4:
@@ -196,13 +214,22 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 # --- building blocks ---------------------------------------------------------------------------------------------
-def build_model(args: argparse.Namespace) -> UNet2DConditionModel:
+def build_model(args: argparse.Namespace, vae=None) -> UNet2DConditionModel:
     """The denoiser: a UNet with self-attention (or, for label tokens, self + cross-attention) at the attention levels.
 
     The multi-hot condition is embedded inside the UNet, so it is saved with it: ``class_embedding`` projects it into
     the timestep embedding; ``cross_attention`` turns it into one token per label (`pipeline_iclevr.label_tokens`)
-    through ``encoder_hid_proj``, attended to by every attention level and the middle block.
+    through ``encoder_hid_proj``, attended to by every attention level and the middle block. With an autoencoder the
+    UNet denoises its latents: ``latent_channels`` at ``resolution / vae_scale_factor``.
     """
+    channels, size = 3, args.resolution
+    if vae is not None:
+        channels, size = vae.config.latent_channels, args.resolution // vae_scale_factor(vae)
+        levels = len(args.block_out_channels)
+        if args.resolution % vae_scale_factor(vae) or size % 2 ** (levels - 1):
+            raise ValueError(f"--resolution {args.resolution} gives {size}x{size} latents with this "
+                             f"autoencoder (scale factor {vae_scale_factor(vae)}), which the UNet cannot halve {levels - 1} times; "
+                             f"use a resolution divisible by {vae_scale_factor(vae) * 2 ** (levels - 1)} or fewer --block_out_channels.")
     cross = args.conditioning in ("cross_attention", "both")
     attn = "CrossAttn" if cross else "Attn"
     down = tuple(f"{attn}DownBlock2D" if a else "DownBlock2D" for a in args.attention_levels)
@@ -213,9 +240,9 @@ def build_model(args: argparse.Namespace) -> UNet2DConditionModel:
     if cross:
         extra |= {"encoder_hid_dim": len(LABELS), "encoder_hid_dim_type": "text_proj", "cross_attention_dim": args.cross_attention_dim}
     return UNet2DConditionModel(
-        sample_size=args.resolution,
-        in_channels=3,
-        out_channels=3,
+        sample_size=size,
+        in_channels=channels,
+        out_channels=channels,
         down_block_types=down,
         up_block_types=up,
         mid_block_type="UNetMidBlock2DCrossAttn" if cross else "UNetMidBlock2D",
@@ -231,8 +258,10 @@ def build_model(args: argparse.Namespace) -> UNet2DConditionModel:
 
 
 def build_noise_scheduler(args: argparse.Namespace) -> DDPMScheduler:
+    # Pixels live in [-1, 1], so samplers may clip their x0 estimate there; latents are unbounded (unit variance).
     return DDPMScheduler(
-        num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule, prediction_type=args.prediction_type
+        num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule, prediction_type=args.prediction_type,
+        clip_sample=args.pretrained_vae is None,
     )
 
 
@@ -241,8 +270,16 @@ def embedded_data_dir(args: argparse.Namespace) -> Path:
     return root / f"rendered-seed{args.seed}-scenes{args.embedded_num_scenes}-{args.resolution}px"
 
 
-def build_dataset(args: argparse.Namespace, accelerator: Accelerator):
-    """Load (and with no data given, render once) the training data; returns in-memory uint8 images and labels."""
+def load_vae(args: argparse.Namespace, device) -> AutoencoderKL | None:
+    """The frozen autoencoder of a latent-space run (``--pretrained_vae``), or None in pixel space."""
+    if not args.pretrained_vae:
+        return None
+    return AutoencoderKL.from_pretrained(args.pretrained_vae).to(device).eval().requires_grad_(False)
+
+
+def build_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL | None = None):
+    """Load (and with no data given, render once) the training data; returns in-memory uint8 images and labels, and
+    with an autoencoder the images' latents (encoded once here, so training never runs the encoder)."""
     train_data_dir = args.train_data_dir
     with accelerator.main_process_first():  # render/decode once; the other processes then read the cache
         if train_data_dir is None and args.dataset_name is None:
@@ -255,7 +292,12 @@ def build_dataset(args: argparse.Namespace, accelerator: Accelerator):
                         "--seed", str(args.seed), "--width", str(args.resolution), "--height", str(args.resolution)])
         dataset = load_dataset_from_args(args, args.resolution, train_data_dir)
     images, labels = dataset_to_tensors(dataset)
-    return torch.utils.data.TensorDataset(images, labels)
+    if vae is None:
+        return torch.utils.data.TensorDataset(images, labels)
+    start = time.time()
+    latents = torch.cat([encode_latents(vae, to_model_input(images[i : i + 1024])) for i in range(0, len(images), 1024)])
+    logger.info(f"Encoded {len(images)} images into {tuple(latents.shape[1:])} latents in {time.time() - start:.0f} s.")
+    return torch.utils.data.TensorDataset(images, labels, latents)
 
 
 def mean_image(dataset) -> torch.Tensor:
@@ -378,12 +420,12 @@ def out_of_time(accelerator: Accelerator, budget_minutes: float | None, elapsed_
     return bool(done.item())
 
 
-def make_pipeline(unet, noise_scheduler) -> ICLEVRPipeline:
-    return ICLEVRPipeline(unet=unet, scheduler=noise_scheduler)
+def make_pipeline(unet, noise_scheduler, vae=None) -> ICLEVRPipeline:
+    return ICLEVRPipeline(unet=unet, scheduler=noise_scheduler, vae=vae)
 
 
 @torch.no_grad()
-def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, evaluator=None) -> dict:
+def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, evaluator=None, vae=None) -> dict:
     """Sample the validation conditions (EMA weights if used) into a grid; with an evaluator, score them.
 
     With ``--validation_num_seeds`` above 1 every seed samples all conditions; the accuracy logged is the mean over
@@ -393,7 +435,7 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
     rescale = {} if args.validation_guidance_rescale is None else {"guidance_rescale": args.validation_guidance_rescale}
     per_seed = []
     with ema_weights(ema, unet):
-        pipeline = make_pipeline(unet, DDIMScheduler.from_config(noise_scheduler.config))
+        pipeline = make_pipeline(unet, DDIMScheduler.from_config(noise_scheduler.config), vae)
         pipeline.set_progress_bar_config(disable=True)
         start = time.time()
         for seed in range(args.seed, args.seed + args.validation_num_seeds):
@@ -425,10 +467,10 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
     return record
 
 
-PIPELINE_FILES = ("unet", "scheduler", "pipeline_iclevr.py")  # moved in before model_index.json, which goes last
+PIPELINE_FILES = ("unet", "scheduler", "vae", "pipeline_iclevr.py")  # moved in before model_index.json, which goes last
 
 
-def save_pipeline(unet, ema, noise_scheduler, args) -> Path:
+def save_pipeline(unet, ema, noise_scheduler, args, vae=None) -> Path:
     """Save the final pipeline (EMA weights if used) with a copy of pipeline_iclevr.py, so it loads as remote code.
 
     The pipeline is written into a ``.partial`` folder first and its parts moved in afterwards, with the old
@@ -445,14 +487,15 @@ def save_pipeline(unet, ema, noise_scheduler, args) -> Path:
         partial = output_dir / f"pipeline{PARTIAL}"
         if partial.exists():
             shutil.rmtree(partial)
-        make_pipeline(unet, noise_scheduler).save_pretrained(partial, safe_serialization=True)
+        make_pipeline(unet, noise_scheduler, vae).save_pretrained(partial, safe_serialization=True)
     shutil.copy(PROJECT_DIR / "pipeline_iclevr.py", partial / "pipeline_iclevr.py")
     (output_dir / "model_index.json").unlink(missing_ok=True)
     for name in PIPELINE_FILES:
         target = output_dir / name
         if target.is_dir():
             shutil.rmtree(target)
-        os.replace(partial / name, target)
+        if (partial / name).exists():  # a pixel-space pipeline has no vae
+            os.replace(partial / name, target)
     os.replace(partial / "model_index.json", output_dir / "model_index.json")
     shutil.rmtree(partial)
     return output_dir
@@ -538,7 +581,8 @@ def main(argv: list[str] | None = None) -> None:
         for folder in remove_partial_saves(output_dir):
             logger.warning(f"Removed {folder}, left by an interrupted save.")
 
-    unet = build_model(args)
+    vae = load_vae(args, accelerator.device)
+    unet = build_model(args, vae)
     noise_scheduler = build_noise_scheduler(args)
     ema = None
     if args.use_ema:
@@ -546,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
                        power=args.ema_power, model_cls=UNet2DConditionModel, model_config=unet.config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    dataset = build_dataset(args, accelerator)
+    dataset = build_dataset(args, accelerator, vae)
     loader = build_dataloader(dataset, args)
     floor = mean_image(dataset).to(accelerator.device) if args.foreground_weight > 0 else None
     updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
@@ -593,13 +637,16 @@ def main(argv: list[str] | None = None) -> None:
         unet.train()
         loader.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if epoch == first_epoch and skip_batches else loader
-        for images, labels in epoch_loader:
+        for images, labels, *latents in epoch_loader:
             with accelerator.accumulate(unet):
                 pixels = to_model_input(images)
                 weights = foreground_weights(pixels, floor, args.foreground_weight) if floor is not None else None
                 if args.random_flip:  # after weighting: the floor image is not mirror-symmetric
                     flipped = random_hflip(pixels if weights is None else torch.cat([pixels, weights], 1))
                     pixels, weights = flipped[:, :3], (None if weights is None else flipped[:, 3:])
+                if vae is not None:  # denoise the images' latents; each latent pixel weighs as its image patch
+                    pixels = latents[0]
+                    weights = None if weights is None else F.avg_pool2d(weights, vae_scale_factor(vae))
                 pixels = pixels.contiguous(memory_format=memory_format)
                 with accelerator.autocast():
                     loss = diffusion_loss(unet, noise_scheduler, pixels, labels, args, weights)
@@ -631,7 +678,7 @@ def main(argv: list[str] | None = None) -> None:
                 save_checkpoint(accelerator, output_dir, global_step)
             if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                 paused = time.time()
-                record = log_validation(bare_model(accelerator, unet), ema, noise_scheduler, args, accelerator, global_step, evaluator)
+                record = log_validation(bare_model(accelerator, unet), ema, noise_scheduler, args, accelerator, global_step, evaluator, vae)
                 validation_seconds += time.time() - paused
             if global_step >= max_steps:
                 break
@@ -650,7 +697,7 @@ def main(argv: list[str] | None = None) -> None:
         unet = bare_model(accelerator, unet).to(memory_format=torch.contiguous_format)
         if args.validation_steps and global_step % args.validation_steps:
             paused = time.time()
-            record = log_validation(unet, ema, noise_scheduler, args, accelerator, global_step, evaluator)
+            record = log_validation(unet, ema, noise_scheduler, args, accelerator, global_step, evaluator, vae)
             validation_seconds += time.time() - paused  # the final validation is not training time either
         seconds = time.time() - start
         warm = warm or (start, 0, global_step)  # nothing trained (a resume at the last step only exports): no step timed
@@ -662,7 +709,7 @@ def main(argv: list[str] | None = None) -> None:
                    "parameters": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M", "resolution": args.resolution,
                    "mixed precision": accelerator.mixed_precision, "processes": accelerator.num_processes}
         summary |= {f"validation {k}": v for k, v in record.items() if k != "step"}
-        save_pipeline(unet, ema, noise_scheduler, args)
+        save_pipeline(unet, ema, noise_scheduler, args, vae)
         write_model_card(args, summary)
         # Machine-readable figures (main_job.py sizes its schedule to this machine from a short run's seconds per step).
         seconds_per_step = timed / (global_step - warm[2]) if global_step > warm[2] else None

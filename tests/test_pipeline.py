@@ -241,3 +241,52 @@ def test_save_load_and_remote_code(pipe, tmp_path):
     remote.set_progress_bar_config(disable=True)
     assert torch.equal(_run(pipe, guidance_scale=2.0), _run(remote, guidance_scale=2.0))
     assert "pipeline_iclevr" in sys.modules
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=16,
+                         mid_block_add_attention=False, scaling_factor=0.5).eval()
+
+
+def test_latent_pipeline_decodes_with_its_autoencoder_and_round_trips(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    vae = tiny_vae()
+    pipe = ICLEVRPipeline(unet=tiny_unet(sample_size=8, in_channels=4, out_channels=4), scheduler=DDIMScheduler(num_train_timesteps=100, clip_sample=False), vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+    captured = {}
+
+    def grab(_pipe, _step, _t, tensors):
+        captured["latents"] = tensors["latents"].clone()
+
+    images = _run(pipe, [["red sphere"], ["gray cube", "blue cube"]], guidance_scale=2.0, callback_on_step_end=grab)
+    assert captured["latents"].shape == (2, 4, 8, 8) and images.shape == (2, 3, 16, 16)  # 8x8 latents decode to 16x16 images
+    expected = (vae.decode(captured["latents"] / 0.5).sample / 2 + 0.5).clamp(0, 1)  # unscaled by scaling_factor first
+    assert torch.allclose(images, expected, atol=1e-6)
+
+    pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    shutil.copy(Path(__file__).resolve().parents[1] / "pipeline_iclevr.py", tmp_path / "pipeline_iclevr.py")
+    reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    assert type(reloaded.vae).__name__ == "AutoencoderKL"
+    assert torch.equal(_run(pipe, guidance_scale=2.0), _run(reloaded, guidance_scale=2.0))
+    remote = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline="pipeline_iclevr", trust_remote_code=True)
+    remote.set_progress_bar_config(disable=True)
+    assert torch.equal(_run(pipe, guidance_scale=2.0), _run(remote, guidance_scale=2.0))
+
+
+def test_pixel_pipeline_saves_no_autoencoder(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    assert not (tmp_path / "vae").exists()
+    assert ICLEVRPipeline.from_pretrained(tmp_path).vae is None
+
+
+def test_autoencoder_must_match_the_unet_channels():
+    with pytest.raises(ValueError, match="latents have 4"):
+        ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(num_train_timesteps=100), vae=tiny_vae())

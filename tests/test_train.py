@@ -320,6 +320,7 @@ def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch)
         (["--time_embedding_dim", "0"], "--time_embedding_dim must be positive"),
         (["--validation_guidance_rescale", "2"], "--validation_guidance_rescale must be in [0, 1]"),
         (["--validation_num_seeds", "0"], "--validation_num_seeds must be at least 1"),
+        (["--pretrained_vae", "/nonexistent"], "is not an autoencoder folder"),
     ],
 )
 def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
@@ -377,3 +378,47 @@ def test_bare_model_strips_compile_and_ddp_without_touching_the_wrappers(tmp_pat
         assert compiled._orig_mod is model
     finally:
         dist.destroy_process_group()
+
+
+def _tiny_vae(folder):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=16,
+                  mid_block_add_attention=False, scaling_factor=0.7).save_pretrained(folder)
+    return folder
+
+
+def test_latent_space_run_trains_on_latents_and_ships_its_autoencoder(rendered_dir, tmp_path):
+    from diffusers import AutoencoderKL
+
+    vae_dir = _tiny_vae(tmp_path / "vae")
+    out = tmp_path / "out"
+    result = _launch(rendered_dir, out, "--pretrained_vae", str(vae_dir), "--max_train_steps", "3", "--use_ema")
+    assert "Encoded 24 images into (4, 8, 8) latents" in result.stderr
+    pipe = ICLEVRPipeline.from_pretrained(out)
+    assert (pipe.unet.config.in_channels, pipe.unet.config.out_channels, pipe.unet.config.sample_size) == (4, 4, 8)
+    assert pipe.scheduler.config.clip_sample is False  # latents are not bounded to [-1, 1]
+    shipped, original = pipe.vae.state_dict(), AutoencoderKL.from_pretrained(vae_dir).state_dict()
+    assert pipe.vae.config.scaling_factor == 0.7 and all(torch.equal(shipped[k], original[k]) for k in original)  # frozen
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe([["red sphere"]], num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 3, 16, 16)
+
+    # A pixel-space save over the same folder drops the stale autoencoder instead of pairing it with the wrong UNet.
+    args = trainer.parse_args([*TINY, "--output_dir", str(out)])
+    trainer.save_pipeline(trainer.build_model(args), None, trainer.build_noise_scheduler(args), args)
+    assert not (out / "vae").exists() and ICLEVRPipeline.from_pretrained(out).vae is None
+
+
+def test_latent_space_flags_are_checked(tmp_path, capsys):
+    vae_dir = _tiny_vae(tmp_path / "vae")
+    with pytest.raises(SystemExit):
+        trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "x"), "--pretrained_vae", str(vae_dir), "--random_flip"])
+    assert "--random_flip flips the encoded latents" in capsys.readouterr().err
+    from diffusers import AutoencoderKL
+
+    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "x"), "--pretrained_vae", str(vae_dir), "--resolution", "14"])
+    with pytest.raises(ValueError, match="gives 7x7 latents"):
+        trainer.build_model(args, AutoencoderKL.from_pretrained(vae_dir))
