@@ -277,9 +277,9 @@ def load_vae(args: argparse.Namespace, device) -> AutoencoderKL | None:
     return AutoencoderKL.from_pretrained(args.pretrained_vae).to(device).eval().requires_grad_(False)
 
 
-def build_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL | None = None):
-    """Load (and with no data given, render once) the training data; returns in-memory uint8 images and labels, and
-    with an autoencoder the images' latents (encoded once here, so training never runs the encoder)."""
+def load_training_data(args: argparse.Namespace, accelerator: Accelerator):
+    """The training data as a `datasets.Dataset` decoded at ``--resolution``; with no data given, the embedded
+    procedural set, rendered once into the cache."""
     train_data_dir = args.train_data_dir
     with accelerator.main_process_first():  # render/decode once; the other processes then read the cache
         if train_data_dir is None and args.dataset_name is None:
@@ -290,8 +290,13 @@ def build_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: Autoe
                 logger.info(f"Rendering the embedded i-CLEVR set into {train_data_dir} (once).")
                 render(["--output_dir", str(train_data_dir), "--num_scenes", str(args.embedded_num_scenes),
                         "--seed", str(args.seed), "--width", str(args.resolution), "--height", str(args.resolution)])
-        dataset = load_dataset_from_args(args, args.resolution, train_data_dir)
-    images, labels = dataset_to_tensors(dataset)
+        return load_dataset_from_args(args, args.resolution, train_data_dir)
+
+
+def build_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL | None = None):
+    """The training data in memory: uint8 images and labels, and with an autoencoder the images' latents (encoded
+    once here, so training never runs the encoder)."""
+    images, labels = dataset_to_tensors(load_training_data(args, accelerator))
     if vae is None:
         return torch.utils.data.TensorDataset(images, labels)
     start = time.time()
