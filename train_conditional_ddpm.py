@@ -511,6 +511,8 @@ def write_model_card(args, summary: dict) -> None:
     repo = args.hub_model_id or Path(args.output_dir).name
     figures = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
     samples = "![samples](samples.png)\n" if (Path(args.output_dir) / "samples.png").is_file() else ""
+    latent = ("\nThe UNet denoises the latents of a small `AutoencoderKL` (in `vae/`, trained with `train_autoencoder.py`), "
+              "which the pipeline decodes into images.") if args.pretrained_vae else ""
     card = f"""---
 library_name: diffusers
 license: apache-2.0
@@ -526,7 +528,7 @@ pipeline_tag: unconditional-image-generation
 
 A class-conditional denoising diffusion model for i-CLEVR scenes (1-3 objects, 24 labels = 8 colours x 3 shapes),
 trained with [iclevr-diffusion](https://github.com/) `train_conditional_ddpm.py`. Each image is conditioned on a
-multi-hot label vector, embedded by the UNet's projection class embedding; guidance is classifier-free.
+multi-hot label vector, embedded by the UNet's projection class embedding; guidance is classifier-free.{latent}
 
 ## Usage
 
@@ -712,6 +714,7 @@ def main(argv: list[str] | None = None) -> None:
                    "images/s": f"{rate:.1f}", "minutes": f"{seconds / 60:.1f}",
                    "training minutes (validation excluded)": f"{(seconds - validation_seconds) / 60:.1f}",
                    "parameters": f"{sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M", "resolution": args.resolution,
+                   "denoises": "pixels" if vae is None else f"latents {unet.config.in_channels}x{unet.config.sample_size}x{unet.config.sample_size}",
                    "mixed precision": accelerator.mixed_precision, "processes": accelerator.num_processes}
         summary |= {f"validation {k}": v for k, v in record.items() if k != "step"}
         save_pipeline(unet, ema, noise_scheduler, args, vae)

@@ -397,6 +397,8 @@ def test_latent_space_run_trains_on_latents_and_ships_its_autoencoder(rendered_d
     out = tmp_path / "out"
     result = _launch(rendered_dir, out, "--pretrained_vae", str(vae_dir), "--max_train_steps", "3", "--use_ema")
     assert "Encoded 24 images into (4, 8, 8) latents" in result.stderr
+    assert json.loads((out / "train_summary.json").read_text())["denoises"] == "latents 4x8x8"
+    assert "latents of a small `AutoencoderKL`" in (out / "README.md").read_text()
     pipe = ICLEVRPipeline.from_pretrained(out)
     assert (pipe.unet.config.in_channels, pipe.unet.config.out_channels, pipe.unet.config.sample_size) == (4, 4, 8)
     assert pipe.scheduler.config.clip_sample is False  # latents are not bounded to [-1, 1]
