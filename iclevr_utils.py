@@ -5,6 +5,8 @@ prepared model, encoding images into an autoencoder's latents, and choosing mixe
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -81,6 +83,18 @@ def encode_latents(vae, pixels: torch.Tensor, batch_size: int = 256, sample: boo
         posterior = vae.encode(batch).latent_dist
         chunks.append((posterior.sample(generator) if sample else posterior.mode()).float().cpu())
     return torch.cat(chunks) * vae.config.scaling_factor
+
+
+def latent_cache_key(vae, images: torch.Tensor) -> str:
+    """A digest of the autoencoder (config, scaling factor included, and weights) and of the exact images: encoded
+    latents cached under it are reused only for the same model on the same data."""
+    digest = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    digest.update(str(tuple(images.shape)).encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def multi_process_cpu_launch() -> bool:

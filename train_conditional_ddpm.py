@@ -29,6 +29,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broa
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from iclevr_data import (
@@ -46,6 +47,7 @@ from iclevr_utils import (
     ema_weights,
     encode_latents,
     image_grid,
+    latent_cache_key,
     multi_process_cpu_launch,
     slow_bf16_warning,
     vae_scale_factor,
@@ -299,10 +301,27 @@ def build_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: Autoe
     images, labels = dataset_to_tensors(load_training_data(args, accelerator))
     if vae is None:
         return torch.utils.data.TensorDataset(images, labels)
-    start = time.time()
-    latents = torch.cat([encode_latents(vae, to_model_input(images[i : i + 1024])) for i in range(0, len(images), 1024)])
-    logger.info(f"Encoded {len(images)} images into {tuple(latents.shape[1:])} latents in {time.time() - start:.0f} s.")
-    return torch.utils.data.TensorDataset(images, labels, latents)
+    return torch.utils.data.TensorDataset(images, labels, encoded_dataset(args, accelerator, vae, images))
+
+
+def encoded_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
+    """The images' latents, encoded once per (autoencoder, data) pair and cached as safetensors beside the decoded
+    images: encoding 54k images costs minutes on a CPU, which a resume or a second run should not pay again."""
+    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    path = root / f"latents-{latent_cache_key(vae, images)}.safetensors"
+    with accelerator.main_process_first():  # the main process encodes and writes; the others read its file
+        if path.is_file():
+            logger.info(f"Using the cached latents {path}.")
+            return load_file(path)["latents"]
+        start = time.time()
+        latents = torch.cat([encode_latents(vae, to_model_input(images[i : i + 1024])) for i in range(0, len(images), 1024)])
+        logger.info(f"Encoded {len(images)} images into {tuple(latents.shape[1:])} latents in {time.time() - start:.0f} s.")
+        if accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(path.name + PARTIAL)  # renamed into place once complete: never a torn cache file
+            save_file({"latents": latents.contiguous()}, partial)
+            os.replace(partial, path)
+    return latents
 
 
 def mean_image(dataset) -> torch.Tensor:

@@ -159,16 +159,25 @@ def test_partial_checkpoint_is_never_picked(trained, rendered_dir, tmp_path):
         assert torch.equal(value, _weights(out)[key]), key
 
 
-def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch):
+@pytest.mark.parametrize("latent", [False, True], ids=["pixels", "latents"])
+def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch, latent):
     """Kill the final save between any two of its file moves: the folder holds the old pipeline or none, never a mix."""
-    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path)])
+    vae = None
+    flags = [*TINY, "--output_dir", str(tmp_path / "out")]
+    if latent:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(_tiny_vae(tmp_path / "vae"))
+        flags += ["--pretrained_vae", str(tmp_path / "vae")]
+    tmp_path = tmp_path / "out"
+    args = trainer.parse_args(flags)
     scheduler = trainer.build_noise_scheduler(args)
-    old = trainer.build_model(args)
-    trainer.save_pipeline(old, None, scheduler, args)
-    new = trainer.build_model(args)
+    old = trainer.build_model(args, vae)
+    trainer.save_pipeline(old, None, scheduler, args, vae)
+    new = trainer.build_model(args, vae)
     torch.nn.init.zeros_(new.conv_out.weight)
     real_replace = trainer.os.replace
-    moves = len(trainer.PIPELINE_FILES) + 1
+    moves = len(trainer.PIPELINE_FILES) + (1 if latent else 0)  # the parts, then model_index.json; no vae/ in pixel space
     for crash_at in range(moves):
         calls = []
 
@@ -180,13 +189,13 @@ def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch):
 
         monkeypatch.setattr(trainer.os, "replace", crashing_replace)
         with pytest.raises(KeyboardInterrupt):
-            trainer.save_pipeline(new, None, scheduler, args)
+            trainer.save_pipeline(new, None, scheduler, args, vae)
         monkeypatch.setattr(trainer.os, "replace", real_replace)
         if (tmp_path / "model_index.json").exists():
             pytest.fail(f"a pipeline folder loads after a crash at move {crash_at}")  # only the final move adds it
         with pytest.raises((OSError, ValueError)):  # diffusers: no model_index.json
             ICLEVRPipeline.from_pretrained(tmp_path)
-        trainer.save_pipeline(old, None, scheduler, args)  # a completed save repairs it
+        trainer.save_pipeline(old, None, scheduler, args, vae)  # a completed save repairs it
         reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
         assert torch.equal(reloaded.unet.conv_out.weight, old.conv_out.weight)
         assert not list(tmp_path.glob("*.partial"))
@@ -408,6 +417,13 @@ def test_latent_space_run_trains_on_latents_and_ships_its_autoencoder(rendered_d
     images = pipe([["red sphere"]], num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 3, 16, 16)
 
+    # A second run with the same autoencoder and data reads the latents cached by the first instead of re-encoding.
+    assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 1
+    again = _launch(rendered_dir, tmp_path / "again", "--pretrained_vae", str(vae_dir), "--max_train_steps", "3", "--use_ema")
+    assert "Using the cached latents" in again.stderr and "Encoded" not in again.stderr
+    first, second = _weights(out), _weights(tmp_path / "again")  # same seed, same latents: the same model
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
     # A pixel-space save over the same folder drops the stale autoencoder instead of pairing it with the wrong UNet.
     args = trainer.parse_args([*TINY, "--output_dir", str(out)])
     trainer.save_pipeline(trainer.build_model(args), None, trainer.build_noise_scheduler(args), args)
@@ -424,3 +440,23 @@ def test_latent_space_flags_are_checked(tmp_path, capsys):
     args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "x"), "--pretrained_vae", str(vae_dir), "--resolution", "14"])
     with pytest.raises(ValueError, match="gives 7x7 latents"):
         trainer.build_model(args, AutoencoderKL.from_pretrained(vae_dir))
+
+
+def test_latent_cache_key_follows_the_weights_and_the_images(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from iclevr_utils import latent_cache_key
+
+    vae = AutoencoderKL.from_pretrained(_tiny_vae(tmp_path / "vae"))
+    images = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
+    key = latent_cache_key(vae, images)
+    assert key == latent_cache_key(AutoencoderKL.from_pretrained(tmp_path / "vae"), images.clone())
+    changed = images.clone()
+    changed[0, 0, 0, 0] ^= 1
+    assert latent_cache_key(vae, changed) != key
+    vae.register_to_config(scaling_factor=0.5)
+    assert latent_cache_key(vae, images) != key
+    vae.register_to_config(scaling_factor=0.7)
+    with torch.no_grad():
+        next(vae.parameters())[0].flatten()[0] += 1e-3
+    assert latent_cache_key(vae, images) != key
