@@ -8,6 +8,8 @@ With neither ``--train_data_dir`` nor ``--dataset_name`` it trains on the embedd
 set, rendered once into a cache folder and reused after. The denoiser is diffusers' `UNet2DConditionModel` with
 ``class_embed_type="projection"``: the 24-dim multi-hot condition goes through the UNet's own projection MLP into the
 timestep embedding, so it is saved and reloaded with the model (see the README for why not `UNet2DModel`).
+With ``--pretrained_vae`` (an autoencoder from ``train_autoencoder.py``) the UNet denoises the autoencoder's latents
+instead of pixels, and the saved pipeline ships the autoencoder to decode them.
 """
 
 from __future__ import annotations
