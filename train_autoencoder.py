@@ -1,7 +1,7 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
 """Train a small `AutoencoderKL` on i-CLEVR with 🤗 Accelerate, for a latent-space diffusion model.
 
-    accelerate launch train_autoencoder.py --output_dir outputs/vae --max_train_minutes 12 --evaluator outputs/evaluator
+    accelerate launch train_autoencoder.py --output_dir outputs/vae --evaluator outputs/evaluator
     accelerate launch train_conditional_ddpm.py --pretrained_vae outputs/vae --resolution 64 ...
 
 It trains on the same data as the diffusion trainer (the embedded procedural set unless ``--train_data_dir`` or
@@ -54,8 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", type=str, default="outputs/vae", help="Where the autoencoder is saved.")
     train.add_argument("--train_batch_size", type=int, default=32, help="Batch size per process.")
-    train.add_argument("--max_train_steps", type=int, default=3000, help="Optimiser steps (the learning-rate schedule's length).")
-    train.add_argument("--max_train_minutes", type=float, default=None, help="Stop after this much training time, then save as usual.")
+    train.add_argument("--max_train_steps", type=int, default=750,
+                       help="Optimiser steps, the learning-rate schedule's length (about 27 minutes on 2 AVX2 cores in fp32; "
+                            "645 of them, cut at 24 minutes, gave held-out reconstructions scoring 0.895 against 0.963 for "
+                            "the originals, README).")
+    train.add_argument("--max_train_minutes", type=float, default=None,
+                       help="Stop after this much training time and save as usual (the schedule is not shortened: size "
+                            "--max_train_steps to the time instead where the learning rate should reach its end).")
     train.add_argument("--learning_rate", type=float, default=1e-3, help="Peak AdamW learning rate.")
     train.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"], help="Learning-rate schedule (diffusers get_scheduler).")
     train.add_argument("--lr_warmup_steps", type=int, default=100, help="Warm-up steps of the schedule.")
