@@ -303,8 +303,8 @@ class ICLEVRPipeline(DiffusionPipeline):
         ):
             raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high <= 1 (fractions of the training "
                              f"timesteps), got {guidance_interval!r}.")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
         if latents is not None and tuple(latents.shape) != tuple(shape):
             raise ValueError(f"latents must have shape {tuple(shape)} (batch, channels, height, width), got {tuple(latents.shape)}.")
 
@@ -361,8 +361,9 @@ class ICLEVRPipeline(DiffusionPipeline):
                 UNet's channels and sample size: pixels, or the autoencoder's latents).
             num_images_per_prompt (`int`, defaults to 1): images per condition.
             eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers without it.
-            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (``(B, H, W, 3)`` floats in [0, 1]) or
-                ``"pt"`` (``(B, 3, H, W)`` in [0, 1]).
+            output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (``(B, H, W, 3)`` floats in [0, 1]),
+                ``"pt"`` (``(B, 3, H, W)`` in [0, 1]) or ``"latent"`` (the denoised sample as is, not decoded: the
+                autoencoder's scaled latents, or pixels in [-1, 1] for a pixel-space model).
             return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, *optional*): called as ``fn(pipe, step, timestep, callback_kwargs)``
                 after every step; may return a dict replacing ``latents``.
@@ -423,11 +424,12 @@ class ICLEVRPipeline(DiffusionPipeline):
                 outputs = callback_on_step_end(self, i, t, {"latents": latents})
                 latents = (outputs or {}).get("latents", latents)
 
-        images = (self.decode_latents(latents).float() / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            result = images.cpu()
+        if output_type == "latent":
+            result = latents
+        elif output_type == "pt":
+            result = (self.decode_latents(latents).float() / 2 + 0.5).clamp(0, 1).cpu()
         else:
-            result = images.cpu().permute(0, 2, 3, 1).numpy()
+            result = (self.decode_latents(latents).float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
                 result = self.numpy_to_pil(result)
         self.maybe_free_model_hooks()

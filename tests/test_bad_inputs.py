@@ -155,7 +155,7 @@ PIPELINE_CASES = [
     ({"labels": torch.ones(1, 23)}, "24"),
     ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
     ({"guidance_scale": -2.0}, "guidance_scale must be a number >= 0"),
-    ({"output_type": "jpg"}, "output_type must be 'pil', 'np' or 'pt'"),
+    ({"output_type": "jpg"}, "output_type must be 'pil', 'np', 'pt' or 'latent'"),
     ({"latents": torch.randn(1, 3, 8, 8)}, "latents must have shape (1, 3, 16, 16)"),
 ]
 

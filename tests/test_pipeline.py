@@ -268,6 +268,8 @@ def test_latent_pipeline_decodes_with_its_autoencoder_and_round_trips(tmp_path):
     assert captured["latents"].shape == (2, 4, 8, 8) and images.shape == (2, 3, 16, 16)  # 8x8 latents decode to 16x16 images
     expected = (vae.decode(captured["latents"] / 0.5).sample / 2 + 0.5).clamp(0, 1)  # unscaled by scaling_factor first
     assert torch.allclose(images, expected, atol=1e-6)
+    latents = _run(pipe, [["red sphere"], ["gray cube", "blue cube"]], guidance_scale=2.0, output_type="latent")
+    assert torch.equal(latents, captured["latents"])  # "latent": the denoised sample, not decoded
 
     pipe.save_pretrained(tmp_path)
     assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
