@@ -424,14 +424,13 @@ class ICLEVRPipeline(DiffusionPipeline):
                 outputs = callback_on_step_end(self, i, t, {"latents": latents})
                 latents = (outputs or {}).get("latents", latents)
 
-        if output_type == "latent":
-            result = latents
-        elif output_type == "pt":
+        result = latents
+        if output_type != "latent":
             result = (self.decode_latents(latents).float() / 2 + 0.5).clamp(0, 1).cpu()
-        else:
-            result = (self.decode_latents(latents).float() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                result = self.numpy_to_pil(result)
+        if output_type in ("np", "pil"):
+            result = result.permute(0, 2, 3, 1).numpy()
+        if output_type == "pil":
+            result = self.numpy_to_pil(result)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (result,)

@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     step, train_start = 0, time.time()
     progress = tqdm(total=args.max_train_steps, desc="Autoencoder", disable=not accelerator.is_local_main_process)
-    while step < args.max_train_steps:
+    stop = False
+    while not stop:
         for (batch,) in loader:
             pixels = to_model_input(batch)
             weights = foreground_weights(pixels, floor, args.foreground_weight) if floor is not None else None
@@ -202,10 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.4f}")
-            if step >= args.max_train_steps or out_of_time(accelerator, args.max_train_minutes, time.time() - train_start):
+            stop = step >= args.max_train_steps or out_of_time(accelerator, args.max_train_minutes, time.time() - train_start)
+            if stop:
                 break
-        if out_of_time(accelerator, args.max_train_minutes, time.time() - train_start):
-            break
     progress.close()
     train_minutes = (time.time() - train_start) / 60
 

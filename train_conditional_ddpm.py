@@ -316,6 +316,7 @@ def encoded_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: Aut
             logger.info(f"Using the cached latents {path}.")
             return load_file(path)["latents"]
         start = time.time()
+        # 1,024 images at a time: a float copy of the whole set would be 12x its uint8 size (2.6 GB for 54k at 64x64)
         latents = torch.cat([encode_latents(vae, to_model_input(images[i : i + 1024])) for i in range(0, len(images), 1024)])
         logger.info(f"Encoded {len(images)} images into {tuple(latents.shape[1:])} latents in {time.time() - start:.0f} s.")
         if accelerator.is_main_process:
