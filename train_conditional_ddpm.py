@@ -31,6 +31,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broa
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -284,17 +285,25 @@ def load_vae(args: argparse.Namespace, device) -> AutoencoderKL | None:
 def load_training_data(args: argparse.Namespace, accelerator: Accelerator):
     """The training data as a `datasets.Dataset` decoded at ``--resolution``; with no data given, the embedded
     procedural set, rendered once into the cache."""
-    train_data_dir = args.train_data_dir
     with accelerator.main_process_first():  # render/decode once; the other processes then read the cache
-        if train_data_dir is None and args.dataset_name is None:
-            train_data_dir = embedded_data_dir(args)
-            if not (train_data_dir / "train.json").is_file() and accelerator.is_main_process:
-                from render_iclevr import main as render
+        if args.train_data_dir is None and args.dataset_name is None:
+            data_dir = embedded_data_dir(args)
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+            # Runs launched side by side on one cache (a sweep) wait here for one render and one decode, instead of
+            # each rendering with every core and replacing the folder while the others read it.
+            with FileLock(f"{data_dir}.lock"):
+                if not (data_dir / "train.json").is_file():
+                    render_embedded(args, data_dir)
+                return load_dataset_from_args(args, args.resolution, data_dir)
+        return load_dataset_from_args(args, args.resolution)
 
-                logger.info(f"Rendering the embedded i-CLEVR set into {train_data_dir} (once).")
-                render(["--output_dir", str(train_data_dir), "--num_scenes", str(args.embedded_num_scenes),
-                        "--seed", str(args.seed), "--width", str(args.resolution), "--height", str(args.resolution)])
-        return load_dataset_from_args(args, args.resolution, train_data_dir)
+
+def render_embedded(args: argparse.Namespace, data_dir: Path) -> None:
+    from render_iclevr import main as render
+
+    logger.info(f"Rendering the embedded i-CLEVR set into {data_dir} (once).")
+    render(["--output_dir", str(data_dir), "--num_scenes", str(args.embedded_num_scenes), "--seed", str(args.seed),
+            "--width", str(args.resolution), "--height", str(args.resolution)])
 
 
 def build_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL | None = None):

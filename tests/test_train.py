@@ -460,3 +460,41 @@ def test_latent_cache_key_follows_the_weights_and_the_images(tmp_path):
     with torch.no_grad():
         next(vae.parameters())[0].flatten()[0] += 1e-3
     assert latent_cache_key(vae, images) != key
+
+
+def test_runs_sharing_a_cache_render_the_embedded_set_once(tmp_path, monkeypatch):
+    """Two runs started together on one cache (a sweep): one renders, the other waits for it and reads the same set,
+    instead of both rendering and the second replacing the folder the first is decoding."""
+    import threading
+
+    from accelerate import Accelerator
+
+    import render_iclevr
+
+    renders, real_render, start = [], render_iclevr.main, threading.Barrier(2)
+
+    def slow_render(argv):  # both runs pass the "is it rendered?" check before either finishes rendering
+        renders.append(argv)
+        threading.Event().wait(0.5)
+        real_render([*argv, "--num_workers", "1"])
+
+    monkeypatch.setattr(render_iclevr, "main", slow_render)
+    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
+                               "--embedded_num_scenes", "4"])
+    accelerator, datasets, errors = Accelerator(cpu=True), [], []
+
+    def run():
+        start.wait()
+        try:
+            datasets.append(trainer.load_training_data(args, accelerator))
+        except Exception as error:  # surfaced below, with the thread's error
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors and len(datasets) == 2
+    assert len(renders) == 1
+    assert datasets[0]["file_name"] == datasets[1]["file_name"] and len(datasets[0]) == 12
