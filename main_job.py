@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from filelock import FileLock
+
 from evaluate_pipeline import SHARED_TEST  # the report's default condition set; training validates on the same
 from iclevr_data import default_cache_dir
 from iclevr_utils import auto_mixed_precision
@@ -104,18 +106,22 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
         return Path(args.evaluator)
     recipe = EVALUATOR_RECIPE
     folder = cache / f"evaluator-seed{recipe['seed']}-scenes{recipe['num_scenes']}-epochs{recipe['num_epochs']}"
-    if (folder / "model.safetensors").is_file():
-        print(f"Using the cached evaluator {folder}")
-        return folder
-    data = cache / f"evaluator-data-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
-    if not (data / "train.json").is_file():
-        run_stage("render evaluator data", [sys.executable, str(PROJECT_DIR / "render_iclevr.py"), "--output_dir", str(data),
-                                            "--num_scenes", str(recipe["num_scenes"]), "--seed", str(recipe["seed"]),
-                                            "--width", "64", "--height", "64", "--overwrite"], timings)
-    run_stage("train evaluator", launch(args, "train_evaluator.py") + [
-        "--train_data_dir", str(data), "--cache_dir", str(cache), "--output_dir", str(folder),
-        "--num_epochs", str(recipe["num_epochs"]), "--train_batch_size", str(recipe["train_batch_size"]),
-        "--mixed_precision", args.mixed_precision, "--logger", "none"], timings)
+    cache.mkdir(parents=True, exist_ok=True)
+    # A second job on the same cache waits here for the first one's evaluator instead of rendering its data again
+    # (replacing the folder the first one is reading) and training a second copy.
+    with FileLock(f"{folder}.lock"):
+        if (folder / "model.safetensors").is_file():
+            print(f"Using the cached evaluator {folder}")
+            return folder
+        data = cache / f"evaluator-data-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
+        if not (data / "train.json").is_file():
+            run_stage("render evaluator data", [sys.executable, str(PROJECT_DIR / "render_iclevr.py"), "--output_dir", str(data),
+                                                "--num_scenes", str(recipe["num_scenes"]), "--seed", str(recipe["seed"]),
+                                                "--width", "64", "--height", "64", "--overwrite"], timings)
+        run_stage("train evaluator", launch(args, "train_evaluator.py") + [
+            "--train_data_dir", str(data), "--cache_dir", str(cache), "--output_dir", str(folder),
+            "--num_epochs", str(recipe["num_epochs"]), "--train_batch_size", str(recipe["train_batch_size"]),
+            "--mixed_precision", args.mixed_precision, "--logger", "none"], timings)
     return folder
 
 

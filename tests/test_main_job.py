@@ -109,3 +109,36 @@ def test_warmup_shrinks_with_the_schedule():
     assert main_job.warmup_flags(args, 3) == ["--lr_warmup_steps", "1"]
     for given in ("--lr_warmup_steps 500", "--lr_warmup_steps=500"):  # the user's own warm-up stays as given
         assert main_job.warmup_flags(main_job.parse_args([f"--train_args={given}"]), 2500) == []
+
+
+def test_jobs_sharing_a_cache_train_the_evaluator_once(tmp_path, monkeypatch):
+    """Two jobs started together on one cache: the second waits for the first one's evaluator and reuses it."""
+    import threading
+
+    recipe = main_job.EVALUATOR_RECIPE
+    folder = tmp_path / f"evaluator-seed{recipe['seed']}-scenes{recipe['num_scenes']}-epochs{recipe['num_epochs']}"
+    data = tmp_path / f"evaluator-data-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
+    stages, start = [], threading.Barrier(2)
+
+    def slow_stage(name, command, timings):  # both jobs look for a cached evaluator before either has one
+        stages.append(name)
+        threading.Event().wait(0.5)
+        target = data / "train.json" if name == "render evaluator data" else folder / "model.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("{}")
+
+    monkeypatch.setattr(main_job, "run_stage", slow_stage)
+    args = main_job.parse_args(["--cache_dir", str(tmp_path)])
+    found = []
+
+    def job():
+        start.wait()
+        found.append(main_job.ensure_evaluator(args, tmp_path, {}))
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert found == [folder, folder]
+    assert stages == ["render evaluator data", "train evaluator"]
