@@ -1,4 +1,5 @@
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,28 @@ def shared_file(name: str) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} is not available")
     return path
+
+
+def run_side_by_side(work, count: int = 2, timeout: float = 300) -> list:
+    """``work()`` in ``count`` threads released together (two runs or jobs started at once on one cache); returns
+    what each returned, and raises the first error any of them raised."""
+    start, results, errors = threading.Barrier(count), [], []
+
+    def run():
+        start.wait()
+        try:
+            results.append(work())
+        except Exception as error:  # re-raised in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    if errors:
+        raise errors[0]
+    return results
 
 
 @pytest.fixture(scope="session")

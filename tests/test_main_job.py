@@ -1,4 +1,5 @@
 import json
+import threading
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch
 import iclevr_utils
 import main_job
 from iclevr_evaluator import build_evaluator
+
+from .conftest import run_side_by_side
 
 TINY_TRAIN = ("--resolution 16 --block_out_channels 8,16 --attention_head_dim 8 --train_batch_size 4 --lr_warmup_steps 1 "
               "--validation_inference_steps 2 --embedded_num_scenes 4")
@@ -113,12 +116,10 @@ def test_warmup_shrinks_with_the_schedule():
 
 def test_jobs_sharing_a_cache_train_the_evaluator_once(tmp_path, monkeypatch):
     """Two jobs started together on one cache: the second waits for the first one's evaluator and reuses it."""
-    import threading
-
     recipe = main_job.EVALUATOR_RECIPE
     folder = tmp_path / f"evaluator-seed{recipe['seed']}-scenes{recipe['num_scenes']}-epochs{recipe['num_epochs']}"
     data = tmp_path / f"evaluator-data-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
-    stages, start = [], threading.Barrier(2)
+    stages = []
 
     def slow_stage(name, command, timings):  # both jobs look for a cached evaluator before either has one
         stages.append(name)
@@ -129,16 +130,5 @@ def test_jobs_sharing_a_cache_train_the_evaluator_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(main_job, "run_stage", slow_stage)
     args = main_job.parse_args(["--cache_dir", str(tmp_path)])
-    found = []
-
-    def job():
-        start.wait()
-        found.append(main_job.ensure_evaluator(args, tmp_path, {}))
-
-    threads = [threading.Thread(target=job) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert found == [folder, folder]
+    assert run_side_by_side(lambda: main_job.ensure_evaluator(args, tmp_path, {}), timeout=60) == [folder, folder]
     assert stages == ["render evaluator data", "train evaluator"]

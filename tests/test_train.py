@@ -2,14 +2,18 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 
 import train_conditional_ddpm as trainer
 from pipeline_iclevr import ICLEVRPipeline, unet_condition_kwargs
+
+from .conftest import run_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "4",
@@ -465,13 +469,9 @@ def test_latent_cache_key_follows_the_weights_and_the_images(tmp_path):
 def test_runs_sharing_a_cache_render_the_embedded_set_once(tmp_path, monkeypatch):
     """Two runs started together on one cache (a sweep): one renders, the other waits for it and reads the same set,
     instead of both rendering and the second replacing the folder the first is decoding."""
-    import threading
-
-    from accelerate import Accelerator
-
     import render_iclevr
 
-    renders, real_render, start = [], render_iclevr.main, threading.Barrier(2)
+    renders, real_render = [], render_iclevr.main
 
     def slow_render(argv):  # both runs pass the "is it rendered?" check before either finishes rendering
         renders.append(argv)
@@ -481,20 +481,7 @@ def test_runs_sharing_a_cache_render_the_embedded_set_once(tmp_path, monkeypatch
     monkeypatch.setattr(render_iclevr, "main", slow_render)
     args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
                                "--embedded_num_scenes", "4"])
-    accelerator, datasets, errors = Accelerator(cpu=True), [], []
-
-    def run():
-        start.wait()
-        try:
-            datasets.append(trainer.load_training_data(args, accelerator))
-        except Exception as error:  # surfaced below, with the thread's error
-            errors.append(error)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
-    assert not errors and len(datasets) == 2
+    accelerator = Accelerator(cpu=True)
+    datasets = run_side_by_side(lambda: trainer.load_training_data(args, accelerator))
     assert len(renders) == 1
     assert datasets[0]["file_name"] == datasets[1]["file_name"] and len(datasets[0]) == 12
