@@ -624,8 +624,10 @@ def main(argv: list[str] | None = None) -> None:
     noise_scheduler = build_noise_scheduler(args)
     ema = None
     if args.use_ema:
+        # foreach: one fused update over the 168 weight tensors instead of ~500 small ops, which on a GPU are kernel
+        # launches in a launch-bound step (46 ms on an H200); on the CPU 14 vs 19-33 ms per update.
         ema = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
-                       power=args.ema_power, model_cls=UNet2DConditionModel, model_config=unet.config)
+                       power=args.ema_power, foreach=True, model_cls=UNet2DConditionModel, model_config=unet.config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     dataset = build_dataset(args, accelerator, vae)
