@@ -234,6 +234,11 @@ def default_cache_dir() -> Path:
     return Path(config.HF_DATASETS_CACHE) / "iclevr_diffusion"
 
 
+def cache_root(cache_dir: str | None) -> Path:
+    """The folder the CLIs cache rendered data, evaluators and latents in: ``--cache_dir``, else the default."""
+    return Path(cache_dir) if cache_dir else default_cache_dir()
+
+
 def load_iclevr_folder(
     train_data_dir: str | os.PathLike,
     train_json: str | os.PathLike | None = None,

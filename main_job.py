@@ -30,7 +30,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from evaluate_pipeline import SHARED_TEST  # the report's default condition set; training validates on the same
-from iclevr_data import default_cache_dir
+from iclevr_data import cache_root
 from iclevr_utils import auto_mixed_precision
 from train_conditional_ddpm import parse_args as trainer_args
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     start = time.time()
     out = Path(args.output_dir)
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache = cache_root(args.cache_dir)
     timings: dict[str, float] = {}
     evaluator = ensure_evaluator(args, cache, timings)
     seconds_per_step = calibrate(args, cache, out, timings)

@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from iclevr_data import (
     add_data_args,
+    cache_root,
     dataset_to_tensors,
-    default_cache_dir,
     load_conditions,
     load_dataset_from_args,
     random_hflip,
@@ -271,7 +271,7 @@ def build_noise_scheduler(args: argparse.Namespace) -> DDPMScheduler:
 
 
 def embedded_data_dir(args: argparse.Namespace) -> Path:
-    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    root = cache_root(args.cache_dir)
     return root / f"rendered-seed{args.seed}-scenes{args.embedded_num_scenes}-{args.resolution}px"
 
 
@@ -318,7 +318,7 @@ def build_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: Autoe
 def encoded_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     """The images' latents, encoded once per (autoencoder, data) pair and cached as safetensors beside the decoded
     images: encoding 54k images costs minutes on a CPU, which a resume or a second run should not pay again."""
-    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    root = cache_root(args.cache_dir)
     path = root / f"latents-{latent_cache_key(vae, images)}.safetensors"
     with accelerator.main_process_first():  # the main process encodes and writes; the others read its file
         if path.is_file():

@@ -1,5 +1,5 @@
 import json
-import threading
+import time
 
 import pytest
 import torch
@@ -123,7 +123,7 @@ def test_jobs_sharing_a_cache_train_the_evaluator_once(tmp_path, monkeypatch):
 
     def slow_stage(name, command, timings):  # both jobs look for a cached evaluator before either has one
         stages.append(name)
-        threading.Event().wait(0.5)
+        time.sleep(0.5)
         target = data / "train.json" if name == "render evaluator data" else folder / "model.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("{}")

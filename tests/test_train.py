@@ -2,7 +2,7 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -118,7 +118,6 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained
     import os
     import random
     import signal
-    import time
 
     out = tmp_path / "killed"
     flags = ["--max_train_steps", "6", "--checkpointing_steps", "1", "--use_ema"]
@@ -475,7 +474,7 @@ def test_runs_sharing_a_cache_render_the_embedded_set_once(tmp_path, monkeypatch
 
     def slow_render(argv):  # both runs pass the "is it rendered?" check before either finishes rendering
         renders.append(argv)
-        threading.Event().wait(0.5)
+        time.sleep(0.5)
         real_render([*argv, "--num_workers", "1"])
 
     monkeypatch.setattr(render_iclevr, "main", slow_render)
