@@ -319,8 +319,11 @@ def encoded_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: Aut
     """The images' latents, encoded once per (autoencoder, data) pair and cached as safetensors beside the decoded
     images: encoding 54k images costs minutes on a CPU, which a resume or a second run should not pay again."""
     root = cache_root(args.cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
     path = root / f"latents-{latent_cache_key(vae, images)}.safetensors"
-    with accelerator.main_process_first():  # the main process encodes and writes; the others read its file
+    # main_process_first: the main process encodes and writes, the others read its file. The lock: runs launched side
+    # by side on one cache (a sweep) wait for one encode instead of each spending minutes encoding the same set.
+    with accelerator.main_process_first(), FileLock(f"{path}.lock"):
         if path.is_file():
             logger.info(f"Using the cached latents {path}.")
             return load_file(path)["latents"]
@@ -329,7 +332,6 @@ def encoded_dataset(args: argparse.Namespace, accelerator: Accelerator, vae: Aut
         latents = torch.cat([encode_latents(vae, to_model_input(images[i : i + 1024])) for i in range(0, len(images), 1024)])
         logger.info(f"Encoded {len(images)} images into {tuple(latents.shape[1:])} latents in {time.time() - start:.0f} s.")
         if accelerator.is_main_process:
-            root.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(path.name + PARTIAL)  # renamed into place once complete: never a torn cache file
             save_file({"latents": latents.contiguous()}, partial)
             os.replace(partial, path)

@@ -484,3 +484,25 @@ def test_runs_sharing_a_cache_render_the_embedded_set_once(tmp_path, monkeypatch
     datasets = run_side_by_side(lambda: trainer.load_training_data(args, accelerator))
     assert len(renders) == 1
     assert datasets[0]["file_name"] == datasets[1]["file_name"] and len(datasets[0]) == 12
+
+
+def test_latent_runs_sharing_a_cache_encode_the_set_once(tmp_path, monkeypatch):
+    """Two latent runs started together on one cache: one encodes and writes the latents, the other waits and reads
+    the same file, instead of both spending the encode."""
+    from diffusers import AutoencoderKL
+
+    encodes, real_encode = [], trainer.encode_latents
+
+    def slow_encode(vae, images):  # both runs pass the "is it cached?" check before either finishes encoding
+        encodes.append(len(images))
+        time.sleep(0.5)
+        return real_encode(vae, images)
+
+    monkeypatch.setattr(trainer, "encode_latents", slow_encode)
+    vae = AutoencoderKL.from_pretrained(_tiny_vae(tmp_path / "vae"))
+    images = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
+    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")])
+    latents = run_side_by_side(lambda: trainer.encoded_dataset(args, Accelerator(cpu=True), vae, images))
+    assert len(encodes) == 1
+    assert torch.equal(latents[0], latents[1]) and latents[0].shape[0] == 4
+    assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 1
