@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from iclevr_data import load_conditions
 from iclevr_evaluator import Evaluator, sanity_report
-from iclevr_metrics import mean_std
+from iclevr_metrics import mean_std, total_misses
 from iclevr_utils import image_grid
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline
 
@@ -124,6 +124,7 @@ def evaluate_set(pipe, evaluator, name, conditions, args, out: Path) -> dict:
         "accuracy": mean_std([r["accuracy"] for r, _ in runs]),
         "exact_set_accuracy": mean_std([r["exact_set_accuracy"] for r, _ in runs]),
         "accuracy_by_num_objects": by_objects,
+        "misses": total_misses([r for r, _ in runs]),
         "seconds_per_image": statistics.fmean(s for _, s in runs),
         "references": sanity_report(evaluator, conditions, seed=args.seed),
     }
@@ -200,6 +201,10 @@ def write_report(out: Path, args, results: dict, sweep_rows: list[dict]) -> None
     for name, r in results.items():
         parts = ", ".join(f"{n} object(s): {v['mean']:.3f}" for n, v in sorted(r["accuracy_by_num_objects"].items()))
         lines.append(f"- {name}: {parts}")
+    lines += ["", "Missed labels by kind, over all seeds (colour: the object's shape drawn in another colour; shape: its "
+              "colour on another shape; object: neither, a different object or none):", ""]
+    for name, r in results.items():
+        lines.append(f"- {name}: " + ", ".join(f"{kind} {count}" for kind, count in r["misses"].items()))
     for name in results:
         lines += ["", f"## {name}", "", f"![{name}](grid_{name}.png)"]
     lines += ["", "## Denoising process", "", "![denoising](denoising.png)"]

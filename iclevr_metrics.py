@@ -7,6 +7,9 @@
 - **Exact-set accuracy**: the share of images whose predicted set (score >= threshold) equals the true set, so an
   extra or a missing object is an error (the course metric cannot see extra objects).
 - **Per-label precision and recall** at the same threshold.
+- **Kinds of miss**: each true label the course metric misses, paired with a wrong label in the same top-k: a colour
+  error (the object's shape with another colour), a shape error (its colour on another shape), or neither (a
+  different or missing object). This says what a generator fails to bind, which the accuracy alone does not.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import statistics
 import torch
 
 from pipeline_iclevr import LABELS
+
+MISS_KINDS = ("colour", "shape", "object")
 
 
 def _check(scores: torch.Tensor, targets: torch.Tensor) -> None:
@@ -31,20 +36,62 @@ def _check(scores: torch.Tensor, targets: torch.Tensor) -> None:
         raise ValueError("Every target row needs at least one true label.")
 
 
+def _top_k(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per image, a mask of the k highest-scoring labels (k = number of true labels; ties to the lower index)."""
+    order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order))  # rank of each label in its row
+    return rank < targets.sum(1).long()[:, None]
+
+
 def course_hits(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-image hit counts: how many of the top-k scored labels are true, k = number of true labels."""
     _check(scores, targets)
-    order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
-    k = targets.sum(1).long()
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(scores.shape[1]).expand_as(order))  # rank of each label in its row
-    in_top_k = rank < k[:, None]
-    return (in_top_k & (targets > 0)).sum(1)
+    return (_top_k(scores, targets) & (targets > 0)).sum(1)
 
 
 def course_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
     """The course metric over a set: total top-k hits / total true labels."""
     return course_hits(scores, targets).sum().item() / targets.sum().item()
+
+
+def miss_kinds(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, int]:
+    """Counts of the course metric's misses by kind (`MISS_KINDS`). Each true label outside its image's top-k is paired
+    with a wrong label inside it (there are as many of each), pairing as many as possible with a label that shares an
+    attribute: one of the same shape makes the miss a "colour" error (the object drawn in another colour), one of the
+    same colour a "shape" error; a miss left without such a partner is "object" (a different object in its place, or
+    it was not drawn)."""
+    _check(scores, targets)
+    in_top_k = _top_k(scores, targets)
+    counts = dict.fromkeys(MISS_KINDS, 0)
+    attributes = [(label.split()[0], label.split()[1]) for label in LABELS]
+    for row_top, row_true in zip(in_top_k.tolist(), (targets > 0).tolist()):
+        missed = [attributes[i] for i in range(len(LABELS)) if row_true[i] and not row_top[i]]
+        wrong = [attributes[i] for i in range(len(LABELS)) if row_top[i] and not row_true[i]]
+        partner = _max_matching(missed, wrong, lambda m, w: m[0] == w[0] or m[1] == w[1])
+        for m, w in partner.items():
+            counts["colour" if missed[m][1] == wrong[w][1] else "shape"] += 1
+        counts["object"] += len(missed) - len(partner)
+    return counts
+
+
+def _max_matching(left: list, right: list, linked) -> dict[int, int]:
+    """A maximum bipartite matching ``{left index: right index}`` over the pairs where ``linked(l, r)`` (augmenting
+    paths; a greedy pairing can pair a miss with the one partner another miss needed)."""
+    owner: dict[int, int] = {}  # right index -> left index
+
+    def augment(i: int, seen: set[int]) -> bool:
+        for j, candidate in enumerate(right):
+            if j not in seen and linked(left[i], candidate):
+                seen.add(j)
+                if j not in owner or augment(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    for i in range(len(left)):
+        augment(i, set())
+    return {i: j for j, i in owner.items()}
 
 
 def exact_set_matches(scores: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -54,7 +101,8 @@ def exact_set_matches(scores: torch.Tensor, targets: torch.Tensor, threshold: fl
 
 
 def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> dict:
-    """All figures for one set: course accuracy, exact-set accuracy, a breakdown by number of objects, per-label P/R.
+    """All figures for one set: course accuracy, exact-set accuracy, a breakdown by number of objects, the kinds of
+    miss, per-label P/R.
 
     Args:
         scores: ``(N, 24)`` probabilities (sigmoid outputs).
@@ -88,8 +136,14 @@ def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, threshold: floa
         "accuracy": hits.sum().item() / counts.sum().item(),
         "exact_set_accuracy": exact.float().mean().item(),
         "by_num_objects": by_objects,
+        "misses": miss_kinds(scores, targets),
         "per_label": per_label,
     }
+
+
+def total_misses(reports: list[dict]) -> dict[str, int]:
+    """The kinds of miss (`miss_kinds`) summed over several `evaluate_scores` reports (sampling seeds)."""
+    return {kind: sum(report["misses"][kind] for report in reports) for kind in MISS_KINDS}
 
 
 def mean_std(values: list[float]) -> dict:

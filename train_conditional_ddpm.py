@@ -44,7 +44,7 @@ from iclevr_data import (
     random_hflip,
     to_model_input,
 )
-from iclevr_metrics import mean_std
+from iclevr_metrics import mean_std, total_misses
 from iclevr_utils import (
     bare_model,
     ema_weights,
@@ -493,6 +493,7 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
         reports = [evaluator.score(torch.from_numpy(batch).permute(0, 3, 1, 2), conditions) for batch in per_seed]
         accuracy = mean_std([r["accuracy"] for r in reports])
         record |= {"accuracy": accuracy["mean"], "exact_set_accuracy": mean_std([r["exact_set_accuracy"] for r in reports])["mean"]}
+        record |= {f"misses_{kind}": count for kind, count in total_misses(reports).items()}  # what fails to bind
         if len(reports) > 1:
             record |= {"accuracy_std": accuracy["std"], "accuracy_per_seed": accuracy["values"]}
     for tracker in accelerator.trackers:

@@ -29,6 +29,8 @@ def test_report_end_to_end(saved, tmp_path):
     result = metrics["sets"]["mini"]
     assert len(result["accuracy"]["values"]) == 2 and set(result["references"]) == {"rendered", "floor", "noise"}
     assert set(result["accuracy_by_num_objects"]) == {"1", "2", "3"}
+    # every label missed over the two seeds (18 labels each) has a kind
+    assert sum(result["misses"].values()) == round(sum(18 * (1 - a) for a in result["accuracy"]["values"]))
     assert sorted(p.name for p in (out / "images" / "mini").iterdir()) == sorted(f"{i}.png" for i in range(9))
     with Image.open(out / "grid_mini.png") as grid:
         assert grid.size == (8 * 16, 2 * 16)  # 8 per row, like the course's reports
@@ -37,6 +39,7 @@ def test_report_end_to_end(saved, tmp_path):
     assert len(metrics["sweep"]) == 2 * 2 * 2 and (out / "sweep.png").is_file()
     report = (out / "report.md").read_text()
     assert "| mini |" in report and "![denoising](denoising.png)" in report and "## Sweep" in report
+    assert "Missed labels by kind" in report and "- mini: colour " in report
     assert json.loads((out / "metrics.json").read_text())["sets"]["mini"]["conditions"] == 9
 
 

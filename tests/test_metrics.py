@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from iclevr_metrics import course_accuracy, course_hits, evaluate_scores, exact_set_matches
+from iclevr_metrics import course_accuracy, course_hits, evaluate_scores, exact_set_matches, miss_kinds
+from pipeline_iclevr import LABELS
 
 
 def _rows(*pairs):
@@ -61,3 +62,23 @@ def test_report_breakdown_and_per_label():
 def test_bad_inputs(scores, targets, message):
     with pytest.raises(ValueError, match=message):
         course_accuracy(scores, targets)
+
+
+def test_miss_kinds_pair_each_miss_with_a_wrong_label_sharing_an_attribute():
+    def row(true, top):  # scores put the `top` labels first, in order
+        scores = torch.zeros(len(LABELS))
+        for rank, name in enumerate(top):
+            scores[LABELS.index(name)] = 1 - rank / 10
+        return scores, torch.tensor([float(name in true) for name in LABELS])
+
+    rows = [row(["red cube"], ["blue cube"]),  # colour: a cube, drawn blue
+            row(["red cube"], ["red sphere"]),  # shape: something red, not a cube
+            row(["red cube"], ["blue sphere"]),  # object: nothing of it
+            row(["red cube", "gray sphere"], ["gray sphere", "red cube"]),  # no miss
+            # A greedy pairing would give red cube the green cube, leaving blue cube with nothing that shares an attribute;
+            # the best pairing is red cube/red sphere (shape) and blue cube/green cube (colour).
+            row(["red cube", "blue cube", "cyan cylinder"], ["green cube", "red sphere", "cyan cylinder"])]
+    scores, targets = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+    assert miss_kinds(scores, targets) == {"colour": 2, "shape": 2, "object": 1}
+    assert evaluate_scores(scores, targets)["misses"] == miss_kinds(scores, targets)
+    assert sum(miss_kinds(scores, targets).values()) == int(targets.sum()) - int(course_hits(scores, targets).sum())

@@ -61,8 +61,11 @@ def test_launch_produces_a_pipeline(trained):
     records = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]
     assert all(0 <= r["accuracy"] <= 1 and 0 <= r["exact_set_accuracy"] <= 1 for r in records)
-    for r in records:  # two seeds each: the logged accuracy is their mean
+    labels = sum(len(condition) for condition in json.loads(trainer.DEFAULT_CONDITIONS.read_text()))
+    for r in records:  # two seeds each: the logged accuracy is their mean, and every missed label has a kind
         assert len(r["accuracy_per_seed"]) == 2 and r["accuracy"] == pytest.approx(sum(r["accuracy_per_seed"]) / 2)
+        misses = r["misses_colour"] + r["misses_shape"] + r["misses_object"]
+        assert misses == round(sum(labels * (1 - a) for a in r["accuracy_per_seed"]))
     assert list((trained / "logs").rglob("events.out.tfevents.*"))
     summary = json.loads((trained / "train_summary.json").read_text())
     assert summary["steps"] == 6 and summary["seconds per step"] > 0 and summary["mixed precision"] == "no"
