@@ -65,6 +65,16 @@ def test_training_budget_shrinks_with_the_time_already_spent_and_a_slower_machin
         main_job.training_budget(args, 70.0, 0.671)
 
 
+def test_a_longer_training_budget_is_not_capped_by_the_default_job_budget():
+    """The README's longer run (--max_train_steps 10000 --train_minutes 115) gets its whole schedule; an explicit
+    --job_minutes still caps it."""
+    args = main_job.parse_args(["--max_train_steps", "10000", "--train_minutes", "115"])
+    assert args.job_minutes == 115 + main_job.JOB_OVERHEAD_MINUTES
+    assert main_job.training_budget(args, 1.5, 0.671) == (115.0, 10000)
+    args = main_job.parse_args(["--max_train_steps", "10000", "--train_minutes", "115", "--job_minutes", "75"])
+    assert main_job.training_budget(args, 1.5, 0.671) == (67.5, round(10000 * 67.5 / 115))
+
+
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
     """The first command's path on a fresh machine: no --evaluator, nothing cached (a tiny recipe stands in)."""
     monkeypatch.setattr(main_job, "EVALUATOR_RECIPE", {"num_scenes": 20, "seed": 1, "num_epochs": 1, "train_batch_size": 8})
