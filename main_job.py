@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(5,000 = 56 minutes of the default recipe on a 2-core Sapphire Rapids CPU, measured); scaled "
                              "down with the budget, and to what a calibration run shows this machine trains in it.")
     parser.add_argument("--job_minutes", type=float, default=None,
-                        help="Wall-time budget of the whole job (default: --train_minutes + 18, i.e. 75): when rendering and "
-                             "training the evaluator took longer, diffusion training gets what is left (minus "
+                        help=f"Wall-time budget of the whole job (default: --train_minutes + {JOB_OVERHEAD_MINUTES:g}): when rendering "
+                             "and training the evaluator took longer, diffusion training gets what is left (minus "
                              "--report_minutes), its step count scaled to match.")
     parser.add_argument("--report_minutes", type=float, default=6.0, help="Time kept back for validation and the report.")
     parser.add_argument("--validation_steps", type=int, default=500, help="Course accuracy logged every N training steps.")
