@@ -42,8 +42,9 @@ WARMUP_SHARE = 0.04
 # Steps of the calibration run that measures this machine's training speed (the first is excluded as warm-up; 40
 # average out step-to-step noise of 1.4-2.3 s per step seen on a shared 2-core machine).
 CALIBRATION_STEPS = 40
-# The job's time outside diffusion training when --job_minutes is not given: the default hour's 75 - 57 minutes
-# (render of the embedded set on first use, calibration, validation and the report).
+# The whole job's default budget, and its time outside diffusion training (75 - 57 minutes: render of the embedded set
+# on first use, calibration, validation and the report), which a longer --train_minutes adds to the budget.
+JOB_MINUTES = 75.0
 JOB_OVERHEAD_MINUTES = 18.0
 # The evaluator trained when none is given: the recipe of the README's evaluator run 4, which scores every accuracy figure
 # of the recipe notes (90,000 rendered 64x64 images, 6 epochs: held-out 0.991, rendered test.json 1.000; render 7.6 +
@@ -63,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(5,000 = 56 minutes of the default recipe on a 2-core Sapphire Rapids CPU, measured); scaled "
                              "down with the budget, and to what a calibration run shows this machine trains in it.")
     parser.add_argument("--job_minutes", type=float, default=None,
-                        help=f"Wall-time budget of the whole job (default: --train_minutes + {JOB_OVERHEAD_MINUTES:g}): when rendering "
-                             "and training the evaluator took longer, diffusion training gets what is left (minus "
-                             "--report_minutes), its step count scaled to match.")
+                        help=f"Wall-time budget of the whole job (default: {JOB_MINUTES:g}, or --train_minutes + "
+                             f"{JOB_OVERHEAD_MINUTES:g} when that is more): when rendering and training the evaluator took "
+                             "longer, diffusion training gets what is left (minus --report_minutes), its step count scaled to match.")
     parser.add_argument("--report_minutes", type=float, default=6.0, help="Time kept back for validation and the report.")
     parser.add_argument("--validation_steps", type=int, default=500, help="Course accuracy logged every N training steps.")
     parser.add_argument("--num_seeds", type=int, default=3, help="Sampling seeds of the report (mean ± std).")
@@ -78,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py, quoted as one string.")
     args = parser.parse_args(argv)
     if args.job_minutes is None:  # a longer --train_minutes alone must not be capped by the hour's job budget
-        args.job_minutes = args.train_minutes + JOB_OVERHEAD_MINUTES
+        args.job_minutes = max(JOB_MINUTES, args.train_minutes + JOB_OVERHEAD_MINUTES)
     if min(args.train_minutes, args.job_minutes, args.max_train_steps, args.num_seeds, args.validation_steps) <= 0:
         parser.error("--train_minutes, --job_minutes, --max_train_steps, --validation_steps and --num_seeds must be positive.")
     if args.report_minutes < 0:

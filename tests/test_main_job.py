@@ -73,6 +73,8 @@ def test_a_longer_training_budget_is_not_capped_by_the_default_job_budget():
     assert main_job.training_budget(args, 1.5, 0.671) == (115.0, 10000)
     args = main_job.parse_args(["--max_train_steps", "10000", "--train_minutes", "115", "--job_minutes", "75"])
     assert main_job.training_budget(args, 1.5, 0.671) == (67.5, round(10000 * 67.5 / 115))
+    # a shorter budget keeps the default job budget, so a first run still has time to train the evaluator and then this
+    assert main_job.parse_args(["--train_minutes", "20"]).job_minutes == main_job.parse_args([]).job_minutes == 75
 
 
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
