@@ -1,9 +1,9 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
 """Evaluate a trained `ICLEVRPipeline` with the evaluator and write a report.
 
-    python evaluate_pipeline.py --pipeline outputs/iclevr-ddpm --evaluator outputs/evaluator \\
-        --conditions_json ../shared/iclevr/test.json conditions/synthetic_test.json --num_seeds 3
+    python evaluate_pipeline.py --pipeline outputs/iclevr-ddpm --evaluator outputs/evaluator --num_seeds 3
 
+By default it scores the course's test.json and the project's synthetic set (both in ``iclevr/conditions/``).
 For each condition set it generates one image per condition per seed (batched, seeded), saves
 ``images/<set>/<i>.png`` for the first seed (the course's naming, so the course's evaluator can score them too) and a
 grid with 8 images per row, and scores every seed with the course metric and exact-set accuracy (mean ± std over
@@ -27,10 +27,10 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from PIL import Image, ImageDraw
 
-from iclevr_data import load_conditions
-from iclevr_evaluator import Evaluator, sanity_report
-from iclevr_metrics import mean_std, total_misses
-from iclevr_utils import image_grid
+from iclevr.data import COURSE_TEST, SYNTHETIC_TEST, load_conditions
+from iclevr.evaluator import Evaluator, sanity_report
+from iclevr.metrics import mean_std, total_misses
+from iclevr.utils import image_grid
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline
 
 SCHEDULERS = {
@@ -40,23 +40,18 @@ SCHEDULERS = {
     "euler": EulerDiscreteScheduler,
 }
 DENOISING_EXAMPLE = ["red sphere", "cyan cylinder", "cyan cube"]
-SHARED_TEST = Path(__file__).resolve().parent.parent / "shared" / "iclevr" / "test.json"
-OWN_TEST = Path(__file__).resolve().parent / "conditions" / "synthetic_test.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Generate, score and report on an ICLEVRPipeline.")
     parser.add_argument("--pipeline", type=str, required=True, help="Saved pipeline folder (or Hub id).")
     parser.add_argument("--evaluator", type=str, required=True, help="Evaluator folder or the course's checkpoint.pth.")
-    parser.add_argument("--conditions_json", type=str, nargs="+", default=None, help="Condition sets (test.json format); default: ../shared/iclevr/test.json if present, and conditions/synthetic_test.json.")
+    parser.add_argument("--conditions_json", type=str, nargs="+", default=[str(COURSE_TEST), str(SYNTHETIC_TEST)],
+                        help="Condition sets (test.json format); default: the course's test.json and the project's synthetic set.")
     parser.add_argument("--output_dir", type=str, default="outputs/report", help="Where images, metrics.json and report.md go.")
     parser.add_argument("--scheduler", type=str, default="ddim", choices=sorted(SCHEDULERS), help="Sampler.")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampling steps.")
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale (2 scored best on late checkpoints, README).")
-    parser.add_argument("--guidance", type=str, default="joint", choices=["joint", "composed"],
-                        help="Guide with the whole condition (classifier-free) or with each label on its own (composed).")
-    parser.add_argument("--guidance_rescale", type=float, default=None,
-                        help="Rescale the guided prediction towards the conditional one's std (0-1; default: the pipeline's).")
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale (the pipeline's default, chosen on a validation set).")
     parser.add_argument("--num_seeds", type=int, default=3, help="Generation repeats with different seeds (mean ± std).")
     parser.add_argument("--seed", type=int, default=0, help="First seed.")
     parser.add_argument("--batch_size", type=int, default=64, help="Images generated per forward batch.")
@@ -66,8 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep_guidance", type=str, default="1,2,3,4", help="Guidance scales in the sweep.")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device.")
     args = parser.parse_args(argv)
-    if args.conditions_json is None:
-        args.conditions_json = [str(p) for p in (SHARED_TEST, OWN_TEST) if p.is_file()]
     if args.num_seeds < 1 or args.num_inference_steps < 1 or args.batch_size < 1:
         parser.error("--num_seeds, --num_inference_steps and --batch_size must be positive.")
     for name in args.sweep_schedulers.split(","):
@@ -84,11 +77,8 @@ def load_pipeline(path: str, scheduler: str, device: str) -> ICLEVRPipeline:
 
 
 def sampling_kwargs(args, **overrides) -> dict:
-    """The pipeline call's sampling arguments from the flags (a flag left unset keeps the pipeline's default)."""
-    kwargs = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale, "guidance": args.guidance}
-    if args.guidance_rescale is not None:
-        kwargs["guidance_rescale"] = args.guidance_rescale
-    return kwargs | overrides
+    """The pipeline call's sampling arguments from the flags."""
+    return {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale} | overrides
 
 
 def generate(pipe, conditions, seed: int, batch_size: int, **sampling) -> tuple[np.ndarray, float]:
@@ -187,9 +177,9 @@ def sweep_plot(rows: list[dict], path: Path) -> None:
 
 def write_report(out: Path, args, results: dict, sweep_rows: list[dict]) -> None:
     lines = [f"# Evaluation of `{args.pipeline}`", "",
-             f"Sampler {args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale} ({args.guidance}"
-             f"{'' if args.guidance_rescale is None else f', rescale {args.guidance_rescale}'}), "
-             f"{args.num_seeds} seeds; evaluator `{args.evaluator}`.", "",
+             f"Sampler {args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}, "
+             f"{args.num_seeds} seeds; evaluator `{args.evaluator}`. Condition sets: "
+             + ", ".join(f"`{path}`" for path in args.conditions_json) + ".", "",
              "| set | model accuracy (mean ± std) | exact-set | rendered (ceiling) | empty floor | noise | s/image |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():

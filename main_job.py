@@ -9,8 +9,8 @@
    renders the embedded training set on first use); then ``accelerate launch --config_file accelerate_config.yaml
    train_conditional_ddpm.py`` with the trainer's default recipe, its schedule sized to what fits ``--train_minutes``
    here, the course accuracy logged during training. Mixed precision follows the hardware (``--mixed_precision auto``).
-3. **Report**: ``evaluate_pipeline.py`` over ``../shared/iclevr/test.json`` (when present) and the project's own
-   condition sets, ``--num_seeds`` seeds, next to rendered / floor / noise reference rows.
+3. **Report**: ``evaluate_pipeline.py`` over the course's test.json (shipped in ``iclevr/conditions/``) and the
+   project's synthetic set, ``--num_seeds`` seeds, next to rendered / floor / noise reference rows.
 
 Each stage is a subprocess of the entry points a user would run by hand, so what this runs is what the README
 documents. Stage times and the headline figures go to ``<output_dir>/main_job.json``.
@@ -29,10 +29,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from evaluate_pipeline import SHARED_TEST  # the report's default condition set; training validates on the same
-from iclevr_data import cache_root
-from iclevr_utils import auto_mixed_precision
-from train_conditional_ddpm import parse_args as trainer_args
+from iclevr.data import COURSE_TEST, cache_root
+from iclevr.ddpm import DEFAULT_LR_WARMUP_STEPS
+from iclevr.utils import auto_mixed_precision
 
 PROJECT_DIR = Path(__file__).resolve().parent
 # What the main job adds to the trainer's defaults: EMA weights (and --mixed_precision, chosen per machine).
@@ -46,10 +45,8 @@ CALIBRATION_STEPS = 40
 # on first use, calibration, validation and the report), which a longer --train_minutes adds to the budget.
 JOB_MINUTES = 75.0
 JOB_OVERHEAD_MINUTES = 18.0
-# The evaluator trained when none is given: the recipe of the README's evaluator run 4, which scores every accuracy figure
-# of the recipe notes (90,000 rendered 64x64 images, 6 epochs: held-out 0.991, rendered test.json 1.000; render 7.6 +
-# training 29.4 min on Sapphire Rapids in bf16). The smaller recipe it replaces (30,000 images, 5 epochs) measured
-# held-out 0.968 (AVX2-only CPU, fp32, 34.7 min): too weak a judge for the report.
+# The evaluator trained when none is given: the recipe that scores every accuracy figure of docs/experiments.md
+# (evaluator run 4: 90,000 rendered 64x64 images, 6 epochs).
 EVALUATOR_RECIPE = {"num_scenes": 30000, "seed": 1, "num_epochs": 6, "train_batch_size": 128}
 
 
@@ -60,9 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache_dir", type=str, default=None, help="Rendered data and the trained evaluator are cached here.")
     parser.add_argument("--train_minutes", type=float, default=57.0, help="Wall-time budget of diffusion training (validation excluded).")
     parser.add_argument("--max_train_steps", type=int, default=5000,
-                        help="Steps the learning-rate schedule spans when training gets all of --train_minutes "
-                             "(5,000 = 56 minutes of the default recipe on a 2-core Sapphire Rapids CPU, measured); scaled "
-                             "down with the budget, and to what a calibration run shows this machine trains in it.")
+                        help="Steps the learning-rate schedule spans when training gets all of --train_minutes (what a "
+                             "2-core Sapphire Rapids CPU trains in 57 minutes); scaled down with the budget, and to what a "
+                             "calibration run shows this machine trains in it.")
     parser.add_argument("--job_minutes", type=float, default=None,
                         help=f"Wall-time budget of the whole job (default: {JOB_MINUTES:g}, or --train_minutes + "
                              f"{JOB_OVERHEAD_MINUTES:g} when that is more): when rendering and training the evaluator took "
@@ -74,8 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="accelerate config for both training stages (the default gives one CPU process all cores).")
     parser.add_argument("--mixed_precision", type=str, default="auto", choices=["auto", "no", "fp16", "bf16"],
                         help="Mixed precision of both training stages. auto: bf16 on a GPU that supports it (else fp16) and on "
-                             "a CPU with native bf16 (AMX / AVX512-BF16: 1.5x fp32), fp32 on other CPUs (where bf16 is "
-                             "emulated and 15x slower than fp32).")
+                             "a CPU with native bf16 (AMX / AVX512-BF16), fp32 on other CPUs (where bf16 is emulated and "
+                             "many times slower).")
     parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py, quoted as one string.")
     args = parser.parse_args(argv)
     if args.job_minutes is None:  # a longer --train_minutes alone must not be capped by the hour's job budget
@@ -90,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--accelerate_config {args.accelerate_config} does not exist.")
     if args.mixed_precision == "auto":
         args.mixed_precision = auto_mixed_precision()
+    for name in ("output_dir", "evaluator", "cache_dir", "accelerate_config"):  # the stages run in the project folder
+        if getattr(args, name):
+            setattr(args, name, str(Path(getattr(args, name)).resolve()))
     return args
 
 
@@ -141,7 +141,7 @@ def calibrate(args, cache: Path, out: Path, timings: dict) -> float:
         "--output_dir", str(folder), "--cache_dir", str(cache), "--max_train_steps", str(CALIBRATION_STEPS),
         "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE, *shlex.split(args.train_args),
         "--lr_warmup_steps", "1"], timings)  # the rate does not change the speed; this only quiets the warm-up warning
-    seconds = json.loads((folder / "train_summary.json").read_text())["seconds per step"]
+    seconds = json.loads((folder / "train_summary.json").read_text())["seconds_per_step"]
     shutil.rmtree(folder)
     return seconds
 
@@ -165,8 +165,7 @@ def warmup_flags(args, steps: int) -> list[str]:
     run keeps the recipe's shape instead of spending most of its steps warming up; none when ``--train_args`` gives one."""
     if any(flag.split("=")[0] == "--lr_warmup_steps" for flag in shlex.split(args.train_args)):
         return []
-    default = trainer_args(["--output_dir", "unused"]).lr_warmup_steps
-    return ["--lr_warmup_steps", str(max(1, min(default, round(steps * WARMUP_SHARE))))]
+    return ["--lr_warmup_steps", str(max(1, min(DEFAULT_LR_WARMUP_STEPS, round(steps * WARMUP_SHARE))))]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--output_dir", str(pipeline), "--cache_dir", str(cache), "--evaluator", str(evaluator),
         "--validation_steps", str(args.validation_steps), "--max_train_steps", str(steps),
         "--max_train_minutes", f"{minutes:.2f}", "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE,
-        *(["--validation_conditions_json", str(SHARED_TEST)] if SHARED_TEST.is_file() else []),
+        "--validation_conditions_json", str(COURSE_TEST),
         *shlex.split(args.train_args), *warmup_flags(args, steps)], timings)
     run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
                          "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)

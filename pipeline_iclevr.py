@@ -7,7 +7,7 @@ the standard library, torch and diffusers. It owns label encoding; every other m
     >>> pipe = ICLEVRPipeline.from_pretrained("outputs/iclevr-ddpm")
     >>> images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=50, guidance_scale=2.0).images
 
-The vocabulary is the course's `objects.json`: 24 labels, 8 colours x 3 shapes, with
+The default vocabulary is the course's `objects.json`: 24 labels, 8 colours x 3 shapes, with
 ``index = shape_index * 8 + colour_index``::
 
     >>> from pipeline_iclevr import LabelVocabulary
@@ -32,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES = ("cube", "sphere", "cylinder")
 LABELS = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
+DEFAULT_LABEL2ID = {name: i for i, name in enumerate(LABELS)}  # the course's objects.json
 # The guidance every entry point samples with unless told otherwise (chosen on conditions/synthetic_96.json, README).
 DEFAULT_GUIDANCE_SCALE = 2.0
 
@@ -51,25 +52,24 @@ class LabelVocabulary:
 
     Args:
         label2id (`Mapping[str, int]`, *optional*):
-            The label → index map. Defaults to the course's `objects.json` order. A map that disagrees with the
-            course's vocabulary is rejected, because models and evaluators trained on one order silently
-            mis-score under another.
+            The label → index map: canonical names (see `normalize_label_name`) and indices ``0..N-1``, each once.
+            Defaults to i-CLEVR's 24 labels in the course's `objects.json` order.
 
     Accepted forms of one *condition*:
         - a list of label names (case-, space- and underscore-insensitive), e.g. ``["red sphere", "cyan cube"]``;
         - a list of label indices, e.g. ``[9, 6]``;
-        - a multi-hot `torch.Tensor` of shape ``(24,)`` holding only 0 and 1.
+        - a multi-hot `torch.Tensor` of shape ``(N,)`` holding only 0 and 1.
 
     A condition must hold at least one label and no label twice. The all-zero vector (the classifier-free
     guidance null condition) is built with [`~LabelVocabulary.null_condition`], never by `encode`.
     """
 
     def __init__(self, label2id: Mapping[str, int] | None = None):
-        if label2id is not None:
-            validate_objects_json(label2id)
-        self.labels: tuple[str, ...] = LABELS
-        self.label2id: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
-        self.id2label: dict[int, str] = dict(enumerate(LABELS))
+        label2id = dict(DEFAULT_LABEL2ID if label2id is None else label2id)
+        check_label_map(label2id)
+        self.labels: tuple[str, ...] = tuple(sorted(label2id, key=label2id.__getitem__))
+        self.label2id: dict[str, int] = {name: i for i, name in enumerate(self.labels)}
+        self.id2label: dict[int, str] = dict(enumerate(self.labels))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,10 +85,12 @@ class LabelVocabulary:
             return self.label2id[key]
         close = difflib.get_close_matches(key, self.labels, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"Unknown i-CLEVR label {name!r}.{hint} Valid labels are '<colour> <shape>' with colour in "
-            f"{', '.join(COLORS)} and shape in {', '.join(SHAPES)}: {', '.join(self.labels)}."
-        )
+        if self.labels == LABELS:
+            raise ValueError(
+                f"Unknown i-CLEVR label {name!r}.{hint} Valid labels are '<colour> <shape>' with colour in "
+                f"{', '.join(COLORS)} and shape in {', '.join(SHAPES)}: {', '.join(self.labels)}."
+            )
+        raise ValueError(f"Unknown label {name!r}.{hint} Valid labels are: {', '.join(self.labels)}.")
 
     def indices(self, condition: Condition) -> list[int]:
         """Sorted label indices of one condition (names, indices or a multi-hot tensor)."""
@@ -113,7 +115,7 @@ class LabelVocabulary:
         return sorted(ids)
 
     def encode(self, condition: Condition) -> torch.Tensor:
-        """Multi-hot float32 tensor of shape ``(24,)`` for one condition."""
+        """Multi-hot float32 tensor of shape ``(N,)`` for one condition."""
         vector = torch.zeros(len(self), dtype=torch.float32)
         vector[self.indices(condition)] = 1.0
         return vector
@@ -130,13 +132,13 @@ class LabelVocabulary:
         return [self.labels[self._item_index(item)] for item in condition]
 
     def null_condition(self, batch_size: int | None = None) -> torch.Tensor:
-        """The all-zero condition used for classifier-free guidance (shape ``(24,)`` or ``(batch_size, 24)``)."""
+        """The all-zero condition used for classifier-free guidance (shape ``(N,)`` or ``(batch_size, N)``)."""
         shape = (len(self),) if batch_size is None else (batch_size, len(self))
         return torch.zeros(shape, dtype=torch.float32)
 
     # --- batches -------------------------------------------------------------------------------------------
     def encode_batch(self, conditions: Sequence[Condition] | torch.Tensor) -> torch.Tensor:
-        """Multi-hot float32 tensor of shape ``(batch, 24)`` from a list of conditions or a ``(batch, 24)`` tensor."""
+        """Multi-hot float32 tensor of shape ``(batch, N)`` from a list of conditions or a ``(batch, N)`` tensor."""
         if isinstance(conditions, torch.Tensor):
             if conditions.ndim != 2:
                 raise ValueError(
@@ -167,9 +169,9 @@ class LabelVocabulary:
         return torch.stack(rows)
 
     def decode_batch(self, multi_hot: torch.Tensor) -> list[list[str]]:
-        """Label names of each row of a ``(batch, 24)`` multi-hot tensor."""
+        """Label names of each row of a ``(batch, N)`` multi-hot tensor."""
         if not isinstance(multi_hot, torch.Tensor) or multi_hot.ndim != 2:
-            raise ValueError(f"decode_batch expects a (batch, {len(self)}) tensor, got {_describe(multi_hot)}.")
+            raise ValueError(f"decode_batch expects a (batch, {len(self)}) tensor, got {describe_input(multi_hot)}.")
         return [self.decode(row) for row in multi_hot]
 
     # --- helpers -------------------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ class LabelVocabulary:
 
     def _indices_from_multi_hot(self, vector: torch.Tensor, where: str = "") -> list[int]:
         if not isinstance(vector, torch.Tensor):
-            raise ValueError(f"Expected a multi-hot tensor{where}, got {_describe(vector)}.")
+            raise ValueError(f"Expected a multi-hot tensor{where}, got {describe_input(vector)}.")
         if vector.ndim != 1 or vector.shape[0] != len(self):
             raise ValueError(
                 f"A multi-hot condition{where} must have shape ({len(self)},), got {tuple(vector.shape)}; "
@@ -202,6 +204,19 @@ class LabelVocabulary:
         if not ids:
             raise ValueError(f"Empty condition{where}: the multi-hot vector is all zeros.")
         return ids
+
+
+def check_label_map(label2id: Mapping[str, int]) -> None:
+    """Check a label → index map: canonical, distinct names and the indices ``0..N-1``, each once."""
+    if not isinstance(label2id, Mapping) or not label2id:
+        raise ValueError(f"A label vocabulary must be a non-empty map of label names to indices, got {describe_input(label2id)}.")
+    names = [name for name in label2id if not isinstance(name, str) or not name or normalize_label_name(name) != name]
+    if names:
+        raise ValueError(f"Label names must be lower case words separated by single spaces, got {names[:5]}; write them "
+                         "as normalize_label_name does.")
+    indices = list(label2id.values())
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in indices) or sorted(indices) != list(range(len(indices))):
+        raise ValueError(f"Label indices must be the integers 0..{len(label2id) - 1}, each used once; got {indices}.")
 
 
 def validate_objects_json(label2id: Mapping[str, int]) -> None:
@@ -232,26 +247,22 @@ class ICLEVRPipeline(DiffusionPipeline):
     Args:
         unet ([`UNet2DConditionModel`]):
             Denoiser that embeds the multi-hot condition itself, so the embedding is saved and reloaded with it:
-            globally (``class_embed_type="projection"``, ``projection_class_embeddings_input_dim=24``) and/or as one
-            cross-attention token per label (``encoder_hid_dim=24``, ``encoder_hid_dim_type="text_proj"``; see
+            globally (``class_embed_type="projection"``, ``projection_class_embeddings_input_dim=N``) and/or as one
+            cross-attention token per label (``encoder_hid_dim=N``, ``encoder_hid_dim_type="text_proj"``; see
             [`label_tokens`]).
         scheduler ([`SchedulerMixin`]):
             Any diffusers scheduler (DDPM, DDIM, DPM-Solver++, Euler, ...); swap with ``Scheduler.from_config``.
-        vae ([`AutoencoderKL`] or [`AutoencoderTiny`], *optional*):
-            For a latent-space model: the UNet denoises latents (``latent_channels`` x ``sample_size``²), which the
-            autoencoder decodes to images after dividing by its ``scaling_factor``. ``None`` (the default): the UNet
-            works in pixel space and its output is the image.
         label2id (`dict`, *optional*):
-            The label vocabulary, stored in the pipeline config so it survives save/load; must be the course's.
+            The label vocabulary (see [`LabelVocabulary`]), stored in the pipeline config so it survives save/load.
+            Defaults to i-CLEVR's 24 labels.
     """
 
-    model_cpu_offload_seq = "unet->vae"
-    _optional_components = ["vae"]
+    model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet, scheduler, vae=None, label2id: dict[str, int] | None = None):
+    def __init__(self, unet, scheduler, label2id: dict[str, int] | None = None):
         super().__init__()
-        label2id = dict(label2id) if label2id else {name: i for i, name in enumerate(LABELS)}
+        label2id = dict(label2id) if label2id else dict(DEFAULT_LABEL2ID)
         self.vocab = LabelVocabulary(label2id)
         if not condition_routes(unet.config, len(self.vocab)):
             raise ValueError(
@@ -259,23 +270,14 @@ class ICLEVRPipeline(DiffusionPipeline):
                 f"projection_class_embeddings_input_dim={len(self.vocab)} (a global embedding), and/or with "
                 f"encoder_hid_dim={len(self.vocab)} and encoder_hid_dim_type='text_proj' (one cross-attention token per label)."
             )
-        if vae is not None and vae.config.latent_channels != unet.config.in_channels:
-            raise ValueError(f"The UNet denoises {unet.config.in_channels} channels but the autoencoder's latents have "
-                             f"{vae.config.latent_channels}; pair a latent-space UNet with the autoencoder it was trained on.")
-        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(label2id=label2id)
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """The denoised sample → images in [-1, 1] ``(B, 3, H, W)``: decoded by the autoencoder, or as is in pixel space."""
-        if self.vae is None:
-            return latents
-        return self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-
     def encode_labels(self, labels, num_images_per_prompt: int = 1) -> torch.Tensor:
-        """Multi-hot conditions ``(batch * num_images_per_prompt, 24)`` from one condition or a list of them.
+        """Multi-hot conditions ``(batch * num_images_per_prompt, N)`` from one condition or a list of them.
 
         A condition is a list of label names, a list of indices, or a multi-hot tensor; a batch is a list of
-        conditions or a ``(batch, 24)`` tensor.
+        conditions or a ``(batch, N)`` tensor.
         """
         if isinstance(labels, torch.Tensor):
             batch = self.vocab.encode_batch(labels[None] if labels.ndim == 1 else labels)
@@ -285,24 +287,13 @@ class ICLEVRPipeline(DiffusionPipeline):
             batch = self.vocab.encode_batch(labels)
         return batch.repeat_interleave(num_images_per_prompt, dim=0)
 
-    def check_inputs(self, num_inference_steps, guidance_scale, guidance, num_images_per_prompt, output_type, latents, shape,
-                     guidance_rescale=0.0, guidance_interval=None):
+    def check_inputs(self, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape):
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
         if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
-        if guidance not in ("joint", "composed"):
-            raise ValueError(f"guidance must be 'joint' or 'composed', got {guidance!r}.")
-        if not isinstance(guidance_rescale, (int, float)) or not 0 <= guidance_rescale <= 1:
-            raise ValueError(f"guidance_rescale must be a number in [0, 1], got {guidance_rescale!r}.")
-        if guidance_interval is not None and not (
-            isinstance(guidance_interval, (tuple, list)) and len(guidance_interval) == 2
-            and all(isinstance(x, (int, float)) for x in guidance_interval) and 0 <= guidance_interval[0] <= guidance_interval[1] <= 1
-        ):
-            raise ValueError(f"guidance_interval must be (low, high) with 0 <= low <= high <= 1 (fractions of the training "
-                             f"timesteps), got {guidance_interval!r}.")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
         if latents is not None and tuple(latents.shape) != tuple(shape):
@@ -324,9 +315,6 @@ class ICLEVRPipeline(DiffusionPipeline):
         labels,
         num_inference_steps: int = 50,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-        guidance: str = "joint",
-        guidance_rescale: float = 0.0,
-        guidance_interval: tuple[float, float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         num_images_per_prompt: int = 1,
@@ -340,30 +328,19 @@ class ICLEVRPipeline(DiffusionPipeline):
 
         Args:
             labels: one condition (``["red sphere", "cyan cube"]``, ``[9, 6]`` or a multi-hot tensor) or a batch
-                (a list of conditions or a ``(batch, 24)`` tensor).
+                (a list of conditions or a ``(batch, N)`` tensor).
             num_inference_steps (`int`, defaults to 50): denoising steps.
             guidance_scale (`float`, defaults to 2.0): classifier-free guidance weight ``w`` in
                 ``eps = eps_null + w * (eps_cond - eps_null)``. ``w = 1`` runs the conditional model alone and
                 ``w = 0`` the null (all-zero) condition alone, in a single pass; any other value runs both in one
                 batched forward.
-            guidance (`str`, defaults to ``"joint"``): ``"joint"`` guides with the whole condition (above);
-                ``"composed"`` guides with each label on its own, ``eps = eps_null + w * sum_i (eps(c_i) - eps_null)``
-                (Composable Diffusion, Liu et al. 2022), one forward per label plus the null one.
-            guidance_rescale (`float`, defaults to 0.0): joint guidance only; rescales the guided prediction to the
-                standard deviation of the conditional one and mixes by this factor (Lin et al. 2023, as diffusers'
-                Stable Diffusion pipelines' ``guidance_rescale``), meant to counter the over-saturation of strong
-                guidance (off by default: it did not help accuracy here, README).
-            guidance_interval (`tuple[float, float]`, *optional*): ``(low, high)`` as fractions of the training
-                timesteps; guidance is applied only at timesteps ``t / T`` in that range, and ``w = 1`` elsewhere (for
-                joint guidance: the conditional model alone) (Kynkäänniemi et al. 2024). ``None`` guides at every step.
             generator (`torch.Generator`, *optional*): for reproducible sampling.
             latents (`torch.Tensor`, *optional*): initial noise ``(batch * num_images_per_prompt, C, H, W)`` (the
-                UNet's channels and sample size: pixels, or the autoencoder's latents).
+                UNet's channels and sample size).
             num_images_per_prompt (`int`, defaults to 1): images per condition.
             eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers without it.
             output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (``(B, H, W, 3)`` floats in [0, 1]),
-                ``"pt"`` (``(B, 3, H, W)`` in [0, 1]) or ``"latent"`` (the denoised sample as is, not decoded: the
-                autoencoder's scaled latents, or pixels in [-1, 1] for a pixel-space model).
+                ``"pt"`` (``(B, 3, H, W)`` in [0, 1]) or ``"latent"`` (the denoised sample as is, in [-1, 1]).
             return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, *optional*): called as ``fn(pipe, step, timestep, callback_kwargs)``
                 after every step; may return a dict replacing ``latents``.
@@ -380,20 +357,13 @@ class ICLEVRPipeline(DiffusionPipeline):
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         shape = (conditions.shape[0], self.unet.config.in_channels, *size)
-        self.check_inputs(num_inference_steps, guidance_scale, guidance, num_images_per_prompt, output_type, latents, shape,
-                          guidance_rescale, guidance_interval)
+        self.check_inputs(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape)
 
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
         conditions = conditions.to(device=device, dtype=dtype)
-        owner = None  # composed guidance: which image each single-label row belongs to
-        if guidance == "composed" and guidance_scale != 0.0:
-            owner, label = conditions.nonzero(as_tuple=True)
-            singles = torch.zeros(owner.shape[0], conditions.shape[1], device=device, dtype=dtype)
-            singles[torch.arange(owner.shape[0], device=device), label] = 1
-            class_labels = torch.cat([torch.zeros_like(conditions), singles])
-        elif guidance_scale == 1.0:
+        if guidance_scale == 1.0:
             class_labels = conditions
         elif guidance_scale == 0.0:
             class_labels = torch.zeros_like(conditions)
@@ -404,21 +374,11 @@ class ICLEVRPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            if owner is not None:
-                model_input = torch.cat([latents, latents[owner]])
-            else:
-                model_input = torch.cat([latents, latents]) if two_pass else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
+            model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]) if two_pass else latents, t)
             noise_pred = self.unet(model_input, t, **unet_condition_kwargs(self.unet.config, class_labels)).sample
-            scale = guidance_scale if guided_at(t, guidance_interval, self.scheduler.config.num_train_timesteps) else 1.0
-            if owner is not None:  # eps_null + w * sum_i (eps(c_i) - eps_null)
-                null, per_label = noise_pred[: latents.shape[0]], noise_pred[latents.shape[0] :]
-                noise_pred = null + scale * torch.zeros_like(null).index_add_(0, owner, per_label - null[owner])
-            elif two_pass:
+            if two_pass:
                 null, cond = noise_pred.chunk(2)
-                noise_pred = null + scale * (cond - null)
-                if guidance_rescale > 0 and scale != 1.0:
-                    noise_pred = rescale_guided(noise_pred, cond, guidance_rescale)
+                noise_pred = null + guidance_scale * (cond - null)
             latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 outputs = callback_on_step_end(self, i, t, {"latents": latents})
@@ -426,7 +386,7 @@ class ICLEVRPipeline(DiffusionPipeline):
 
         result = latents
         if output_type != "latent":
-            result = (self.decode_latents(latents).float() / 2 + 0.5).clamp(0, 1).cpu()
+            result = (latents.float() / 2 + 0.5).clamp(0, 1).cpu()
         if output_type in ("np", "pil"):
             result = result.permute(0, 2, 3, 1).numpy()
         if output_type == "pil":
@@ -435,25 +395,6 @@ class ICLEVRPipeline(DiffusionPipeline):
         if not return_dict:
             return (result,)
         return ImagePipelineOutput(images=result)
-
-
-def guided_at(timestep, interval: tuple[float, float] | None, num_train_timesteps: int) -> bool:
-    """Whether classifier-free guidance applies at ``timestep`` (see ``guidance_interval`` of `ICLEVRPipeline`)."""
-    if interval is None:
-        return True
-    position = float(timestep) / num_train_timesteps
-    return interval[0] <= position <= interval[1]
-
-
-def rescale_guided(guided: torch.Tensor, cond: torch.Tensor, factor: float) -> torch.Tensor:
-    """Rescale a guided prediction to the per-image standard deviation of the conditional one, mixed by ``factor``.
-
-    The same computation as diffusers' ``rescale_noise_cfg``; importing it from the Stable Diffusion pipeline module
-    would pull in transformers, which this remote-code file must not need.
-    """
-    dims = list(range(1, guided.ndim))
-    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-    return factor * rescaled + (1 - factor) * guided
 
 
 def condition_routes(unet_config, num_labels: int = len(LABELS)) -> list[str]:
@@ -488,7 +429,8 @@ def unet_condition_kwargs(unet_config, conditions: torch.Tensor) -> dict:
     }
 
 
-def _describe(value) -> str:
+def describe_input(value) -> str:
+    """A short description of a value for error messages: a tensor's shape, else its type and repr."""
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
     return f"{type(value).__name__} {value!r}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -25,21 +24,22 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import broadcast, gather_object, set_seed
-from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from iclevr_data import (
-    add_data_args,
-    dataset_to_tensors,
-    load_conditions,
-    load_dataset_from_args,
-    random_hflip,
-    split_by_scene,
+from iclevr.data import add_data_args, dataset_to_tensors, load_conditions, load_dataset_from_args, split_by_scene
+from iclevr.evaluator import (
+    EVALUATOR_RESOLUTION,
+    LOWRES_PROB,
+    LOWRES_SIZES,
+    Evaluator,
+    augment,
+    build_evaluator,
+    heldout_figures,
+    sanity_report,
 )
-from iclevr_evaluator import EVALUATOR_RESOLUTION, Evaluator, build_evaluator, probabilities, sanity_report
-from iclevr_metrics import evaluate_scores
-from iclevr_utils import bare_model, multi_process_cpu_launch, slow_bf16_warning
+from iclevr.io import move_into, partial_folder
+from iclevr.training import build_lr_scheduler, int_list, setup_accelerator
+from iclevr.utils import bare_model
 
 logger = get_logger(__name__)
 
@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--weight_decay", type=float, default=5e-4, help="AdamW weight decay.")
     train.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"], help="Learning-rate schedule (diffusers get_scheduler).")
     train.add_argument("--lr_warmup_steps", type=int, default=200, help="Warm-up steps of the schedule.")
-    train.add_argument("--lowres_prob", type=float, default=0.5, help="Probability of the low-resolution round trip augmentation.")
-    train.add_argument("--lowres_sizes", type=str, default="32,40,48", help="Sizes images are shrunk to before being upsampled back to 64.")
+    train.add_argument("--lowres_prob", type=float, default=LOWRES_PROB, help="Probability of the low-resolution round trip augmentation.")
+    train.add_argument("--lowres_sizes", type=int_list, default=list(LOWRES_SIZES), help="Sizes images are shrunk to before being upsampled back to 64 (the sizes low-resolution generators emit).")
     train.add_argument("--flip_average", action="store_true",
                        help="Score with the mean of each image's and its mirror image's probabilities; saved in the config, so "
                             "every later score uses it (held-out figures are reported both ways).")
@@ -71,73 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--num_epochs and --train_batch_size must be positive.")
     if not 0.0 < args.heldout_fraction < 1.0:
         parser.error("--heldout_fraction must be in (0, 1).")
-    try:
-        args.lowres_sizes = [int(size) for size in args.lowres_sizes.split(",")]
-    except ValueError:
-        parser.error(f"--lowres_sizes must be comma-separated integers, got {args.lowres_sizes!r}.")
     if any(not 8 <= size <= EVALUATOR_RESOLUTION for size in args.lowres_sizes):
         parser.error(f"--lowres_sizes must lie in 8..{EVALUATOR_RESOLUTION}.")
     return args
-
-
-def lowres_round_trip(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    """Shrink to ``size`` (antialiased) and upsample back: what a low-resolution generator's upsampled output looks like."""
-    full = pixels.shape[-1]
-    small = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return F.interpolate(small, size=(full, full), mode="bilinear", align_corners=False)
-
-
-def augment(images: torch.Tensor, args: argparse.Namespace, generator: torch.Generator) -> torch.Tensor:
-    """uint8 ``(B, H, W, 3)`` → float ``(B, 3, H, W)`` in [-1, 1], augmented in ways that keep every label true."""
-    pixels = images.permute(0, 3, 1, 2).float() / 255.0
-    batch = pixels.shape[0]
-    pixels = random_hflip(pixels, generator)
-    lowres = torch.rand(batch, generator=generator) < args.lowres_prob
-    if lowres.any():
-        size = args.lowres_sizes[int(torch.randint(len(args.lowres_sizes), (1,), generator=generator))]
-        pixels[lowres] = lowres_round_trip(pixels[lowres], size)
-    gain = 1.0 + 0.1 * (torch.rand(batch, 1, 1, 1, generator=generator) * 2 - 1)  # brightness, hue kept
-    noise = torch.rand(batch, 1, 1, 1, generator=generator) * 0.04 * torch.randn(pixels.shape, generator=generator)
-    return ((pixels * gain + noise).clamp(0, 1) * 2 - 1).contiguous(memory_format=torch.channels_last)
-
-
-@torch.no_grad()
-def heldout_figures(model, images: torch.Tensor, labels: torch.Tensor, accelerator: Accelerator, batch_size: int = 512,
-                    flip_average: bool = False) -> dict:
-    """Course and exact-set accuracy on held-out images at 64x64 and after a 32x32 round trip.
-
-    ``flip_average`` scores as `Evaluator` does with that setting (each image averaged with its mirror image).
-
-    Each process scores a contiguous share of the images; the shares are gathered in process order, so every
-    process gets the figures of the whole held-out set, each image counted once.
-    """
-    model.eval()
-    if accelerator.num_processes > 1:
-        # DDP broadcasts BatchNorm statistics from rank 0 at the start of each forward, so after the last training
-        # step the ranks' running statistics differ by one update: score with rank 0's (the model that is saved).
-        for buffer in model.buffers():
-            buffer.copy_(broadcast(buffer.clone(), from_process=0))
-    figures = {}
-    with accelerator.split_between_processes(list(range(images.shape[0]))) as mine:
-        share = images[mine[0] : mine[-1] + 1] if mine else images[:0]
-    for name, size in (("64", None), ("32to64", 32)):
-        scores = [torch.zeros(0, labels.shape[1])]
-        for start in range(0, share.shape[0], batch_size):
-            pixels = share[start : start + batch_size].permute(0, 3, 1, 2).float() / 255.0
-            if size is not None:
-                pixels = lowres_round_trip(pixels, size)
-            pixels = (pixels * 2 - 1).to(accelerator.device).contiguous(memory_format=torch.channels_last)
-            with accelerator.autocast():
-                scores.append(probabilities(model, pixels, flip_average).cpu())
-        gathered = gather_object([torch.cat(scores)]) if accelerator.num_processes > 1 else [torch.cat(scores)]
-        report = evaluate_scores(torch.cat(gathered), labels)
-        figures[name] = {
-            "accuracy": report["accuracy"],
-            "exact_set_accuracy": report["exact_set_accuracy"],
-            "by_num_objects": report["by_num_objects"],
-        }
-    model.train()
-    return figures
 
 
 def build_data(args: argparse.Namespace, accelerator: Accelerator):
@@ -151,39 +87,24 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator):
     return images, labels, train_rows, heldout_rows, [names[i] for i in heldout_rows]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.logger == "none" else args.logger,
-        project_dir=str(output_dir),
-        cpu=multi_process_cpu_launch(),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if warning := slow_bf16_warning(accelerator.mixed_precision, accelerator.device):
-        logger.warning(warning, main_process_only=True)
-    set_seed(args.seed)
-    start = time.time()
-    images, labels, train_rows, heldout_rows, heldout_names = build_data(args, accelerator)
-    logger.info(f"{len(train_rows)} training and {len(heldout_rows)} held-out images", main_process_only=True)
-
+def train(args, accelerator: Accelerator, images, labels, train_rows, heldout_rows) -> tuple:
+    """Train the evaluator; returns the bare model, the held-out figures after the last epoch and the history."""
     model = build_evaluator().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     loader = torch.utils.data.DataLoader(torch.tensor(train_rows), batch_size=args.train_batch_size, shuffle=True, drop_last=True)
     steps = args.num_epochs * math.ceil(len(loader) / accelerator.num_processes)
-    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=steps)
+    scheduler = build_lr_scheduler(args.lr_scheduler, optimizer, args.lr_warmup_steps, steps, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if accelerator.is_main_process and args.logger != "none":
         accelerator.init_trackers("evaluator", config={k: str(v) for k, v in vars(args).items()})
 
     generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
     progress = tqdm(total=steps, desc="Evaluator", disable=not accelerator.is_local_main_process)
-    history = []
+    history, start = [], time.time()
     for epoch in range(args.num_epochs):
         model.train()
         for rows in loader:
-            pixels = augment(images[rows.cpu()], args, generator).to(accelerator.device)
+            pixels = augment(images[rows.cpu()], generator, args.lowres_prob, args.lowres_sizes).to(accelerator.device)
             with accelerator.autocast():
                 logits = model(pixel_values=pixels).logits
             loss = F.binary_cross_entropy_with_logits(logits.float(), labels[rows.cpu()].to(accelerator.device))
@@ -195,22 +116,33 @@ def main(argv: list[str] | None = None) -> dict:
             progress.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
             accelerator.log({"loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=progress.n)
         figures = heldout_figures(bare_model(accelerator, model), images[heldout_rows], labels[heldout_rows], accelerator)
-        history.append({"epoch": epoch + 1, "minutes": (time.time() - start) / 60, **{k: v["accuracy"] for k, v in figures.items()}})
+        history.append({"epoch": epoch + 1, "minutes": (time.time() - start) / 60, "learning_rate": scheduler.get_last_lr()[0],
+                        **{k: v["accuracy"] for k, v in figures.items()}})
         accelerator.log({f"heldout_accuracy_{k}": v["accuracy"] for k, v in figures.items()}, step=progress.n)
         logger.info(f"epoch {epoch + 1}: held-out accuracy {figures['64']['accuracy']:.4f} (64), {figures['32to64']['accuracy']:.4f} (32->64)", main_process_only=True)
     progress.close()
+    return bare_model(accelerator, model), figures, history
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = setup_accelerator(args.seed, mixed_precision=args.mixed_precision, project_dir=str(output_dir),
+                                    log_with=None if args.logger == "none" else args.logger)
+    start = time.time()
+    images, labels, train_rows, heldout_rows, heldout_names = build_data(args, accelerator)
+    logger.info(f"{len(train_rows)} training and {len(heldout_rows)} held-out images", main_process_only=True)
+    model, figures, history = train(args, accelerator, images, labels, train_rows, heldout_rows)
 
     single_view = None
     if args.flip_average:  # the saved evaluator scores this way; the per-epoch figures above are single-view
         single_view = figures
-        figures = heldout_figures(bare_model(accelerator, model), images[heldout_rows], labels[heldout_rows], accelerator,
-                                  flip_average=True)
+        figures = heldout_figures(model, images[heldout_rows], labels[heldout_rows], accelerator, flip_average=True)
     accelerator.wait_for_everyone()
     result = {}
     if accelerator.is_main_process:
-        model = bare_model(accelerator, model).float().eval()
+        model = model.float().eval()
         model.config.flip_average = args.flip_average
-        model.save_pretrained(output_dir, safe_serialization=True)
         sanity_conditions = load_conditions(args.sanity_conditions_json) if args.sanity_conditions_json else heldout_names[:96]
         result = {
             "heldout_images": len(heldout_rows),
@@ -225,7 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
             "mixed_precision": accelerator.mixed_precision,
             "args": {k: v for k, v in vars(args).items()},
         }
-        (output_dir / "evaluator_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        partial = partial_folder(output_dir)  # model.safetensors moves in last: a cached evaluator is always whole
+        model.save_pretrained(partial, safe_serialization=True)
+        (partial / "evaluator_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        move_into(partial, output_dir, last="model.safetensors")
         print(json.dumps({k: result[k] for k in ("heldout_images", "train_minutes")} | {
             "heldout_accuracy": {k: v["accuracy"] for k, v in figures.items()},
             "heldout_exact_set_3_objects": {k: v["by_num_objects"].get("3", {}).get("exact_set_accuracy") for k, v in figures.items()},

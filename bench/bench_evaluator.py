@@ -12,25 +12,17 @@ each rate into the minutes that a given number of training images takes (default
 
 import argparse
 import itertools
-import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_train import measure  # noqa: E402  (the same timing loop as the diffusion bench)
-
-from iclevr_evaluator import build_evaluator  # noqa: E402
-from iclevr_utils import hardware_line  # noqa: E402
-from train_evaluator import augment  # noqa: E402
-from train_evaluator import parse_args as evaluator_args  # noqa: E402
+from iclevr.evaluator import LOWRES_PROB, LOWRES_SIZES, augment, build_evaluator
+from iclevr.utils import hardware_line, measure_throughput
 
 
-def make_step(bf16: bool, channels_last: bool, compile_model: bool, augment_args: argparse.Namespace):
+def make_step(bf16: bool, channels_last: bool, compile_model: bool):
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = build_evaluator().to(memory_format=memory_format).train()
@@ -39,7 +31,7 @@ def make_step(bf16: bool, channels_last: bool, compile_model: bool, augment_args
     generator = torch.Generator().manual_seed(0)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        pixels = augment(images, augment_args, generator).contiguous(memory_format=memory_format)
+        pixels = augment(images, generator, LOWRES_PROB, LOWRES_SIZES).contiguous(memory_format=memory_format)
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
             logits = forward(pixel_values=pixels).logits
         F.binary_cross_entropy_with_logits(logits.float(), labels).backward()
@@ -62,7 +54,6 @@ def main() -> None:
     # Random pixels cost the same as rendered scenes here: every op in the step is dense.
     images = torch.randint(0, 256, (args.train_batch_size, 64, 64, 3), dtype=torch.uint8, generator=generator)
     labels = (torch.rand(args.train_batch_size, 24, generator=generator) < 0.1).float()
-    augment_args = evaluator_args(["--train_data_dir", "unused"])
     rows = [
         ("fp32", dict(bf16=False, channels_last=False, compile_model=False)),
         ("fp32 + channels_last", dict(bf16=False, channels_last=True, compile_model=False)),
@@ -75,8 +66,8 @@ def main() -> None:
     print(f"{'configuration':<30} {'images/s':>9} {'vs fp32':>8} {'minutes for ' + format(args.train_images, ','):>22}")
     for name, options in rows:
         start = time.perf_counter()
-        step = make_step(**options, augment_args=augment_args)
-        rate = measure(step, itertools.repeat((images, labels)), args.warmup, args.steps)
+        step = make_step(**options)
+        rate = measure_throughput(step, itertools.repeat((images, labels)), args.warmup, args.steps)
         first = first or rate
         extra = f"  (incl. warm-up/compile {time.perf_counter() - start:.0f} s)" if options["compile_model"] else ""
         print(f"{name:<30} {rate:>9.1f} {rate / first:>7.2f}x {args.train_images / rate / 60:>22.1f}{extra}", flush=True)

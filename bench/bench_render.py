@@ -9,14 +9,11 @@ side by side in one run with the same scenes and worker count.
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from render_iclevr import plan_random_scenes, render_all  # noqa: E402
+from iclevr.render.dataset import plan_random_scenes, render_all
 
 REAL_ICLEVR_IMAGES = 18_009
 

@@ -3,53 +3,62 @@
 
     python bench/bench_sampling.py --pipeline outputs/main/pipeline --evaluator outputs/evaluator
 
-One trained pipeline, one condition set (../shared/iclevr/test.json when present, else the project's own), the
+One trained pipeline, one condition set (the course's test.json unless told otherwise), the
 same seed for every row, classifier-free guidance as given. ``--scaling`` adds how one denoising step costs with
 resolution (32, 64) and batch (1, 32, 64) for the trainer's default model shape (untrained weights: cost only).
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
+import numpy as np
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from iclevr import ddpm
+from iclevr.data import COURSE_TEST, load_conditions
+from iclevr.evaluator import Evaluator
+from iclevr.utils import cpu_has_native_bf16
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline, unet_condition_kwargs
 
-import train_conditional_ddpm as trainer  # noqa: E402
-from evaluate_pipeline import OWN_TEST, SHARED_TEST, generate, load_pipeline, score  # noqa: E402
-from iclevr_data import load_conditions  # noqa: E402
-from iclevr_evaluator import Evaluator  # noqa: E402
-from iclevr_utils import cpu_has_native_bf16  # noqa: E402
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, unet_condition_kwargs  # noqa: E402
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}
+
+
+def generate(pipe, conditions, steps: int, guidance_scale: float) -> tuple[np.ndarray, float]:
+    """Images for the conditions (seed 0, one batch) and the seconds per image."""
+    start = time.perf_counter()
+    images = pipe(conditions, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    return images, (time.perf_counter() - start) / len(conditions)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", type=str, required=True, help="Trained pipeline folder.")
     parser.add_argument("--evaluator", type=str, required=True, help="Evaluator folder or course checkpoint.pth.")
-    parser.add_argument("--conditions_json", type=str, default=None, help="Condition set (default: test.json if present).")
+    parser.add_argument("--conditions_json", type=str, default=str(COURSE_TEST), help="Condition set (default: the course's test.json).")
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale for every row.")
     parser.add_argument("--rows", type=str, default="ddpm:1000,ddim:10,ddim:20,ddim:25,ddim:50,dpm++:10,dpm++:20,dpm++:25,dpm++:50",
                         help="Comma-separated SCHEDULER:STEPS rows.")
     parser.add_argument("--scaling", action="store_true", help="Add the resolution x batch cost grid.")
     args = parser.parse_args()
-    path = args.conditions_json or (SHARED_TEST if SHARED_TEST.is_file() else OWN_TEST)
+    path = args.conditions_json
     conditions = load_conditions(path)
     evaluator = Evaluator.from_pretrained(args.evaluator)
     print(f"{len(conditions)} conditions from {path}, guidance {args.guidance_scale}, {torch.get_num_threads()} threads")
     print(f"{'sampler':<8} {'steps':>6} {'s/image':>8} {'accuracy':>9} {'exact-set':>10}")
     for row in args.rows.split(","):
         name, steps = row.split(":")
-        pipe = load_pipeline(args.pipeline, name, "cpu")
-        images, seconds = generate(pipe, conditions, 0, 64, num_inference_steps=int(steps), guidance_scale=args.guidance_scale)
-        result = score(evaluator, images, conditions)
+        pipe = ICLEVRPipeline.from_pretrained(args.pipeline)
+        pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        images, seconds = generate(pipe, conditions, int(steps), args.guidance_scale)
+        result = evaluator.score(torch.from_numpy(images).permute(0, 3, 1, 2), conditions)
         print(f"{name:<8} {steps:>6} {seconds:>8.3f} {result['accuracy']:>9.3f} {result['exact_set_accuracy']:>10.3f}", flush=True)
     if args.scaling:
         print(f"\n{'resolution':>10} {'batch':>6} {'ms/step (CFG pair)':>19} {'ms/image/step':>14}")
         for resolution in (32, 64):
-            unet = trainer.build_model(trainer.parse_args(["--resolution", str(resolution)])).eval()
+            unet = ddpm.build_model(ddpm.parse_args(["--resolution", str(resolution)])).eval()
             for batch in (1, 32, 64):
                 x = torch.randn(2 * batch, 3, resolution, resolution)
                 kwargs = unet_condition_kwargs(unet.config, torch.zeros(2 * batch, 24))

@@ -17,7 +17,6 @@ has native bf16, as the main job chooses, else fp32).
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -27,12 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train_conditional_ddpm as trainer  # noqa: E402
-from iclevr_data import dataset_to_tensors, load_train_dataset, to_model_input  # noqa: E402
-from iclevr_utils import cpu_has_native_bf16, hardware_line  # noqa: E402
-from render_iclevr import main as render  # noqa: E402
+from iclevr import ddpm
+from iclevr.data import dataset_to_tensors, load_train_dataset, to_model_input
+from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
+from iclevr.utils import cpu_has_native_bf16, hardware_line, measure_throughput
 
 
 class PngDataset(torch.utils.data.Dataset):
@@ -50,32 +47,19 @@ class PngDataset(torch.utils.data.Dataset):
         return pixels, self.labels[self.names[i]]
 
 
-def measure(step, batches, warmup: int, steps: int) -> float:
-    """Images per second over ``steps`` steps after ``warmup`` untimed ones."""
-    iterator = iter(batches)
-    for _ in range(warmup):
-        step(*next(iterator))
-    start, count = time.perf_counter(), 0
-    for _ in range(steps):
-        pixels, labels = next(iterator)
-        step(pixels, labels)
-        count += pixels.shape[0]
-    return count / (time.perf_counter() - start)
-
-
 def make_step(args, bf16: bool, channels_last: bool, compile_model: bool, foreach: bool):
     torch.manual_seed(0)
-    unet = trainer.build_model(args)
+    unet = ddpm.build_model(args)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     unet = unet.to(memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=foreach)
-    scheduler = trainer.build_noise_scheduler(args)
+    scheduler = ddpm.build_noise_scheduler(args)
     model = torch.compile(unet) if compile_model else unet
 
     def step(pixels, labels):
         pixels = pixels.contiguous(memory_format=memory_format)
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            loss = trainer.diffusion_loss(model, scheduler, pixels, labels, args)
+            loss = ddpm.diffusion_loss(model, scheduler, pixels, labels, args)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
@@ -111,12 +95,12 @@ def main() -> None:
     print(f"{hardware_line()}; resolution {args.resolution}, batch {args.train_batch_size}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "data"
-        render(["--output_dir", str(folder), "--num_scenes", "200", "--width", "64", "--height", "64"])
+        render_dataset(folder, plan_random_scenes(200, 0, set()), 0, 64, 64, default_spp(64), num_workers=2)
         dataset = load_train_dataset(train_data_dir=folder, resolution=args.resolution, cache_dir=Path(tmp) / "cache")
         images, labels = dataset_to_tensors(dataset)
         label_of = dict(zip(dataset["file_name"], labels))
         png = PngDataset(folder, label_of, args.resolution)
-        train_args = trainer.parse_args(["--resolution", str(args.resolution), *args.model_args.split()])
+        train_args = ddpm.parse_args(["--resolution", str(args.resolution), *args.model_args.split()])
         rows = [
             ("naive: fp32, PNG decode per batch", dict(bf16=False, channels_last=False, compile_model=False, foreach=False), "png"),
             ("pre-decoded uint8 tensors", dict(bf16=False, channels_last=False, compile_model=False, foreach=False), "tensor"),
@@ -135,7 +119,7 @@ def main() -> None:
             batches = cycle_png(png, args.train_batch_size) if source == "png" else cycle_tensors(images, labels, args.train_batch_size)
             start = time.perf_counter()
             step = make_step(train_args, **options)
-            rate = measure(step, batches, args.warmup, args.steps)
+            rate = measure_throughput(step, batches, args.warmup, args.steps)
             results[name] = rate
             extra = f"  (incl. warm-up/compile {time.perf_counter() - start:.0f} s)" if options["compile_model"] else ""
             print(f"{name:<38} {rate:>9.1f} {rate / results[rows[0][0]]:>8.2f}x{extra}", flush=True)
@@ -145,9 +129,9 @@ def main() -> None:
                 scaled = load_train_dataset(train_data_dir=folder, resolution=resolution, cache_dir=Path(tmp) / "cache")
                 scaled_images, scaled_labels = dataset_to_tensors(scaled)
                 for batch in (16, 64, 128):
-                    step_args = trainer.parse_args(["--resolution", str(resolution), *args.model_args.split()])
+                    step_args = ddpm.parse_args(["--resolution", str(resolution), *args.model_args.split()])
                     step = make_step(step_args, bf16=cpu_has_native_bf16(), channels_last=False, compile_model=False, foreach=True)
-                    rate = measure(step, cycle_tensors(scaled_images, scaled_labels, batch), args.warmup, max(5, args.steps // 3))
+                    rate = measure_throughput(step, cycle_tensors(scaled_images, scaled_labels, batch), args.warmup, max(5, args.steps // 3))
                     print(f"{resolution:>10} {batch:>6} {rate:>9.1f} {1000 * batch / rate:>8.0f}", flush=True)
 
 

@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 import torch
+from iclevr_data import BadDataError, load_conditions, load_train_dataset
+from iclevr_evaluator import Evaluator, build_evaluator, read_image_folder
 from PIL import Image
 
 import evaluate_pipeline
 import main_job
 import render_iclevr
 import train_conditional_ddpm as trainer
-from iclevr_data import BadDataError, load_conditions, load_train_dataset
-from iclevr_evaluator import Evaluator, build_evaluator, read_image_folder
 from pipeline_iclevr import ICLEVRPipeline, LabelVocabulary
 
 TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8"]

@@ -6,8 +6,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from iclevr_data import (
     BadDataError,
     collate_examples,
@@ -21,6 +19,8 @@ from iclevr_data import (
     to_model_input,
     to_uint8_images,
 )
+from PIL import Image
+
 from pipeline_iclevr import LabelVocabulary
 
 from .conftest import shared_file

@@ -5,9 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from torch import nn
-
 from iclevr_data import dataset_to_tensors, load_train_dataset, split_by_scene
 from iclevr_evaluator import (
     Evaluator,
@@ -18,6 +15,8 @@ from iclevr_evaluator import (
     reference_images,
     to_evaluator_input,
 )
+from PIL import Image
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,8 +234,8 @@ def test_two_process_evaluator_training_gathers_heldout_figures(rendered_dir, tm
     """Two CPU processes (gloo) each score half of the held-out images; the gathered figures must equal one process
     scoring all of them with the saved model."""
     from accelerate import Accelerator
-
     from iclevr_data import load_train_dataset
+
     from train_evaluator import heldout_figures
 
     out = tmp_path / "ev2"

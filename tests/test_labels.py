@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-
 from iclevr_data import check_objects_json
+
 from pipeline_iclevr import COLORS, LABELS, SHAPES, LabelVocabulary, validate_objects_json
 
 from .conftest import shared_file

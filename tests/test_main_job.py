@@ -1,12 +1,12 @@
 import json
 import time
 
+import iclevr_utils
 import pytest
 import torch
-
-import iclevr_utils
-import main_job
 from iclevr_evaluator import build_evaluator
+
+import main_job
 
 from .conftest import run_side_by_side
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from iclevr_raycast import render, visible_pixels
+from iclevr_scenes import CLEVR_RGB, SceneObject
 from PIL import Image
 
 import render_iclevr
-from iclevr_raycast import render, visible_pixels
-from iclevr_scenes import CLEVR_RGB, SceneObject
 from pipeline_iclevr import LABELS
 from render_iclevr import MIN_VISIBLE_PIXELS, main, plan_random_scenes
 

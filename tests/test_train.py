@@ -376,7 +376,6 @@ def test_bare_model_strips_compile_and_ddp_without_touching_the_wrappers(tmp_pat
     gradient sync afterwards); `bare_model` must return the bare model and leave the training wrapper as it was."""
     import torch.distributed as dist
     from accelerate.utils import extract_model_from_parallel
-
     from iclevr_utils import bare_model
 
     class Unwrapper:  # what bare_model uses of an Accelerator, without touching Accelerate's global state
@@ -450,7 +449,6 @@ def test_latent_space_flags_are_checked(tmp_path, capsys):
 
 def test_latent_cache_key_follows_the_weights_and_the_images(tmp_path):
     from diffusers import AutoencoderKL
-
     from iclevr_utils import latent_cache_key
 
     vae = AutoencoderKL.from_pretrained(_tiny_vae(tmp_path / "vae"))

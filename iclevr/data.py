@@ -10,9 +10,12 @@ Columns: ``image`` (uint8, ``(resolution, resolution, 3)``, decoded and resized 
 epochs and later runs do no PNG decoding), ``labels`` (float32 multi-hot of length 24), ``label_names`` (canonical
 names) and ``file_name``.
 
-Run as a script to prepare (decode + cache) a dataset and print its statistics::
+Run as a module to prepare (decode + cache) a dataset and print its statistics::
 
-    python iclevr_data.py --train_data_dir data/iclevr --resolution 64
+    python -m iclevr.data --train_data_dir data/iclevr --resolution 64
+
+The course's own label files ship in ``iclevr/conditions/`` (`COURSE_TEST`, `COURSE_OBJECTS`, `COURSE_TRAIN_LABELS`),
+beside the project's synthetic condition sets, so nothing needs a path outside the repository.
 """
 
 from __future__ import annotations
@@ -32,12 +35,17 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from iclevr.io import read_json
 from pipeline_iclevr import LabelVocabulary, validate_objects_json
 
 logger = logging.getLogger(__name__)
 
-# Bump when the decoding below changes, so stale caches are not reused.
-CACHE_VERSION = "2"  # bump when the cached columns change
+CACHE_VERSION = "2"  # bump when the decoding or the cached columns change, so stale caches are not reused
+CONDITIONS_DIR = Path(__file__).resolve().parent / "conditions"
+COURSE_TEST = CONDITIONS_DIR / "test.json"  # the course's 32 test conditions: the headline set
+COURSE_OBJECTS = CONDITIONS_DIR / "objects.json"
+COURSE_TRAIN_LABELS = CONDITIONS_DIR / "train.json"  # the label lists of real i-CLEVR's 18,009 training images
+SYNTHETIC_TEST = CONDITIONS_DIR / "synthetic_test.json"  # unseen combinations in test.json's 1/2/3-object mix
 MAX_LISTED = 10  # how many offending files an error message names before summarising
 
 
@@ -46,17 +54,6 @@ class BadDataError(ValueError):
 
 
 # --- json --------------------------------------------------------------------------------------------------------
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """Read a json file, turning a missing file or bad json into a `ValueError` that says which file and what it is."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what} {path} is not valid JSON: {error}") from None
-
-
 def _summarise(problems: list[str], total_what: str) -> str:
     listed = "\n  ".join(problems[:MAX_LISTED])
     more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
@@ -239,6 +236,14 @@ def cache_root(cache_dir: str | None) -> Path:
     return Path(cache_dir) if cache_dir else default_cache_dir()
 
 
+def check_data_source(dataset_name: str | None, train_data_dir, train_json=None) -> None:
+    """Exactly one source: a Hub ``dataset_name``, or a local ``train_data_dir`` (with an optional ``train_json``)."""
+    if dataset_name is not None and (train_data_dir is not None or train_json is not None):
+        raise ValueError("Give either --dataset_name or --train_data_dir/--train_json, not both.")
+    if dataset_name is None and train_data_dir is None:
+        raise ValueError("Give --train_data_dir (i-CLEVR layout or image folder) or --dataset_name.")
+
+
 def load_iclevr_folder(
     train_data_dir: str | os.PathLike,
     train_json: str | os.PathLike | None = None,
@@ -329,8 +334,7 @@ def load_imagefolder(
     from datasets import Image as ImageFeature
     from datasets import load_dataset
 
-    if (dataset_name is None) == (train_data_dir is None):
-        raise ValueError("Give exactly one of dataset_name and train_data_dir.")
+    check_data_source(dataset_name, train_data_dir)
     if dataset_name is not None:
         dataset = load_dataset(dataset_name, split="train", cache_dir=cache_dir)
     else:
@@ -382,12 +386,9 @@ def load_train_dataset(
     **kwargs,
 ):
     """Dispatch on the layout: ``dataset_name`` → Hub; a folder with metadata.jsonl → imagefolder; else i-CLEVR layout."""
+    check_data_source(dataset_name, train_data_dir, train_json)
     if dataset_name is not None:
-        if train_data_dir is not None or train_json is not None:
-            raise ValueError("Give either --dataset_name or --train_data_dir/--train_json, not both.")
         return load_imagefolder(dataset_name=dataset_name, **kwargs)
-    if train_data_dir is None:
-        raise ValueError("Give --train_data_dir (i-CLEVR layout or image folder) or --dataset_name.")
     if train_json is None and (Path(train_data_dir) / "metadata.jsonl").is_file():
         return load_imagefolder(train_data_dir=train_data_dir, **kwargs)
     kwargs.pop("image_column", None)

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import torch
 
-from iclevr_scenes import CLEVR_RGB, SceneObject
+from iclevr.render.scenes import CLEVR_RGB, SceneObject
 
 EPS = 1e-4
 

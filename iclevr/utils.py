@@ -1,13 +1,13 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
-"""Small helpers shared by the training and evaluation scripts: image grids, swapping in EMA weights, unwrapping a
-prepared model, encoding images into an autoencoder's latents, and choosing mixed precision for the hardware at hand."""
+"""Small helpers shared by the entry points: image grids, swapping in EMA weights, unwrapping a prepared model,
+choosing mixed precision for the hardware at hand, and the benches' timing loop."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-from collections.abc import Iterator, Sequence
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -64,56 +64,20 @@ def bare_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     return accelerator.unwrap_model(model._orig_mod if is_compiled_module(model) else model)
 
 
-def vae_scale_factor(vae) -> int:
-    """How many image pixels one latent pixel spans per side (diffusers' convention: one halving per extra block)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-@torch.no_grad()
-def encode_latents(vae, pixels: torch.Tensor, batch_size: int = 256, sample: bool = False, generator=None) -> torch.Tensor:
-    """Images in [-1, 1] ``(B, 3, H, W)`` → scaled latents ``(B, C, H / f, W / f)``, the space a latent UNet denoises.
-
-    The posterior's mean by default (deterministic, so encoded data can be computed once and reused); ``sample=True``
-    draws from it. Latents are multiplied by the autoencoder's ``scaling_factor`` (unit variance, as in Stable
-    Diffusion), which `ICLEVRPipeline.decode_latents` divides out again.
-    """
-    chunks = []
-    for start in range(0, pixels.shape[0], batch_size):
-        batch = pixels[start : start + batch_size].to(device=vae.device, dtype=vae.dtype)
-        posterior = vae.encode(batch).latent_dist
-        chunks.append((posterior.sample(generator) if sample else posterior.mode()).float().cpu())
-    return torch.cat(chunks) * vae.config.scaling_factor
-
-
-def latent_cache_key(vae, images: torch.Tensor) -> str:
-    """A digest of the autoencoder (config, scaling factor included, and weights) and of the exact images: encoded
-    latents cached under it are reused only for the same model on the same data."""
-    digest = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    digest.update(str(tuple(images.shape)).encode())
-    digest.update(images.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:32]
-
-
 def multi_process_cpu_launch() -> bool:
     """True when launched as several processes (``accelerate launch --multi_gpu --num_processes N``) with no GPU.
 
     Accelerate only forms a gloo process group on CPU when the Accelerator is created with ``cpu=True``; without it,
     each process would train alone and write every file N times.
     """
-    import os
-
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware: AMX tiles (Sapphire Rapids and later) or AVX512-BF16.
 
-    Without either, PyTorch emulates bf16 convolutions and matmuls on the CPU, and bf16 autocast trains the default
-    model about 15x *slower* than fp32 (measured on a 2-core AMD EPYC with AVX2 only: 2.3 vs 35.2 images/s), where
-    with AMX it is 1.5x faster (88 vs 59 images/s on 2 Sapphire Rapids cores).
+    Without either, PyTorch emulates bf16 convolutions and matmuls, and bf16 autocast trains many times *slower* than
+    fp32 (docs/experiments.md); with either it is faster.
     """
     cpu = torch.cpu
     probes = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
@@ -135,12 +99,25 @@ def slow_bf16_warning(mixed_precision: str, device: torch.device) -> str | None:
     if mixed_precision != "bf16" or device.type != "cpu" or cpu_has_native_bf16():
         return None
     return ("--mixed_precision bf16 on a CPU without native bf16 (no AMX or AVX512-BF16): PyTorch emulates it, and "
-            "training runs 15x (diffusion model: 2.3 vs 35.2 images/s) to 23-35x (evaluator) slower than fp32 on an "
-            "AVX2-only CPU. "
-            "Pass --mixed_precision no, or let main_job.py choose (--mixed_precision auto).")
+            "training runs over 10x slower than fp32. Pass --mixed_precision no, or let main_job.py choose "
+            "(--mixed_precision auto).")
 
 
 def hardware_line() -> str:
     """What the benches print first, so that their figures say which CPU (and whether it has native bf16) made them."""
     return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
+
+
+def measure_throughput(step: Callable, batches: Iterable[tuple], warmup: int, steps: int) -> float:
+    """Images per second of ``step(images, labels)`` over ``steps`` batches, after ``warmup`` untimed ones (kernel
+    selection, allocator and compile warm-up would otherwise be charged to the first rows of a bench)."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        step(*next(iterator))
+    start, count = time.perf_counter(), 0
+    for _ in range(steps):
+        images, labels = next(iterator)
+        step(images, labels)
+        count += images.shape[0]
+    return count / (time.perf_counter() - start)

@@ -1,5 +1,5 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
-"""The i-CLEVR evaluator: a ResNet-18 multi-label classifier, the course metric, and a scoring CLI.
+"""The i-CLEVR evaluator: a ResNet-18 multi-label classifier, its training augmentations, and the scorer.
 
 The model is transformers' `ResNetForImageClassification` in the torchvision ResNet-18 shape (basic blocks,
 depths 2-2-2-2, 7x7 stem with max-pool, 24 sigmoid outputs), like the course's evaluator, so it saves as safetensors
@@ -10,16 +10,11 @@ Inputs follow the course: 64x64 RGB normalised with mean 0.5 / std 0.5. `Evaluat
 ``(B, H, W, 3)`` tensors or float ``(B, 3, H, W)`` tensors in [0, 1] (diffusers' ``output_type="pt"``), any square
 size (a 32x32 generation is upsampled to 64x64, as the course does).
 
-Score a folder of generated images named ``0.png ... N-1.png`` (the course's convention) against a conditions file::
-
-    python iclevr_evaluator.py --evaluator outputs/evaluator --images_dir outputs/images/test \\
-        --conditions_json ../shared/iclevr/test.json --output_json outputs/test_metrics.json
+Training is ``train_evaluator.py``; scoring a folder of images from the command line is ``evaluate_images.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -30,12 +25,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from iclevr_data import load_conditions, load_rgb_image
-from iclevr_metrics import evaluate_scores
-from pipeline_iclevr import LABELS, LabelVocabulary, validate_objects_json
+from iclevr.data import load_rgb_image, random_hflip
+from iclevr.metrics import evaluate_scores
+from pipeline_iclevr import LABELS, LabelVocabulary, describe_input, validate_objects_json
 
 EVALUATOR_RESOLUTION = 64
 MIN_INPUT_SIZE = 16
+# Training augmentation: the low-resolution round trip, at the sizes low-resolution generators emit.
+LOWRES_PROB = 0.5
+LOWRES_SIZES = (32, 40, 48)
 
 
 def evaluator_config():
@@ -134,7 +132,7 @@ def to_evaluator_input(images, resolution: int = EVALUATOR_RESOLUTION) -> torch.
             raise ValueError("A list of images must hold PIL images; pass tensors as one batched tensor.")
         images = torch.from_numpy(np.stack([np.asarray(load_rgb_image(image)) for image in images]))
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"Expected a batch of images (B, H, W, 3) uint8 or (B, 3, H, W) float, got {_describe(images)}.")
+        raise ValueError(f"Expected a batch of images (B, H, W, 3) uint8 or (B, 3, H, W) float, got {describe_input(images)}.")
     if images.dtype == torch.uint8:
         if images.shape[-1] != 3:
             raise ValueError(f"uint8 images must be (B, H, W, 3) RGB, got shape {tuple(images.shape)}.")
@@ -161,10 +159,6 @@ def to_evaluator_input(images, resolution: int = EVALUATOR_RESOLUTION) -> torch.
     return pixels * 2.0 - 1.0
 
 
-def _describe(value) -> str:
-    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-
-
 def read_image_folder(images_dir: str | os.PathLike, count: int) -> list[Image.Image]:
     """Read ``0.png ... count-1.png`` (the course's naming); a clear error lists missing or unreadable files."""
     folder = Path(images_dir)
@@ -187,6 +181,71 @@ def read_image_folder(images_dir: str | os.PathLike, count: int) -> list[Image.I
     if extra:
         raise ValueError(f"{folder} has {len(extra)} PNG(s) no condition refers to ({extra[:5]}); the conditions file lists {count}.")
     return images
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+def lowres_round_trip(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """Shrink to ``size`` (antialiased) and upsample back: what a low-resolution generator's upsampled output looks like."""
+    full = pixels.shape[-1]
+    small = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(small, size=(full, full), mode="bilinear", align_corners=False)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator, lowres_prob: float, lowres_sizes: Sequence[int]) -> torch.Tensor:
+    """uint8 ``(B, H, W, 3)`` → float ``(B, 3, H, W)`` in [-1, 1], augmented in ways that keep every label true:
+    mirror images, a low-resolution round trip (probability ``lowres_prob``, one of ``lowres_sizes``), small
+    brightness changes and pixel noise."""
+    pixels = images.permute(0, 3, 1, 2).float() / 255.0
+    batch = pixels.shape[0]
+    pixels = random_hflip(pixels, generator)
+    lowres = torch.rand(batch, generator=generator) < lowres_prob
+    if lowres.any():
+        size = lowres_sizes[int(torch.randint(len(lowres_sizes), (1,), generator=generator))]
+        pixels[lowres] = lowres_round_trip(pixels[lowres], size)
+    gain = 1.0 + 0.1 * (torch.rand(batch, 1, 1, 1, generator=generator) * 2 - 1)  # brightness, hue kept
+    noise = torch.rand(batch, 1, 1, 1, generator=generator) * 0.04 * torch.randn(pixels.shape, generator=generator)
+    return ((pixels * gain + noise).clamp(0, 1) * 2 - 1).contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def heldout_figures(model, images: torch.Tensor, labels: torch.Tensor, accelerator, batch_size: int = 512,
+                    flip_average: bool = False) -> dict:
+    """Course and exact-set accuracy on held-out images at 64x64 and after a 32x32 round trip.
+
+    ``flip_average`` scores as `Evaluator` does with that setting (each image averaged with its mirror image).
+
+    Each process scores a contiguous share of the images; the shares are gathered in process order, so every
+    process gets the figures of the whole held-out set, each image counted once.
+    """
+    from accelerate.utils import broadcast, gather_object
+
+    model.eval()
+    if accelerator.num_processes > 1:
+        # DDP broadcasts BatchNorm statistics from rank 0 at the start of each forward, so after the last training
+        # step the ranks' running statistics differ by one update: score with rank 0's (the model that is saved).
+        for buffer in model.buffers():
+            buffer.copy_(broadcast(buffer.clone(), from_process=0))
+    figures = {}
+    with accelerator.split_between_processes(list(range(images.shape[0]))) as mine:
+        share = images[mine[0] : mine[-1] + 1] if mine else images[:0]
+    for name, size in (("64", None), ("32to64", 32)):
+        scores = [torch.zeros(0, labels.shape[1])]
+        for start in range(0, share.shape[0], batch_size):
+            pixels = share[start : start + batch_size].permute(0, 3, 1, 2).float() / 255.0
+            if size is not None:
+                pixels = lowres_round_trip(pixels, size)
+            pixels = (pixels * 2 - 1).to(accelerator.device).contiguous(memory_format=torch.channels_last)
+            with accelerator.autocast():
+                scores.append(probabilities(model, pixels, flip_average).cpu())
+        gathered = gather_object([torch.cat(scores)]) if accelerator.num_processes > 1 else [torch.cat(scores)]
+        report = evaluate_scores(torch.cat(gathered), labels)
+        figures[name] = {
+            "accuracy": report["accuracy"],
+            "exact_set_accuracy": report["exact_set_accuracy"],
+            "by_num_objects": report["by_num_objects"],
+        }
+    model.train()
+    return figures
 
 
 def probabilities(model, pixel_values: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
@@ -263,8 +322,8 @@ def reference_images(conditions: Sequence[Sequence[str]], kind: str, seed: int =
     ``kind``: ``"floor"`` (the renderer's empty grey floor), ``"noise"`` (uniform pixel noise) or ``"rendered"``
     (the renderer's picture of each condition: the ceiling a generator can hope for).
     """
-    from iclevr_raycast import render
-    from render_iclevr import MIN_VISIBLE_PIXELS, layout, plan_conditions, to_uint8
+    from iclevr.render.dataset import MIN_VISIBLE_PIXELS, layout, plan_conditions, to_uint8
+    from iclevr.render.raycast import render
 
     if kind == "noise":
         generator = torch.Generator().manual_seed(seed)
@@ -286,42 +345,3 @@ def sanity_report(evaluator: Evaluator, conditions: Sequence[Sequence[str]], see
         metrics = evaluator.score(reference_images(conditions, kind, seed), conditions)
         report[kind] = {"accuracy": metrics["accuracy"], "exact_set_accuracy": metrics["exact_set_accuracy"]}
     return report
-
-
-# --- CLI ---------------------------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Score generated i-CLEVR images with the evaluator (the course metric).")
-    parser.add_argument("--evaluator", type=str, required=True, help="Evaluator folder (from train_evaluator.py) or the course's checkpoint.pth.")
-    parser.add_argument("--conditions_json", type=str, required=True, help="test.json-style list of label lists, one per image.")
-    parser.add_argument("--images_dir", type=str, default=None, help="Folder of 0.png ... N-1.png to score against the conditions.")
-    parser.add_argument("--sanity", action="store_true", help="Also score rendered references, empty floors and pure noise for the conditions.")
-    parser.add_argument("--output_json", type=str, default=None, help="Write the figures here as JSON.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed for the sanity references.")
-    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run the evaluator on.")
-    args = parser.parse_args(argv)
-    if args.images_dir is None and not args.sanity:
-        parser.error("Give --images_dir to score, --sanity for the reference rows, or both.")
-    return args
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    conditions = load_conditions(args.conditions_json)
-    evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
-    result: dict = {"conditions_json": args.conditions_json}
-    if args.images_dir is not None:
-        result["images"] = evaluator.score(read_image_folder(args.images_dir, len(conditions)), conditions)
-        result["images"]["images_dir"] = args.images_dir
-    if args.sanity:
-        result["sanity"] = sanity_report(evaluator, conditions, args.seed)
-    text = json.dumps(result, indent=2)
-    summary = {k: v for k, v in result.get("images", {}).items() if k in ("images", "accuracy", "exact_set_accuracy")}
-    print(json.dumps({"images": summary, "sanity": result.get("sanity")}, indent=2))
-    if args.output_json:
-        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output_json).write_text(text + "\n")
-    return result
-
-
-if __name__ == "__main__":
-    main()

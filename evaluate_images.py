@@ -1,0 +1,56 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""Score a folder of generated i-CLEVR images with the evaluator (the course metric).
+
+Images are named ``0.png ... N-1.png``, one per condition of the conditions file (the course's convention)::
+
+    python evaluate_images.py --evaluator outputs/evaluator --images_dir outputs/images/test \\
+        --conditions_json iclevr/conditions/test.json --output_json outputs/test_metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from iclevr.data import COURSE_TEST, load_conditions
+from iclevr.evaluator import Evaluator, read_image_folder, sanity_report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Score generated i-CLEVR images with the evaluator (the course metric).")
+    parser.add_argument("--evaluator", type=str, required=True, help="Evaluator folder (from train_evaluator.py) or the course's checkpoint.pth.")
+    parser.add_argument("--conditions_json", type=str, default=str(COURSE_TEST), help="test.json-style list of label lists, one per image (default: the course's test.json).")
+    parser.add_argument("--images_dir", type=str, default=None, help="Folder of 0.png ... N-1.png to score against the conditions.")
+    parser.add_argument("--sanity", action="store_true", help="Also score rendered references, empty floors and pure noise for the conditions.")
+    parser.add_argument("--output_json", type=str, default=None, help="Write the figures here as JSON.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for the sanity references.")
+    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run the evaluator on (default: the GPU if there is one).")
+    args = parser.parse_args(argv)
+    if args.images_dir is None and not args.sanity:
+        parser.error("Give --images_dir to score, --sanity for the reference rows, or both.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    conditions = load_conditions(args.conditions_json)
+    evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
+    result: dict = {"conditions_json": args.conditions_json}
+    if args.images_dir is not None:
+        result["images"] = evaluator.score(read_image_folder(args.images_dir, len(conditions)), conditions)
+        result["images"]["images_dir"] = args.images_dir
+    if args.sanity:
+        result["sanity"] = sanity_report(evaluator, conditions, args.seed)
+    summary = {k: v for k, v in result.get("images", {}).items() if k in ("images", "accuracy", "exact_set_accuracy")}
+    print(json.dumps({"conditions_json": args.conditions_json, "images": summary, "sanity": result.get("sanity")}, indent=2))
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

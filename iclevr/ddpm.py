@@ -1,0 +1,441 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""The diffusion trainer's parts (``train_conditional_ddpm.py`` composes them): the denoiser and its noise schedule,
+the training data, the loss, validation, and saving the pipeline with its model card.
+
+The denoiser is diffusers' `UNet2DConditionModel` with ``class_embed_type="projection"``: the multi-hot condition goes
+through the UNet's own projection into the timestep embedding, so it is saved and reloaded with the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import compute_snr
+from filelock import FileLock
+
+import pipeline_iclevr
+from iclevr.data import (
+    SYNTHETIC_TEST,
+    add_data_args,
+    cache_root,
+    check_data_source,
+    dataset_to_tensors,
+    load_conditions,
+    load_dataset_from_args,
+    to_model_input,
+)
+from iclevr.io import move_into, partial_folder
+from iclevr.metrics import mean_std, total_misses
+from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
+from iclevr.training import int_list, latest_checkpoint
+from iclevr.utils import ema_weights, image_grid
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline, unet_condition_kwargs
+
+DEFAULT_LR_WARMUP_STEPS = 200  # the trainer's default warm-up, which main_job.py shortens with a shorter schedule
+
+
+# --- flags -------------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags of ``train_conditional_ddpm.py`` (diffusers-example names), checked before any work starts."""
+    parser = argparse.ArgumentParser(prog="train_conditional_ddpm.py", description="Train a class-conditional DDPM on i-CLEVR and save an ICLEVRPipeline.")
+    data = parser.add_argument_group("data")
+    add_data_args(data, "i-CLEVR-layout folder (PNGs + train.json) or imagefolder with metadata.jsonl. Default: the embedded procedural set.")
+    data.add_argument("--embedded_num_scenes", type=int, default=18003,
+                      help="Scenes of the embedded default set (3 images each); more scenes beat repeated epochs in an hour.")
+    data.add_argument("--resolution", type=int, default=32, help="Training resolution (square); 32 fits a CPU hour.")
+    data.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random (labels stay valid).")
+    data.add_argument("--channels_last", action="store_true", help="Use the channels-last memory format (faster with bf16 on some CPUs; docs/experiments.md).")
+    data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (data is in memory, so 0).")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--block_out_channels", type=int_list, default=[32, 64, 128], help="UNet channels per level, e.g. 32,64,128.")
+    model.add_argument("--layers_per_block", type=int, default=1, help="ResNet layers per UNet level.")
+    model.add_argument("--attention_levels", type=int_list, default=None, help="1/0 per level: self-attention there (default: the lowest level only).")
+    model.add_argument("--attention_head_dim", type=int, default=32, help="Channels per attention head.")
+    model.add_argument("--conditioning", type=str, default="class_embedding", choices=["class_embedding", "cross_attention", "both"],
+                       help="How the UNet sees the labels: one projected vector added to the timestep embedding, one "
+                            "cross-attention token per label at the attention levels, or both.")
+    model.add_argument("--cross_attention_dim", type=int, default=64, help="Width of the label tokens (cross-attention conditioning).")
+    model.add_argument("--time_embedding_dim", type=int, default=512,
+                       help="Width of the timestep + class embedding every ResNet block reads (wider than diffusers' 4x the "
+                            "first level binds the labels faster).")
+    model.add_argument("--resnet_time_scale_shift", type=str, default="scale_shift", choices=["default", "scale_shift"],
+                       help="How every ResNet block applies the (timestep + class) embedding: added, or as a FiLM scale and shift.")
+
+    diffusion = parser.add_argument_group("diffusion")
+    diffusion.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps in training.")
+    diffusion.add_argument("--ddpm_beta_schedule", type=str, default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2"], help="Noise schedule.")
+    diffusion.add_argument("--prediction_type", type=str, default="sample", choices=["epsilon", "v_prediction", "sample"],
+                           help="What the UNet predicts: the clean image x0 ('sample'), the noise ('epsilon') or v. x0 with "
+                                "an unweighted loss binds the condition fastest.")
+    diffusion.add_argument("--snr_gamma", type=float, default=0.0,
+                           help="Min-SNR-gamma loss weighting (0 = off: with x0-prediction every noise level then weighs the "
+                                "same in image space, so the high-noise steps that decide layout and colour are trained).")
+    diffusion.add_argument("--condition_dropout", type=float, default=0.1, help="Probability of replacing the condition by the null (all-zero) one, for classifier-free guidance.")
+    diffusion.add_argument("--foreground_weight", type=float, default=4.0, help="Extra loss weight on pixels where the clean image departs from the floor (the training set's mean image): weight = 1 + W * departure. 0 = plain MSE.")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
+    optim.add_argument("--num_epochs", type=int, default=10, help="Epochs (ignored when --max_train_steps is set).")
+    optim.add_argument("--max_train_steps", type=int, default=None, help="Total optimiser steps; overrides --num_epochs.")
+    optim.add_argument("--max_train_minutes", type=float, default=None,
+                       help="Stop after this much training wall time (validation excluded), then save as usual: a fixed time budget.")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimiser step.")
+    optim.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate.")
+    optim.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"], help="Schedule (diffusers get_scheduler).")
+    optim.add_argument("--lr_warmup_steps", type=int, default=DEFAULT_LR_WARMUP_STEPS, help="Warm-up steps (a short warm-up suits the high default rate).")
+    optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
+    optim.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
+    optim.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
+    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
+    optim.add_argument("--seed", type=int, default=0, help="Random seed; a run with the same seed is reproducible on CPU.")
+    optim.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights and save it.")
+    optim.add_argument("--ema_max_decay", type=float, default=0.9999, help="Maximum EMA decay.")
+    optim.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up inverse multiplicative factor.")
+    optim.add_argument("--ema_power", type=float, default=0.75, help="EMA warm-up exponent.")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", type=str, default="outputs/iclevr-ddpm", help="Where checkpoints and the pipeline are written.")
+    run.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
+    run.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
+    run.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' or a checkpoint folder to resume from.")
+    run.add_argument("--logger", type=str, default="tensorboard", choices=["tensorboard", "wandb"], help="Experiment tracker.")
+    run.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
+    run.add_argument("--validation_steps", type=int, default=None, help="Sample the validation conditions every N steps (and at the end).")
+    run.add_argument("--validation_conditions_json", type=str, default=str(SYNTHETIC_TEST), help="Conditions sampled at validation (test.json format; default: the project's synthetic set).")
+    run.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps at validation.")
+    run.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance at validation.")
+    run.add_argument("--validation_num_seeds", type=int, default=1,
+                     help="Sampling seeds per validation (--seed, --seed+1, ...): the accuracy logged is their mean, as in "
+                          "the report; one seed on 32 conditions is noisy.")
+    run.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth: log the course accuracy at validation.")
+    run.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline (no checkpoints) to the Hub at the end.")
+    run.add_argument("--hub_model_id", type=str, default=None, help="Hub repository, e.g. user/iclevr-ddpm.")
+    run.add_argument("--hub_token", type=str, default=None, help="Hub token (else the logged-in one); never logged or saved.")
+
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject impossible combinations before any work starts."""
+    levels = len(args.block_out_channels)
+    if args.attention_levels is None:
+        args.attention_levels = [0] * (levels - 1) + [1]
+    if len(args.attention_levels) != levels or set(args.attention_levels) - {0, 1}:
+        parser.error(f"--attention_levels needs one 0/1 per level ({levels}), got {args.attention_levels}.")
+    if args.resolution % 2 ** (levels - 1):
+        parser.error(f"--resolution {args.resolution} must be divisible by {2 ** (levels - 1)} (the UNet downsamples {levels - 1} times).")
+    if math.gcd(32, *args.block_out_channels) < 4:
+        parser.error(f"--block_out_channels {args.block_out_channels} need a common divisor of at least 4 for GroupNorm.")
+    if any(c % args.attention_head_dim for c, a in zip(args.block_out_channels, args.attention_levels) if a):
+        parser.error("--attention_head_dim must divide the channels of every attention level.")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "num_epochs", "ddpm_num_steps",
+                 "layers_per_block", "time_embedding_dim", "validation_num_seeds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive.")
+    for name in ("max_train_steps", "max_train_minutes", "validation_steps"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive.")
+    if args.conditioning != "class_embedding" and not any(args.attention_levels):
+        parser.error(f"--conditioning {args.conditioning} needs at least one attention level (--attention_levels) to cross-attend.")
+    if args.foreground_weight < 0 or args.snr_gamma < 0:
+        parser.error("--foreground_weight and --snr_gamma must be >= 0 (0 turns each off).")
+    if not 0.0 <= args.condition_dropout < 1.0:
+        parser.error("--condition_dropout must be in [0, 1).")
+    if args.dataset_name or args.train_data_dir or args.train_json:  # else the embedded set
+        try:
+            check_data_source(args.dataset_name, args.train_data_dir, args.train_json)
+        except ValueError as error:
+            parser.error(str(error))
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id (e.g. user/iclevr-ddpm).")
+    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest" and not Path(args.resume_from_checkpoint).is_dir():
+        parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a checkpoint folder (or use 'latest').")
+    if args.resume_from_checkpoint == "latest" and latest_checkpoint(args.output_dir) is None:
+        parser.error(f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir} to resume from.")
+    if args.validation_steps is not None and not Path(args.validation_conditions_json).is_file():
+        parser.error(f"--validation_conditions_json {args.validation_conditions_json} does not exist.")
+    if args.evaluator and not Path(args.evaluator).exists():
+        parser.error(f"--evaluator {args.evaluator} does not exist.")
+
+
+# --- model -------------------------------------------------------------------------------------------------------
+def build_model(args: argparse.Namespace, num_labels: int = len(pipeline_iclevr.LABELS)) -> UNet2DConditionModel:
+    """The denoiser: a UNet with self-attention (or, for label tokens, self + cross-attention) at the attention levels.
+
+    ``class_embedding`` projects the multi-hot condition into the timestep embedding; ``cross_attention`` turns it into
+    one token per label (`pipeline_iclevr.label_tokens`) through ``encoder_hid_proj``, attended to by every attention
+    level and the middle block.
+    """
+    cross = args.conditioning in ("cross_attention", "both")
+    attn = "CrossAttn" if cross else "Attn"
+    down = tuple(f"{attn}DownBlock2D" if a else "DownBlock2D" for a in args.attention_levels)
+    up = tuple(f"{attn}UpBlock2D" if a else "UpBlock2D" for a in reversed(args.attention_levels))
+    extra = {}
+    if args.conditioning in ("class_embedding", "both"):
+        extra |= {"class_embed_type": "projection", "projection_class_embeddings_input_dim": num_labels}
+    if cross:
+        extra |= {"encoder_hid_dim": num_labels, "encoder_hid_dim_type": "text_proj", "cross_attention_dim": args.cross_attention_dim}
+    return UNet2DConditionModel(
+        sample_size=args.resolution,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn" if cross else "UNetMidBlock2D",
+        block_out_channels=tuple(args.block_out_channels),
+        layers_per_block=args.layers_per_block,
+        norm_num_groups=math.gcd(32, *args.block_out_channels),
+        # for cross-attention blocks diffusers reads this as the number of heads (diffusers issue 2011)
+        attention_head_dim=[c // args.attention_head_dim for c in args.block_out_channels] if cross else args.attention_head_dim,
+        resnet_time_scale_shift=args.resnet_time_scale_shift,
+        time_embedding_dim=args.time_embedding_dim,
+        **extra,
+    )
+
+
+def build_noise_scheduler(args: argparse.Namespace) -> DDPMScheduler:
+    # Pixels live in [-1, 1], so samplers may clip their x0 estimate there.
+    return DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
+                         prediction_type=args.prediction_type, clip_sample=True)
+
+
+# --- data --------------------------------------------------------------------------------------------------------
+def embedded_data_dir(args: argparse.Namespace) -> Path:
+    return cache_root(args.cache_dir) / f"rendered-seed{args.seed}-scenes{args.embedded_num_scenes}-{args.resolution}px"
+
+
+def load_training_data(args: argparse.Namespace, accelerator: Accelerator):
+    """The training data as a `datasets.Dataset` decoded at ``--resolution``; with no data given, the embedded
+    procedural set, rendered once into the cache."""
+    with accelerator.main_process_first():  # render/decode once; the other processes then read the cache
+        if args.train_data_dir is None and args.dataset_name is None:
+            data_dir = embedded_data_dir(args)
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+            # Runs launched side by side on one cache (a sweep) wait here for one render and one decode, instead of
+            # each rendering with every core.
+            with FileLock(f"{data_dir}.lock"):
+                if not (data_dir / "train.json").is_file():
+                    render_dataset(data_dir, plan_random_scenes(args.embedded_num_scenes, args.seed, set()), args.seed,
+                                   args.resolution, args.resolution, default_spp(args.resolution),
+                                   num_workers=os.cpu_count() or 1, overwrite=True)
+                return load_dataset_from_args(args, args.resolution, data_dir)
+        return load_dataset_from_args(args, args.resolution)
+
+
+def build_dataset(args: argparse.Namespace, accelerator: Accelerator) -> torch.utils.data.TensorDataset:
+    """The training data in memory: uint8 images ``(N, H, W, 3)`` and multi-hot labels."""
+    return torch.utils.data.TensorDataset(*dataset_to_tensors(load_training_data(args, accelerator)))
+
+
+def build_dataloader(dataset, args: argparse.Namespace) -> torch.utils.data.DataLoader:
+    # Its own generator: creating an epoch's iterator must not consume the global RNG that draws noise, or a
+    # resumed run would draw different noise than an uninterrupted one.
+    return torch.utils.data.DataLoader(dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=True,
+                                       num_workers=args.dataloader_num_workers,
+                                       generator=torch.Generator().manual_seed(args.seed))
+
+
+def mean_image(images: torch.Tensor) -> torch.Tensor:
+    """The mean of uint8 images ``(N, H, W, 3)`` as ``(1, 3, H, W)`` in [-1, 1]: the floor, for `foreground_weights`."""
+    total = torch.zeros(images.shape[1:], dtype=torch.float64)
+    for start in range(0, images.shape[0], 1024):
+        total += images[start : start + 1024].double().sum(0)
+    return to_model_input((total / images.shape[0]).round().to(torch.uint8)[None])
+
+
+# --- loss --------------------------------------------------------------------------------------------------------
+def foreground_weights(pixels: torch.Tensor, floor: torch.Tensor, strength: float, scale: float = 0.25) -> torch.Tensor:
+    """Per-pixel loss weights ``(B, 1, H, W)``: ``1 + strength * departure``, normalised to mean 1 per image.
+
+    Objects cover 1-3 % of an i-CLEVR image, so a plain MSE is dominated by the floor. ``floor`` is the training set's
+    mean image: with a fixed camera and objects at random places it is the empty floor, for rendered and real data
+    alike. ``departure`` is how far each pixel of the clean image is from it (largest channel difference / ``scale``,
+    clipped to 1): objects and their shadows.
+    """
+    departure = ((pixels - floor).abs().amax(1, keepdim=True) / scale).clamp(max=1.0)
+    weights = 1.0 + strength * departure
+    return weights / weights.mean(dim=(2, 3), keepdim=True)
+
+
+def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weights=None) -> torch.Tensor:
+    """One denoising loss: random timesteps, condition dropout for CFG, optional pixel and min-SNR-gamma weighting."""
+    noise = torch.randn_like(pixels)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (pixels.shape[0],), device=pixels.device)
+    noisy = noise_scheduler.add_noise(pixels, noise, timesteps)
+    keep = (torch.rand(pixels.shape[0], 1, device=pixels.device) >= args.condition_dropout).to(conditions.dtype)
+    config = getattr(unet, "module", unet).config  # DDP wraps the model in multi-process runs
+    prediction = unet(noisy, timesteps, **unet_condition_kwargs(config, conditions * keep)).sample
+    if args.prediction_type == "epsilon":
+        target = noise
+    elif args.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(pixels, noise, timesteps)
+    else:
+        target = pixels
+    error = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if pixel_weights is not None:
+        error = error * pixel_weights
+    per_sample = error.mean(dim=(1, 2, 3))
+    if not args.snr_gamma:
+        return per_sample.mean()
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(snr, max=args.snr_gamma)
+    weights = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[args.prediction_type]
+    return (per_sample * weights).mean()
+
+
+# --- validation --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, evaluator=None) -> dict:
+    """Sample the validation conditions (EMA weights if used) with DDIM into a grid; with an evaluator, score them.
+
+    With ``--validation_num_seeds`` above 1 every seed samples all conditions; the accuracy logged is the mean over
+    seeds (``accuracy_std`` their spread), and the grid shows the first seed.
+    """
+    conditions = load_conditions(args.validation_conditions_json)
+    per_seed = []
+    with ema_weights(ema, unet):
+        pipeline = ICLEVRPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+        pipeline.set_progress_bar_config(disable=True)
+        start = time.time()
+        for seed in range(args.seed, args.seed + args.validation_num_seeds):
+            with accelerator.autocast():
+                per_seed.append(pipeline(conditions, num_inference_steps=args.validation_inference_steps,
+                                         guidance_scale=args.validation_guidance_scale, output_type="np",
+                                         generator=torch.Generator(device="cpu").manual_seed(seed)).images)
+        seconds = time.time() - start
+    images = per_seed[0]
+    grid = image_grid(images, columns=8)
+    folder = Path(args.output_dir) / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    grid.save(folder / f"step-{step:07d}.png")
+    grid.save(Path(args.output_dir) / "samples.png")
+    record = {"step": step, "conditions_json": str(args.validation_conditions_json),
+              "seconds_per_image": seconds / (len(conditions) * len(per_seed))}
+    if evaluator is not None:
+        reports = [evaluator.score(torch.from_numpy(batch).permute(0, 3, 1, 2), conditions) for batch in per_seed]
+        accuracy = mean_std([r["accuracy"] for r in reports])
+        record |= {"accuracy": accuracy["mean"], "exact_set_accuracy": mean_std([r["exact_set_accuracy"] for r in reports])["mean"]}
+        record |= {f"misses_{kind}": count for kind, count in total_misses(reports).items()}  # what fails to bind
+        if len(reports) > 1:
+            record |= {"accuracy_std": accuracy["std"], "accuracy_per_seed": accuracy["values"]}
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("validation", images, step, dataformats="NHWC")
+    accelerator.log({f"validation/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
+    with open(folder / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    return record
+
+
+# --- saving ------------------------------------------------------------------------------------------------------
+def save_pipeline(unet, ema, noise_scheduler, output_dir: Path) -> Path:
+    """Save the final pipeline (EMA weights if used) with a copy of pipeline_iclevr.py, so it loads as remote code.
+
+    The pipeline is written into ``pipeline.partial`` and moved in with ``model_index.json`` last (`iclevr.io.move_into`):
+    a save interrupted at any point leaves either the previous pipeline or a folder that `from_pretrained` refuses,
+    never a mix. Non-finite weights are refused before anything is touched.
+    """
+    with ema_weights(ema, unet):
+        bad = [name for name, p in unet.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise FloatingPointError(f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
+                                     "the checkpoints in the output folder are untouched.")
+        partial = partial_folder(output_dir / "pipeline")
+        ICLEVRPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(partial, safe_serialization=True)
+    shutil.copy(pipeline_iclevr.__file__, partial / "pipeline_iclevr.py")
+    move_into(partial, output_dir, last="model_index.json")
+    return output_dir
+
+
+# How the model card shows each figure of the training summary (a dict of numbers, also saved as train_summary.json).
+CARD_FIGURES = {
+    "steps": ("steps", "{}"), "final_loss": ("final loss", "{:.4f}"), "images_seen": ("images seen (this run)", "{}"),
+    "images_per_second": ("images/s", "{:.1f}"), "seconds_per_step": ("seconds per step", "{:.3f}"),
+    "minutes": ("minutes", "{:.1f}"), "training_minutes": ("training minutes (validation excluded)", "{:.1f}"),
+    "parameters_millions": ("parameters (millions)", "{:.2f}"), "resolution": ("resolution", "{}"),
+    "mixed_precision": ("mixed precision", "{}"), "processes": ("processes", "{}"),
+}
+
+
+def card_rows(summary: dict) -> list[str]:
+    """Markdown table rows of a training summary: its figures, then the last validation's."""
+    rows = [f"| {label} | {fmt.format(summary[key])} |" for key, (label, fmt) in CARD_FIGURES.items()
+            if summary.get(key) is not None]
+    for key, value in summary.get("validation", {}).items():
+        if key != "step":
+            rows.append(f"| validation {key} | {value:.4f} |" if isinstance(value, float) else f"| validation {key} | {value} |")
+    return rows
+
+
+def write_model_card(args, summary: dict) -> None:
+    """README.md with Hub metadata, how to load the pipeline both ways, the sample grid and the training figures."""
+    repo = args.hub_model_id or Path(args.output_dir).name
+    figures = "\n".join(card_rows(summary))
+    samples = "![samples](samples.png)\n" if (Path(args.output_dir) / "samples.png").is_file() else ""
+    card = f"""---
+library_name: diffusers
+license: apache-2.0
+tags:
+- diffusers
+- class-conditional
+- ddpm
+- i-clevr
+pipeline_tag: unconditional-image-generation
+---
+
+# {repo}
+
+A class-conditional denoising diffusion model for i-CLEVR scenes (1-3 objects, 24 labels = 8 colours x 3 shapes),
+trained with [iclevr-diffusion](https://github.com/) `train_conditional_ddpm.py`. Each image is conditioned on a
+multi-hot label vector, embedded by the UNet's projection class embedding; guidance is classifier-free.
+
+## Usage
+
+```python
+from pipeline_iclevr import ICLEVRPipeline   # the file shipped in this repository
+pipe = ICLEVRPipeline.from_pretrained("{repo}")
+images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=50, guidance_scale={args.validation_guidance_scale}).images
+```
+
+or without the file, as remote code:
+
+```python
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained("{repo}", custom_pipeline="pipeline_iclevr", trust_remote_code=True)
+```
+
+## Samples
+
+{samples}
+## Training
+
+| figure | value |
+| --- | --- |
+{figures}
+"""
+    (Path(args.output_dir) / "README.md").write_text(card)
+
+
+def push_to_hub(args) -> str:
+    """Create the Hub repository and upload the saved pipeline folder (checkpoints and logs excluded)."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = create_repo(args.hub_model_id, exist_ok=True, token=args.hub_token).repo_id
+    upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload ICLEVRPipeline",
+                  ignore_patterns=["checkpoint-*", "logs/*", "validation/*", "*.partial/*"], token=args.hub_token)
+    return repo_id
