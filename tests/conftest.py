@@ -4,16 +4,6 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "iclevr"
-
-
-def shared_file(name: str) -> Path:
-    """A file of ../shared/iclevr, or a clean skip where the checkout has no shared/ beside it."""
-    path = SHARED / name
-    if not path.is_file():
-        pytest.skip(f"{path} is not available")
-    return path
-
 
 def run_side_by_side(work, count: int = 2, timeout: float = 300) -> list:
     """``work()`` in ``count`` threads released together (two runs or jobs started at once on one cache); returns
@@ -40,10 +30,10 @@ def run_side_by_side(work, count: int = 2, timeout: float = 300) -> list:
 @pytest.fixture(scope="session")
 def rendered_dir(tmp_path_factory) -> Path:
     """A small procedural i-CLEVR dataset (8 scenes, 24 images at 64x64) in the course's layout."""
-    from render_iclevr import main
+    from iclevr.render.dataset import plan_random_scenes, render_dataset
 
     out = tmp_path_factory.mktemp("render") / "iclevr"
-    main(["--output_dir", str(out), "--num_scenes", "8", "--width", "64", "--height", "64", "--num_workers", "1"])
+    render_dataset(out, plan_random_scenes(8, 0, set()), seed=0, width=64, height=64, spp=4)
     return out
 
 

@@ -1,21 +1,18 @@
-import subprocess
-import sys
-from pathlib import Path
+import itertools
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+import torch
+
+import iclevr.utils
+from iclevr.utils import measure_throughput
 
 
-def test_bench_evaluator_prints_every_row():
-    """The evaluator bench runs the trainer's own step on a tiny batch and prints one row per lever."""
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_evaluator.py"), "--train_batch_size", "4",
-                             "--steps", "1", "--warmup", "1", "--train_images", "1000"],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith(("fp32", "bf16", "+ channels_last"))]
-    assert len(rows) == 4
-    for row in rows:
-        rate, minutes = float(row.split()[-3]), float(row.split()[-1])
-        # both are printed rounded (rate to 0.1, minutes to 0.1): slow rows (bf16 emulated on AVX2 CPUs) magnify the rate's rounding
-        assert rate > 0.05
-        expected = 1000 / rate / 60
-        assert abs(minutes - expected) <= expected * 0.05 / (rate - 0.05) + 0.051
+def test_throughput_counts_the_timed_images_over_the_timed_seconds(monkeypatch):
+    """Warm-up steps run but are neither timed nor counted; the rate is images per second of the timed steps."""
+    clock = itertools.count(start=100.0, step=0.5)  # each perf_counter call advances half a second
+    monkeypatch.setattr(iclevr.utils.time, "perf_counter", lambda: next(clock))
+    calls = []
+    batches = ((torch.zeros(n, 3, 4, 4), torch.zeros(n, 24)) for n in (2, 2, 8, 8, 8))
+    rate = measure_throughput(lambda images, labels: calls.append(images.shape[0]), batches, warmup=2, steps=3)
+    assert calls == [2, 2, 8, 8, 8]
+    assert rate == pytest.approx(24 / 0.5)  # 24 timed images between the two clock readings

@@ -6,7 +6,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from iclevr_data import (
+from PIL import Image
+
+from iclevr.data import (
+    COURSE_TEST,
+    COURSE_TRAIN_LABELS,
     BadDataError,
     collate_examples,
     describe,
@@ -19,11 +23,7 @@ from iclevr_data import (
     to_model_input,
     to_uint8_images,
 )
-from PIL import Image
-
 from pipeline_iclevr import LabelVocabulary
-
-from .conftest import shared_file
 
 
 def _write(folder, name, mode="RGB", size=(32, 24), color=(200, 40, 40)):
@@ -47,7 +47,7 @@ def small_folder(tmp_path):
 
 
 def test_real_train_json_labels():
-    records = parse_train_json(read_json(shared_file("train.json"), "train.json"), LabelVocabulary())
+    records = parse_train_json(read_json(COURSE_TRAIN_LABELS, "train.json"), LabelVocabulary())
     assert len(records) == 18_009
     scenes = Counter(scene_id(name) for name, _ in records)
     assert len(scenes) == 6_003 and set(scenes.values()) == {3}
@@ -57,7 +57,7 @@ def test_real_train_json_labels():
 
 
 def test_real_test_json_conditions():
-    conditions = load_conditions(shared_file("test.json"))
+    conditions = load_conditions(COURSE_TEST)
     assert len(conditions) == 32 and sum(map(len, conditions)) == 72
 
 

@@ -2,10 +2,10 @@ import json
 
 import pytest
 from diffusers import DDIMScheduler
-from iclevr_evaluator import build_evaluator
 from PIL import Image
 
 from evaluate_pipeline import main, parse_args
+from iclevr.evaluator import build_evaluator
 from pipeline_iclevr import ICLEVRPipeline
 
 from .test_pipeline import tiny_unet

@@ -5,18 +5,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from iclevr_data import dataset_to_tensors, load_train_dataset, split_by_scene
-from iclevr_evaluator import (
+from PIL import Image
+from torch import nn
+
+from evaluate_images import main as evaluate_images
+from iclevr.data import dataset_to_tensors, load_train_dataset, split_by_scene
+from iclevr.evaluator import (
     Evaluator,
     build_evaluator,
     convert_course_checkpoint,
-    main,
     read_image_folder,
     reference_images,
     to_evaluator_input,
 )
-from PIL import Image
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,7 +195,7 @@ def test_cli_scores_a_folder(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image.numpy()).save(tmp_path / "imgs" / f"{i}.png")
-    result = main(["--evaluator", str(tmp_path / "ev"), "--conditions_json", str(tmp_path / "c.json"),
+    result = evaluate_images(["--evaluator", str(tmp_path / "ev"), "--conditions_json", str(tmp_path / "c.json"),
                    "--images_dir", str(tmp_path / "imgs"), "--sanity", "--output_json", str(tmp_path / "m.json")])
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["images"]["images"] == 2 and set(saved["sanity"]) == {"rendered", "floor", "noise"}
@@ -230,23 +231,27 @@ def test_train_evaluator_smoke(rendered_dir, tmp_path):
     assert evaluator.flip_average and evaluator.predict(torch.rand(1, 3, 64, 64)).shape == (1, 24)
 
 
-def test_two_process_evaluator_training_gathers_heldout_figures(rendered_dir, tmp_path):
+def test_two_process_evaluator_training_gathers_heldout_figures_and_ends_its_schedule(rendered_dir, tmp_path):
     """Two CPU processes (gloo) each score half of the held-out images; the gathered figures must equal one process
-    scoring all of them with the saved model."""
+    scoring all of them with the saved model. The cosine schedule spans the whole run with two processes too: it
+    decays through the first epoch and reaches zero at the end, instead of ending halfway and climbing back."""
     from accelerate import Accelerator
-    from iclevr_data import load_train_dataset
 
-    from train_evaluator import heldout_figures
+    from iclevr.data import load_train_dataset
+    from iclevr.evaluator import heldout_figures
 
     out = tmp_path / "ev2"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_evaluator.py"),
-               "--train_data_dir", str(rendered_dir), "--output_dir", str(out), "--num_epochs", "1", "--train_batch_size", "4",
+               "--train_data_dir", str(rendered_dir), "--output_dir", str(out), "--num_epochs", "2", "--train_batch_size", "2",
                "--heldout_fraction", "0.4", "--lr_warmup_steps", "1", "--logger", "none", "--cache_dir", str(tmp_path / "cache")]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "evaluator_metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["heldout_images"] % 2 == 1  # an odd count: uneven shares
+    peak = metrics["args"]["learning_rate"]
+    first, last = (epoch["learning_rate"] for epoch in metrics["history"])
+    assert 0.1 * peak < first < peak and last < 1e-6 * peak
     dataset = load_train_dataset(train_data_dir=rendered_dir, resolution=64, cache_dir=tmp_path / "cache")
     images, labels = dataset_to_tensors(dataset)
     _, heldout = split_by_scene(list(dataset["file_name"]), 0.4, 0)

@@ -2,11 +2,9 @@ import json
 
 import pytest
 import torch
-from iclevr_data import check_objects_json
 
+from iclevr.data import COURSE_OBJECTS, check_objects_json
 from pipeline_iclevr import COLORS, LABELS, SHAPES, LabelVocabulary, validate_objects_json
-
-from .conftest import shared_file
 
 
 @pytest.fixture
@@ -22,9 +20,9 @@ def test_order_is_shape_major_colour_minor():
 
 
 def test_matches_course_objects_json():
-    course = json.loads(shared_file("objects.json").read_text())
+    course = json.loads(COURSE_OBJECTS.read_text())
     assert course == {name: i for i, name in enumerate(LABELS)}
-    check_objects_json(shared_file("objects.json"))
+    check_objects_json(COURSE_OBJECTS)
 
 
 def test_names_indices_multi_hot_round_trip(vocab):
@@ -105,7 +103,7 @@ def test_objects_json_mismatch(tmp_path):
     with pytest.raises(ValueError, match="missing label"):
         validate_objects_json({"gray cube": 0})
     with pytest.raises(ValueError, match="unknown label 'pink cube'"):
-        LabelVocabulary({**{n: i for i, n in enumerate(LABELS)}, "pink cube": 24})
+        validate_objects_json({**{n: i for i, n in enumerate(LABELS)}, "pink cube": 24})
     path = tmp_path / "objects.json"
     path.write_text(json.dumps(swapped))
     with pytest.raises(ValueError, match=str(path)):
@@ -113,3 +111,26 @@ def test_objects_json_mismatch(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         check_objects_json(path)
+
+
+def test_a_vocabulary_uses_the_map_it_is_given():
+    vocab = LabelVocabulary({"dog": 1, "cat": 0, "red bird": 2})
+    assert vocab.labels == ("cat", "dog", "red bird") and len(vocab) == 3
+    assert vocab.encode(["dog"]).tolist() == [0.0, 1.0, 0.0]
+    assert vocab.decode(torch.tensor([1.0, 0.0, 1.0])) == ["cat", "red bird"]
+    assert vocab.names(["RED_bird"]) == ["red bird"]
+    with pytest.raises(ValueError, match="Unknown label 'cow'.*Valid labels are: cat, dog, red bird"):
+        vocab.index("cow")
+    assert LabelVocabulary().labels == LABELS  # the default stays i-CLEVR's
+
+
+@pytest.mark.parametrize("label2id, message", [
+    ({}, "non-empty map"),
+    ({"Dog": 0}, "lower case"),
+    ({"dog": 0, "cat": 2}, r"indices must be the integers 0..1"),
+    ({"dog": 0, "cat": 0}, r"indices must be the integers 0..1"),
+    ({"dog": 0, "cat": "1"}, r"indices must be the integers 0..1"),
+])
+def test_a_bad_vocabulary_is_named(label2id, message):
+    with pytest.raises(ValueError, match=message):
+        LabelVocabulary(label2id)

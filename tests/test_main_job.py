@@ -1,12 +1,13 @@
 import json
 import time
 
-import iclevr_utils
 import pytest
 import torch
-from iclevr_evaluator import build_evaluator
 
+import iclevr.utils as iclevr_utils
 import main_job
+from iclevr.data import COURSE_TEST
+from iclevr.evaluator import build_evaluator
 
 from .conftest import run_side_by_side
 
@@ -26,9 +27,10 @@ def test_main_job_end_to_end(tmp_path):
     assert saved == summary and set(saved["stage_seconds"]) == {"calibrate", "train diffusion model", "report"}
     assert saved["calibrated_seconds_per_step"] > 0 and not (job / "calibration").exists()
     assert saved["mixed_precision"] == iclevr_utils.auto_mixed_precision()  # bf16 only where the CPU computes it natively
-    assert "synthetic_test" in saved["accuracy"] and 0 <= saved["accuracy"]["synthetic_test"]["mean"] <= 1
-    steps = [json.loads(line)["step"] for line in (job / "pipeline" / "validation" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [2, 3]
+    # the course's test.json ships with the project: the report scores it, and training validates on it
+    assert set(saved["accuracy"]) == {"test", "synthetic_test"} and 0 <= saved["accuracy"]["test"]["mean"] <= 1
+    records = [json.loads(line) for line in (job / "pipeline" / "validation" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 3] and {r["conditions_json"] for r in records} == {str(COURSE_TEST)}
 
 
 def test_cached_evaluator_is_reused_without_training(tmp_path, monkeypatch):
@@ -112,8 +114,26 @@ def test_slow_bf16_is_named_with_its_fix(monkeypatch):
     assert iclevr_utils.slow_bf16_warning("bf16", torch.device("cpu")) is None
 
 
-def test_cpu_bf16_probe_agrees_with_torch():
-    assert iclevr_utils.cpu_has_native_bf16() == (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, True), (False, True, True), (False, False, False)])
+def test_cpu_bf16_probe_reads_amx_and_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert iclevr_utils.cpu_has_native_bf16() is expected
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_cpu_bf16_probe_asks_onednn_where_torch_has_no_feature_probes(monkeypatch, onednn):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    assert iclevr_utils.cpu_has_native_bf16() is onednn
+
+
+def test_paths_are_resolved_against_the_callers_directory(tmp_path, monkeypatch):
+    """The stages run in the project folder; relative paths given to the job still mean the caller's."""
+    monkeypatch.chdir(tmp_path)
+    args = main_job.parse_args(["--output_dir", "out", "--cache_dir", "cache"])
+    assert args.output_dir == str(tmp_path / "out") and args.cache_dir == str(tmp_path / "cache")
 
 
 def test_warmup_shrinks_with_the_schedule():

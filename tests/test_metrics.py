@@ -1,7 +1,7 @@
 import pytest
 import torch
-from iclevr_metrics import course_accuracy, course_hits, evaluate_scores, exact_set_matches, miss_kinds
 
+from iclevr.metrics import course_accuracy, course_hits, evaluate_scores, exact_set_matches, miss_kinds
 from pipeline_iclevr import LABELS
 
 

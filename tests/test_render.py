@@ -5,15 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iclevr_raycast import render, visible_pixels
-from iclevr_scenes import CLEVR_RGB, SceneObject
 from PIL import Image
 
-import render_iclevr
+import iclevr.render.dataset
+from iclevr.data import COURSE_TEST, COURSE_TRAIN_LABELS
+from iclevr.render.dataset import MIN_VISIBLE_PIXELS, plan_random_scenes
+from iclevr.render.raycast import render, visible_pixels
+from iclevr.render.scenes import CLEVR_RGB, SceneObject
 from pipeline_iclevr import LABELS
-from render_iclevr import MIN_VISIBLE_PIXELS, main, plan_random_scenes
-
-from .conftest import shared_file
+from render_iclevr import main
 
 
 def _objects(records):
@@ -135,7 +135,7 @@ def test_exclude_json_cli(tmp_path):
 
 
 def test_labels_json_reproduces_real_label_lists(tmp_path):
-    real = json.loads(shared_file("train.json").read_text())
+    real = json.loads(COURSE_TRAIN_LABELS.read_text())
     subset = dict(list(real.items())[:9])
     (tmp_path / "labels.json").write_text(json.dumps(subset))
     main(["--output_dir", str(tmp_path / "out"), "--labels_json", str(tmp_path / "labels.json"),
@@ -150,7 +150,7 @@ def test_labels_json_reproduces_real_label_lists(tmp_path):
 
 
 def test_conditions_json_renders_reference_images(tmp_path):
-    conditions = json.loads(shared_file("test.json").read_text())[:5]
+    conditions = json.loads(COURSE_TEST.read_text())[:5]
     (tmp_path / "test.json").write_text(json.dumps(conditions))
     main(["--output_dir", str(tmp_path / "ref"), "--conditions_json", str(tmp_path / "test.json"),
           "--width", "64", "--height", "64", "--num_workers", "1"])
@@ -162,7 +162,9 @@ def test_preview_contact_sheet(tmp_path):
     main(["--output_dir", str(tmp_path / "p"), "--num_scenes", "11", "--width", "32", "--height", "24",
           "--num_workers", "1", "--preview"])
     with Image.open(tmp_path / "p" / "preview.png") as sheet:
-        assert sheet.size == (8 * 160, 4 * (120 + 40))
+        # 32 of the 33 images, 8 a row, enlarged to 160x120, with up to 3 label lines (12 px each) under each
+        assert sheet.size == (8 * 160, 4 * (120 + 3 * 12))
+        assert sheet.getpixel((5, 120 + 2)) == (255, 255, 255) and len(np.unique(np.asarray(sheet.crop((0, 0, 160, 120))).reshape(-1, 3), axis=0)) > 10
 
 
 def test_refuses_to_overwrite_and_replaces_atomically(tmp_path, monkeypatch):
@@ -177,7 +179,7 @@ def test_refuses_to_overwrite_and_replaces_atomically(tmp_path, monkeypatch):
         Image.new("RGB", (16, 16)).save(Path(out_dir) / jobs[0].images[0][0])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(render_iclevr, "render_jobs", interrupted)
+    monkeypatch.setattr(iclevr.render.dataset, "render_jobs", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main([*args, "--overwrite", "--seed", "5"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old dataset is untouched
@@ -209,9 +211,9 @@ def test_bad_label_files(tmp_path):
 
 def test_condition_sets_are_the_generator_output():
     """conditions/*.json are exactly iclevr_scenes.sample_condition_set's output (reproducible, never hand-edited)."""
-    from iclevr_scenes import sample_condition_set
+    from iclevr.render.scenes import sample_condition_set
 
-    folder = Path(__file__).resolve().parents[1] / "conditions"
+    folder = COURSE_TEST.parent
     expected = {"synthetic_test.json": sample_condition_set(2026, [1] * 6 + [2] * 12 + [3] * 14),
                 "synthetic_96.json": sample_condition_set(2027, [1] * 32 + [2] * 32 + [3] * 32)}
     for name, conditions in expected.items():

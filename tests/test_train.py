@@ -10,7 +10,10 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-import train_conditional_ddpm as trainer
+import iclevr.io
+from iclevr import ddpm
+from iclevr.data import SYNTHETIC_TEST, dataset_to_tensors
+from iclevr.training import latest_checkpoint
 from pipeline_iclevr import ICLEVRPipeline, unet_condition_kwargs
 
 from .conftest import run_side_by_side
@@ -43,12 +46,12 @@ def _weights(folder):
 @pytest.fixture(scope="module")
 def trained(rendered_dir, tmp_path_factory):
     """One small run: 6 steps, checkpoints every 2 (limit 2), EMA, validation every 3 scored by an evaluator."""
-    from iclevr_evaluator import build_evaluator
+    from iclevr.evaluator import build_evaluator
 
     out = tmp_path_factory.mktemp("run") / "out"
     build_evaluator().save_pretrained(out.parent / "evaluator")
     _launch(rendered_dir, out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
-            "--use_ema", "--validation_steps", "3", "--validation_inference_steps", "2", "--validation_guidance_rescale", "0.5",
+            "--use_ema", "--validation_steps", "3", "--validation_inference_steps", "2",
             "--validation_num_seeds", "2", "--evaluator", str(out.parent / "evaluator"))
     return out
 
@@ -61,14 +64,15 @@ def test_launch_produces_a_pipeline(trained):
     records = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]
     assert all(0 <= r["accuracy"] <= 1 and 0 <= r["exact_set_accuracy"] <= 1 for r in records)
-    labels = sum(len(condition) for condition in json.loads(trainer.DEFAULT_CONDITIONS.read_text()))
+    labels = sum(len(condition) for condition in json.loads(SYNTHETIC_TEST.read_text()))
     for r in records:  # two seeds each: the logged accuracy is their mean, and every missed label has a kind
         assert len(r["accuracy_per_seed"]) == 2 and r["accuracy"] == pytest.approx(sum(r["accuracy_per_seed"]) / 2)
         misses = r["misses_colour"] + r["misses_shape"] + r["misses_object"]
         assert misses == round(sum(labels * (1 - a) for a in r["accuracy_per_seed"]))
     assert list((trained / "logs").rglob("events.out.tfevents.*"))
     summary = json.loads((trained / "train_summary.json").read_text())
-    assert summary["steps"] == 6 and summary["seconds per step"] > 0 and summary["mixed precision"] == "no"
+    assert summary["steps"] == 6 and summary["seconds_per_step"] > 0 and summary["mixed_precision"] == "no"
+    assert summary["images_seen"] == 6 * 4 and summary["validation"]["accuracy"] == records[-1]["accuracy"]
     pipe = ICLEVRPipeline.from_pretrained(trained)
     pipe.set_progress_bar_config(disable=True)
     images = pipe([["red sphere"], ["gray cube", "blue cylinder"]], num_inference_steps=2, output_type="np").images
@@ -80,7 +84,7 @@ def test_model_card(trained):
     assert card.startswith("---\nlibrary_name: diffusers")
     assert "ICLEVRPipeline.from_pretrained" in card and 'custom_pipeline="pipeline_iclevr", trust_remote_code=True' in card
     assert "![samples](samples.png)" in card and "| steps | 6 |" in card and "| images/s |" in card
-    assert "| validation accuracy |" in card
+    assert "| validation accuracy |" in card and "| seconds per step |" in card
 
 
 def test_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
@@ -127,7 +131,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained
     rng = random.Random(0)
     kills = 0
     for _attempt in range(3):
-        resume = ["--resume_from_checkpoint", "latest"] if trainer.latest_checkpoint(out) else []
+        resume = ["--resume_from_checkpoint", "latest"] if latest_checkpoint(out) else []
         process = _popen(rendered_dir, out, *flags, *resume)
         deadline = time.time() + 120
         while process.poll() is None and time.time() < deadline and not list(out.glob("checkpoint-*")):
@@ -156,7 +160,7 @@ def test_partial_checkpoint_is_never_picked(trained, rendered_dir, tmp_path):
     shutil.copytree(trained / "checkpoint-4", out / "checkpoint-4")
     (out / "checkpoint-5.partial").mkdir()  # a save killed half way: newer, but incomplete
     (out / "checkpoint-5.partial" / "model.safetensors").write_bytes(b"half")
-    assert trainer.latest_checkpoint(out).name == "checkpoint-4"
+    assert latest_checkpoint(out).name == "checkpoint-4"
     result = _launch(rendered_dir, out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--use_ema",
                      "--resume_from_checkpoint", "latest")
     assert "Resuming from" in result.stdout + result.stderr and "checkpoint-4" in result.stdout + result.stderr
@@ -165,25 +169,16 @@ def test_partial_checkpoint_is_never_picked(trained, rendered_dir, tmp_path):
         assert torch.equal(value, _weights(out)[key]), key
 
 
-@pytest.mark.parametrize("latent", [False, True], ids=["pixels", "latents"])
-def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch, latent):
+def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch):
     """Kill the final save between any two of its file moves: the folder holds the old pipeline or none, never a mix."""
-    vae = None
-    flags = [*TINY, "--output_dir", str(tmp_path / "out")]
-    if latent:
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(_tiny_vae(tmp_path / "vae"))
-        flags += ["--pretrained_vae", str(tmp_path / "vae")]
-    tmp_path = tmp_path / "out"
-    args = trainer.parse_args(flags)
-    scheduler = trainer.build_noise_scheduler(args)
-    old = trainer.build_model(args, vae)
-    trainer.save_pipeline(old, None, scheduler, args, vae)
-    new = trainer.build_model(args, vae)
+    args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path)])
+    scheduler = ddpm.build_noise_scheduler(args)
+    old = ddpm.build_model(args)
+    ddpm.save_pipeline(old, None, scheduler, tmp_path)
+    new = ddpm.build_model(args)
     torch.nn.init.zeros_(new.conv_out.weight)
-    real_replace = trainer.os.replace
-    moves = len(trainer.PIPELINE_FILES) + (1 if latent else 0)  # the parts, then model_index.json; no vae/ in pixel space
+    real_replace = iclevr.io.os.replace
+    moves = 4  # pipeline_iclevr.py, scheduler/, unet/, then model_index.json
     for crash_at in range(moves):
         calls = []
 
@@ -193,27 +188,28 @@ def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch, lat
             calls.append(dst)
             real_replace(src, dst)
 
-        monkeypatch.setattr(trainer.os, "replace", crashing_replace)
+        monkeypatch.setattr(iclevr.io.os, "replace", crashing_replace)
         with pytest.raises(KeyboardInterrupt):
-            trainer.save_pipeline(new, None, scheduler, args, vae)
-        monkeypatch.setattr(trainer.os, "replace", real_replace)
+            ddpm.save_pipeline(new, None, scheduler, tmp_path)
+        monkeypatch.setattr(iclevr.io.os, "replace", real_replace)
         if (tmp_path / "model_index.json").exists():
             pytest.fail(f"a pipeline folder loads after a crash at move {crash_at}")  # only the final move adds it
         with pytest.raises((OSError, ValueError)):  # diffusers: no model_index.json
             ICLEVRPipeline.from_pretrained(tmp_path)
-        trainer.save_pipeline(old, None, scheduler, args, vae)  # a completed save repairs it
+        ddpm.save_pipeline(old, None, scheduler, tmp_path)  # a completed save repairs it
         reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
         assert torch.equal(reloaded.unet.conv_out.weight, old.conv_out.weight)
         assert not list(tmp_path.glob("*.partial"))
+    assert len(calls) == moves - 1
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
-    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path)])
-    unet = trainer.build_model(args)
+    args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path)])
+    unet = ddpm.build_model(args)
     with torch.no_grad():
         unet.conv_in.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite weights"):
-        trainer.save_pipeline(unet, None, trainer.build_noise_scheduler(args), args)
+        ddpm.save_pipeline(unet, None, ddpm.build_noise_scheduler(args), tmp_path)
     assert not (tmp_path / "model_index.json").exists() and not (tmp_path / "unet").exists()
 
 
@@ -238,10 +234,10 @@ def test_exploding_run_stops_with_a_clear_error_and_keeps_good_checkpoints(rende
     ids=["class_embedding", "cross_attention", "both", "embedding_width_64_additive"],
 )
 def test_reload_equals_in_memory_model(tmp_path, flags):
-    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path), *flags])
-    unet = trainer.build_model(args)
-    scheduler = trainer.build_noise_scheduler(args)
-    trainer.save_pipeline(unet, None, scheduler, args)
+    args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path), *flags])
+    unet = ddpm.build_model(args)
+    scheduler = ddpm.build_noise_scheduler(args)
+    ddpm.save_pipeline(unet, None, scheduler, tmp_path)
     reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
     sample, conditions = torch.randn(2, 3, 16, 16), torch.eye(24)[:2]
     with torch.no_grad():
@@ -251,7 +247,7 @@ def test_reload_equals_in_memory_model(tmp_path, flags):
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(actual, null)  # the labels reach the output through the chosen route
     args.condition_dropout = 0.0  # with dropout both conditions could be nulled, leaving no gradient to check
-    loss = trainer.diffusion_loss(unet, scheduler, sample.clamp(-1, 1), conditions, args)
+    loss = ddpm.diffusion_loss(unet, scheduler, sample.clamp(-1, 1), conditions, args)
     loss.backward()
     assert unet.time_embedding.linear_2.out_features == args.time_embedding_dim
     if unet.class_embedding is not None:
@@ -304,11 +300,11 @@ def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch)
 
     monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, exist_ok, token: calls.setdefault("create", (repo_id, token)) and Repo())
     monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kwargs: calls.setdefault("upload", kwargs))
-    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path), "--push_to_hub", "--hub_model_id", "user/iclevr-ddpm",
-                               "--hub_token", "hf_SECRET123"])
-    trainer.save_pipeline(trainer.build_model(args), None, trainer.build_noise_scheduler(args), args)
-    trainer.write_model_card(args, {"steps": 0})
-    assert trainer.push_to_hub(args) == "user/iclevr-ddpm"
+    args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path), "--push_to_hub", "--hub_model_id", "user/iclevr-ddpm",
+                            "--hub_token", "hf_SECRET123"])
+    ddpm.save_pipeline(ddpm.build_model(args), None, ddpm.build_noise_scheduler(args), tmp_path)
+    ddpm.write_model_card(args, {"steps": 0})
+    assert ddpm.push_to_hub(args) == "user/iclevr-ddpm"
     assert calls["create"] == ("user/iclevr-ddpm", "hf_SECRET123")
     assert calls["upload"]["folder_path"] == str(tmp_path) and "checkpoint-*" in calls["upload"]["ignore_patterns"]
     for path in tmp_path.rglob("*"):
@@ -333,27 +329,25 @@ def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch)
         (["--conditioning", "cross_attention", "--attention_levels", "0,0"], "needs at least one attention level"),
         (["--max_train_minutes", "0"], "must be positive"),
         (["--time_embedding_dim", "0"], "--time_embedding_dim must be positive"),
-        (["--validation_guidance_rescale", "2"], "--validation_guidance_rescale must be in [0, 1]"),
-        (["--validation_num_seeds", "0"], "--validation_num_seeds must be at least 1"),
-        (["--pretrained_vae", "/nonexistent"], "is not an autoencoder folder"),
+        (["--validation_num_seeds", "0"], "--validation_num_seeds must be positive"),
     ],
 )
 def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
-        trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "never"), *flags])
+        ddpm.parse_args([*TINY, "--output_dir", str(tmp_path / "never"), *flags])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
 
 
 def test_foreground_weights_favour_objects(rendered_dir, tmp_path):
-    from iclevr_data import load_train_dataset, to_model_input
+    from iclevr.data import load_train_dataset, to_model_input
 
-    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path), "--resolution", "64", "--foreground_weight", "4"])
+    args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path), "--resolution", "64", "--foreground_weight", "4"])
     dataset = load_train_dataset(train_data_dir=rendered_dir, resolution=64, cache_dir=tmp_path)
-    tensors = torch.utils.data.TensorDataset(*trainer.dataset_to_tensors(dataset))
-    floor = trainer.mean_image(tensors)
-    pixels = to_model_input(tensors.tensors[0][:6])
-    weights = trainer.foreground_weights(pixels, floor, args.foreground_weight)
+    images, _ = dataset_to_tensors(dataset)
+    floor = ddpm.mean_image(images)
+    pixels = to_model_input(images[:6])
+    weights = ddpm.foreground_weights(pixels, floor, args.foreground_weight)
     assert weights.shape == (6, 1, 64, 64)
     torch.testing.assert_close(weights.mean(dim=(2, 3)), torch.ones(6, 1))
     departure = (pixels - floor).abs().amax(1, keepdim=True)
@@ -367,7 +361,7 @@ def test_time_budget_and_warmup_longer_than_the_schedule_are_reported(rendered_d
     assert "--max_train_minutes 0.0001 spent at step 1 of 50" in result.stderr and "schedule stops at" in result.stderr
     assert "--lr_warmup_steps 60 is not shorter than the 50-step schedule" in result.stderr
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
-    assert summary["steps"] == 1 and summary["seconds per step"] is None  # nothing timed past the warm-up step
+    assert summary["steps"] == 1 and summary["seconds_per_step"] is None  # nothing timed past the warm-up step
     assert (tmp_path / "out" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
@@ -376,7 +370,8 @@ def test_bare_model_strips_compile_and_ddp_without_touching_the_wrappers(tmp_pat
     gradient sync afterwards); `bare_model` must return the bare model and leave the training wrapper as it was."""
     import torch.distributed as dist
     from accelerate.utils import extract_model_from_parallel
-    from iclevr_utils import bare_model
+
+    from iclevr.utils import bare_model
 
     class Unwrapper:  # what bare_model uses of an Accelerator, without touching Accelerate's global state
         unwrap_model = staticmethod(extract_model_from_parallel)
@@ -394,116 +389,20 @@ def test_bare_model_strips_compile_and_ddp_without_touching_the_wrappers(tmp_pat
         dist.destroy_process_group()
 
 
-def _tiny_vae(folder):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  block_out_channels=(8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=16,
-                  mid_block_add_attention=False, scaling_factor=0.7).save_pretrained(folder)
-    return folder
-
-
-def test_latent_space_run_trains_on_latents_and_ships_its_autoencoder(rendered_dir, tmp_path):
-    from diffusers import AutoencoderKL
-
-    vae_dir = _tiny_vae(tmp_path / "vae")
-    out = tmp_path / "out"
-    result = _launch(rendered_dir, out, "--pretrained_vae", str(vae_dir), "--max_train_steps", "3", "--use_ema")
-    assert "Encoded 24 images into (4, 8, 8) latents" in result.stderr
-    assert json.loads((out / "train_summary.json").read_text())["denoises"] == "latents 4x8x8"
-    assert "latents of a small `AutoencoderKL`" in (out / "README.md").read_text()
-    pipe = ICLEVRPipeline.from_pretrained(out)
-    assert (pipe.unet.config.in_channels, pipe.unet.config.out_channels, pipe.unet.config.sample_size) == (4, 4, 8)
-    assert pipe.scheduler.config.clip_sample is False  # latents are not bounded to [-1, 1]
-    shipped, original = pipe.vae.state_dict(), AutoencoderKL.from_pretrained(vae_dir).state_dict()
-    assert pipe.vae.config.scaling_factor == 0.7 and all(torch.equal(shipped[k], original[k]) for k in original)  # frozen
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe([["red sphere"]], num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
-    assert images.shape == (1, 3, 16, 16)
-
-    # A second run with the same autoencoder and data reads the latents cached by the first instead of re-encoding.
-    assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 1
-    again = _launch(rendered_dir, tmp_path / "again", "--pretrained_vae", str(vae_dir), "--max_train_steps", "3", "--use_ema")
-    assert "Using the cached latents" in again.stderr and "Encoded" not in again.stderr
-    first, second = _weights(out), _weights(tmp_path / "again")  # same seed, same latents: the same model
-    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-
-    # A pixel-space save over the same folder drops the stale autoencoder instead of pairing it with the wrong UNet.
-    args = trainer.parse_args([*TINY, "--output_dir", str(out)])
-    trainer.save_pipeline(trainer.build_model(args), None, trainer.build_noise_scheduler(args), args)
-    assert not (out / "vae").exists() and ICLEVRPipeline.from_pretrained(out).vae is None
-
-
-def test_latent_space_flags_are_checked(tmp_path, capsys):
-    vae_dir = _tiny_vae(tmp_path / "vae")
-    with pytest.raises(SystemExit):
-        trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "x"), "--pretrained_vae", str(vae_dir), "--random_flip"])
-    assert "--random_flip flips the encoded latents" in capsys.readouterr().err
-    from diffusers import AutoencoderKL
-
-    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "x"), "--pretrained_vae", str(vae_dir), "--resolution", "14"])
-    with pytest.raises(ValueError, match="gives 7x7 latents"):
-        trainer.build_model(args, AutoencoderKL.from_pretrained(vae_dir))
-
-
-def test_latent_cache_key_follows_the_weights_and_the_images(tmp_path):
-    from diffusers import AutoencoderKL
-    from iclevr_utils import latent_cache_key
-
-    vae = AutoencoderKL.from_pretrained(_tiny_vae(tmp_path / "vae"))
-    images = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
-    key = latent_cache_key(vae, images)
-    assert key == latent_cache_key(AutoencoderKL.from_pretrained(tmp_path / "vae"), images.clone())
-    changed = images.clone()
-    changed[0, 0, 0, 0] ^= 1
-    assert latent_cache_key(vae, changed) != key
-    vae.register_to_config(scaling_factor=0.5)
-    assert latent_cache_key(vae, images) != key
-    vae.register_to_config(scaling_factor=0.7)
-    with torch.no_grad():
-        next(vae.parameters())[0].flatten()[0] += 1e-3
-    assert latent_cache_key(vae, images) != key
-
-
 def test_runs_sharing_a_cache_render_the_embedded_set_once(tmp_path, monkeypatch):
     """Two runs started together on one cache (a sweep): one renders, the other waits for it and reads the same set,
     instead of both rendering and the second replacing the folder the first is decoding."""
-    import render_iclevr
+    renders, real_render = [], ddpm.render_dataset
 
-    renders, real_render = [], render_iclevr.main
-
-    def slow_render(argv):  # both runs pass the "is it rendered?" check before either finishes rendering
-        renders.append(argv)
+    def slow_render(*args, **kwargs):  # both runs pass the "is it rendered?" check before either finishes rendering
+        renders.append(args[0])
         time.sleep(0.5)
-        real_render([*argv, "--num_workers", "1"])
+        real_render(*args, **(kwargs | {"num_workers": 1}))
 
-    monkeypatch.setattr(render_iclevr, "main", slow_render)
-    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
-                               "--embedded_num_scenes", "4"])
+    monkeypatch.setattr(ddpm, "render_dataset", slow_render)
+    args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
+                            "--embedded_num_scenes", "4"])
     accelerator = Accelerator(cpu=True)
-    datasets = run_side_by_side(lambda: trainer.load_training_data(args, accelerator))
+    datasets = run_side_by_side(lambda: ddpm.load_training_data(args, accelerator))
     assert len(renders) == 1
     assert datasets[0]["file_name"] == datasets[1]["file_name"] and len(datasets[0]) == 12
-
-
-def test_latent_runs_sharing_a_cache_encode_the_set_once(tmp_path, monkeypatch):
-    """Two latent runs started together on one cache: one encodes and writes the latents, the other waits and reads
-    the same file, instead of both spending the encode."""
-    from diffusers import AutoencoderKL
-
-    encodes, real_encode = [], trainer.encode_latents
-
-    def slow_encode(vae, images):  # both runs pass the "is it cached?" check before either finishes encoding
-        encodes.append(len(images))
-        time.sleep(0.5)
-        return real_encode(vae, images)
-
-    monkeypatch.setattr(trainer, "encode_latents", slow_encode)
-    vae = AutoencoderKL.from_pretrained(_tiny_vae(tmp_path / "vae"))
-    images = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
-    args = trainer.parse_args([*TINY, "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")])
-    latents = run_side_by_side(lambda: trainer.encoded_dataset(args, Accelerator(cpu=True), vae, images))
-    assert len(encodes) == 1
-    assert torch.equal(latents[0], latents[1]) and latents[0].shape[0] == 4
-    assert len(list((tmp_path / "cache").glob("latents-*.safetensors"))) == 1
