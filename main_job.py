@@ -39,7 +39,7 @@ TRAIN_RECIPE = ["--use_ema"]
 # The default recipe's warm-up share of its schedule (200 of 5,000 steps), kept when the schedule is shortened.
 WARMUP_SHARE = 0.04
 # Steps of the calibration run that measures this machine's training speed (the first is excluded as warm-up; 40
-# average out step-to-step noise of 1.4-2.3 s per step seen on a shared 2-core machine).
+# average out the step-to-step noise of a shared machine).
 CALIBRATION_STEPS = 40
 # The whole job's default budget, and its time outside diffusion training (75 - 57 minutes: render of the embedded set
 # on first use, calibration, validation and the report), which a longer --train_minutes adds to the budget.

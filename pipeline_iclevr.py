@@ -33,7 +33,7 @@ COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES = ("cube", "sphere", "cylinder")
 LABELS = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
 DEFAULT_LABEL2ID = {name: i for i, name in enumerate(LABELS)}  # the course's objects.json
-# The guidance every entry point samples with unless told otherwise (chosen on conditions/synthetic_96.json, README).
+# The guidance every entry point samples with unless told otherwise (chosen on a validation set, not on test.json).
 DEFAULT_GUIDANCE_SCALE = 2.0
 
 # One condition: label names, label indices, or a multi-hot tensor of length 24.

@@ -6,8 +6,8 @@
 One training step as `train_evaluator.py` takes it (its `augment` on uint8 64x64 images, ResNet-18 forward and
 backward, BCE, AdamW), measured side by side in one run after warm-up steps, for each CPU lever: fp32, bf16 autocast
 (the recipe), + channels_last (the recipe), + torch.compile (compile time reported apart). The last column turns
-each rate into the minutes that a given number of training images takes (default: evaluator run 5 of the README,
-9 epochs of 80,768 images), so the time a recipe needs can be read against a budget.
+each rate into the minutes that a given number of training images takes (default: 9 epochs of 80,768 images, a
+long evaluator recipe of docs/experiments.md), so the time a recipe needs can be read against a budget.
 """
 
 import argparse
