@@ -128,7 +128,7 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
         run_stage("train evaluator", launch(args, "train_evaluator.py") + [
             "--train_data_dir", str(data), "--cache_dir", str(cache), "--output_dir", str(folder),
             "--num_epochs", str(recipe["num_epochs"]), "--train_batch_size", str(recipe["train_batch_size"]),
-            "--mixed_precision", args.mixed_precision, "--logger", "none"], timings)
+            "--mixed_precision", args.mixed_precision, "--report_to", "none"], timings)
     return folder
 
 

@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
@@ -260,6 +265,45 @@ class ICLEVRPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents"]
 
+    # --- saving and loading: a saved folder carries this file and names it in model_index.json -------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+        """diffusers' ``save_pretrained``, plus a copy of this file and ``"_class_name": ["pipeline_iclevr",
+        "ICLEVRPipeline"]`` in ``model_index.json``, so the folder (or its Hub repository) loads with
+        ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` as well as with this class."""
+        super().save_pretrained(save_directory, **kwargs)
+        module = Path(inspect.getsourcefile(type(self)))
+        target = Path(save_directory) / "pipeline_iclevr.py"
+        if module.resolve() != target.resolve():
+            shutil.copy(module, target)
+        index = Path(save_directory) / "model_index.json"
+        config = json.loads(index.read_text())
+        config["_class_name"] = ["pipeline_iclevr", type(self).__name__]
+        index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """The folder's config, its ``[module, class]`` name read as this class: loading through ``ICLEVRPipeline``
+        itself uses this class and needs no ``trust_remote_code``."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), (list, tuple)):
+            config["_class_name"] = config["_class_name"][-1]
+        return loaded
+
+    # --- the sampling state diffusers' step-end callbacks read and change ------------------------------------------
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether a step runs the null and the conditional prediction (every ``w`` but 0 and 1, which need one)."""
+        return self._guidance_scale not in (0.0, 1.0)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
     def __init__(self, unet, scheduler, label2id: dict[str, int] | None = None):
         super().__init__()
         label2id = dict(label2id) if label2id else dict(DEFAULT_LABEL2ID)
@@ -342,13 +386,16 @@ class ICLEVRPipeline(DiffusionPipeline):
             output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (``(B, H, W, 3)`` floats in [0, 1]),
                 ``"pt"`` (``(B, 3, H, W)`` in [0, 1]) or ``"latent"`` (the denoised sample as is, in [-1, 1]).
             return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
-            callback_on_step_end (`Callable`, *optional*): called as ``fn(pipe, step, timestep, callback_kwargs)``
-                after every step; may return a dict replacing ``latents``.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called as
+                ``fn(pipe, step, timestep, callback_kwargs)`` after every step; may return a dict replacing
+                ``latents``, and may change ``pipe._guidance_scale`` for the steps that follow.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): tensors passed in ``callback_kwargs``.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the generated images.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         if not set(tensor_inputs) <= set(self._callback_tensor_inputs):  # latents are all this loop has to share
             raise ValueError(f"callback_on_step_end_tensor_inputs may only hold {self._callback_tensor_inputs}, got {tensor_inputs}.")
@@ -363,25 +410,26 @@ class ICLEVRPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
         conditions = conditions.to(device=device, dtype=dtype)
-        if guidance_scale == 1.0:
-            class_labels = conditions
-        elif guidance_scale == 0.0:
-            class_labels = torch.zeros_like(conditions)
-        else:  # null and conditional in one batched forward
-            class_labels = torch.cat([torch.zeros_like(conditions), conditions])
-        two_pass = class_labels.shape[0] != conditions.shape[0]
+        null_conditions = torch.zeros_like(conditions)
+        self._guidance_scale = guidance_scale
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]) if two_pass else latents, t)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self.do_classifier_free_guidance:  # null and conditional in one batched forward
+                model_input, class_labels = torch.cat([latents, latents]), torch.cat([null_conditions, conditions])
+            else:
+                model_input, class_labels = latents, (conditions if self._guidance_scale == 1.0 else null_conditions)
+            model_input = self.scheduler.scale_model_input(model_input, t)
             noise_pred = self.unet(model_input, t, **unet_condition_kwargs(self.unet.config, class_labels)).sample
-            if two_pass:
+            if self.do_classifier_free_guidance:
                 null, cond = noise_pred.chunk(2)
-                noise_pred = null + guidance_scale * (cond - null)
+                noise_pred = null + self._guidance_scale * (cond - null)
             latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
-                outputs = callback_on_step_end(self, i, t, {"latents": latents})
+                outputs = callback_on_step_end(self, i, t, {"latents": latents})  # the only tensor input
                 latents = (outputs or {}).get("latents", latents)
 
         result = latents

@@ -96,8 +96,8 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    if accelerator.is_main_process:
-        accelerator.init_trackers("train_conditional_ddpm", config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name, config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
     evaluator = None
     if args.evaluator and accelerator.is_main_process:
         from iclevr.evaluator import Evaluator
@@ -119,6 +119,9 @@ def resume(run: Run) -> tuple[int, int]:
     if not run.args.resume_from_checkpoint:
         return 0, 0
     path = latest_checkpoint(run.args.output_dir) if run.args.resume_from_checkpoint == "latest" else Path(run.args.resume_from_checkpoint)
+    if path is None:
+        run.accelerator.print(f"No checkpoint in {run.args.output_dir} to resume from: starting a new run.")
+        return 0, 0
     run.accelerator.print(f"Resuming from {path}")
     run.accelerator.load_state(str(path))
     run.step = checkpoint_step(path)
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     output_dir = Path(args.output_dir)
     accelerator = setup_accelerator(
         args.seed, gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        log_with=args.logger, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with=None if args.report_to == "none" else args.report_to, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -65,7 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "every later score uses it (held-out figures are reported both ways).")
     train.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
     train.add_argument("--seed", type=int, default=0, help="Random seed (initialisation, shuffling, augmentation, split).")
-    train.add_argument("--logger", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no logging).")
+    train.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no tracker).")
+    train.add_argument("--tracker_project_name", type=str, default="train_evaluator", help="Project name the tracker files the run under.")
     args = parser.parse_args(argv)
     if args.num_epochs < 1 or args.train_batch_size < 1:
         parser.error("--num_epochs and --train_batch_size must be positive.")
@@ -95,8 +96,8 @@ def train(args, accelerator: Accelerator, images, labels, train_rows, heldout_ro
     steps = args.num_epochs * math.ceil(len(loader) / accelerator.num_processes)
     scheduler = build_lr_scheduler(args.lr_scheduler, optimizer, args.lr_warmup_steps, steps, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if accelerator.is_main_process and args.logger != "none":
-        accelerator.init_trackers("evaluator", config={k: str(v) for k, v in vars(args).items()})
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name, config={k: str(v) for k, v in vars(args).items()})
 
     generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)
     progress = tqdm(total=steps, desc="Evaluator", disable=not accelerator.is_local_main_process)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     accelerator = setup_accelerator(args.seed, mixed_precision=args.mixed_precision, project_dir=str(output_dir),
-                                    log_with=None if args.logger == "none" else args.logger)
+                                    log_with=None if args.report_to == "none" else args.report_to)
     start = time.time()
     images, labels, train_rows, heldout_rows, heldout_names = build_data(args, accelerator)
     logger.info(f"{len(train_rows)} training and {len(heldout_rows)} held-out images", main_process_only=True)

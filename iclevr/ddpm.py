@@ -12,7 +12,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from iclevr.data import (
 from iclevr.io import move_into, partial_folder
 from iclevr.metrics import mean_std, total_misses
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
-from iclevr.training import int_list, latest_checkpoint
+from iclevr.training import int_list
 from iclevr.utils import ema_weights, image_grid
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline, unet_condition_kwargs
 
@@ -110,8 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--output_dir", type=str, default="outputs/iclevr-ddpm", help="Where checkpoints and the pipeline are written.")
     run.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
     run.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
-    run.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' or a checkpoint folder to resume from.")
-    run.add_argument("--logger", type=str, default="tensorboard", choices=["tensorboard", "wandb"], help="Experiment tracker.")
+    run.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' (starts fresh when there is none, so a rerun command resumes) or a checkpoint folder to resume from.")
+    run.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no tracker).")
+    run.add_argument("--tracker_project_name", type=str, default="train_conditional_ddpm", help="Project name the tracker files the run under.")
     run.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
     run.add_argument("--validation_steps", type=int, default=None, help="Sample the validation conditions every N steps (and at the end).")
     run.add_argument("--validation_conditions_json", type=str, default=str(SYNTHETIC_TEST), help="Conditions sampled at validation (test.json format; default: the project's synthetic set).")
@@ -124,6 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline (no checkpoints) to the Hub at the end.")
     run.add_argument("--hub_model_id", type=str, default=None, help="Hub repository, e.g. user/iclevr-ddpm.")
     run.add_argument("--hub_token", type=str, default=None, help="Hub token (else the logged-in one); never logged or saved.")
+    run.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
 
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -165,8 +166,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--push_to_hub needs --hub_model_id (e.g. user/iclevr-ddpm).")
     if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest" and not Path(args.resume_from_checkpoint).is_dir():
         parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a checkpoint folder (or use 'latest').")
-    if args.resume_from_checkpoint == "latest" and latest_checkpoint(args.output_dir) is None:
-        parser.error(f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir} to resume from.")
     if args.validation_steps is not None and not Path(args.validation_conditions_json).is_file():
         parser.error(f"--validation_conditions_json {args.validation_conditions_json} does not exist.")
     if args.evaluator and not Path(args.evaluator).exists():
@@ -298,6 +297,12 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     return (per_sample * weights).mean()
 
 
+def sampling_pipeline(unet, noise_scheduler: DDPMScheduler) -> ICLEVRPipeline:
+    """The pipeline as it is validated and saved: DDIM over the training noise schedule, so the saved model's default
+    call (50 steps) samples as its figures were measured."""
+    return ICLEVRPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+
+
 # --- validation --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, evaluator=None) -> dict:
@@ -309,7 +314,7 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
     conditions = load_conditions(args.validation_conditions_json)
     per_seed = []
     with ema_weights(ema, unet):
-        pipeline = ICLEVRPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+        pipeline = sampling_pipeline(unet, noise_scheduler)
         pipeline.set_progress_bar_config(disable=True)
         start = time.time()
         for seed in range(args.seed, args.seed + args.validation_num_seeds):
@@ -344,7 +349,8 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
 
 # --- saving ------------------------------------------------------------------------------------------------------
 def save_pipeline(unet, ema, noise_scheduler, output_dir: Path) -> Path:
-    """Save the final pipeline (EMA weights if used) with a copy of pipeline_iclevr.py, so it loads as remote code.
+    """Save the final pipeline (EMA weights if used) with the sampler it was validated with, and a copy of
+    pipeline_iclevr.py, so it loads as remote code.
 
     The pipeline is written into ``pipeline.partial`` and moved in with ``model_index.json`` last (`iclevr.io.move_into`):
     a save interrupted at any point leaves either the previous pipeline or a folder that `from_pretrained` refuses,
@@ -356,8 +362,7 @@ def save_pipeline(unet, ema, noise_scheduler, output_dir: Path) -> Path:
             raise FloatingPointError(f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
                                      "the checkpoints in the output folder are untouched.")
         partial = partial_folder(output_dir / "pipeline")
-        ICLEVRPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(partial, safe_serialization=True)
-    shutil.copy(pipeline_iclevr.__file__, partial / "pipeline_iclevr.py")
+        sampling_pipeline(unet, noise_scheduler).save_pretrained(partial, safe_serialization=True)
     move_into(partial, output_dir, last="model_index.json")
     return output_dir
 
@@ -370,6 +375,37 @@ CARD_FIGURES = {
     "parameters_millions": ("parameters (millions)", "{:.2f}"), "resolution": ("resolution", "{}"),
     "mixed_precision": ("mixed precision", "{}"), "processes": ("processes", "{}"),
 }
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A class-conditional denoising diffusion model for i-CLEVR scenes (1-3 objects, 24 labels = 8 colours x 3 shapes),
+trained with the `train_conditional_ddpm.py` script of iclevr-diffusion. Each image is conditioned on a multi-hot
+label vector embedded by the UNet's projection class embedding; guidance is classifier-free.
+
+## Usage
+
+```python
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{{ repo }}", trust_remote_code=True)  # or pipeline_iclevr.ICLEVRPipeline
+images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps={{ steps }}, guidance_scale={{ guidance }}).images
+```
+
+The pipeline ships with the sampler its accuracy was measured with ({{ sampler }}, {{ steps }} steps).
+
+{{ accuracy }}
+## Samples
+
+{{ samples }}
+## Training
+
+| figure | value |
+| --- | --- |
+{{ figures }}
+"""
 
 
 def card_rows(summary: dict) -> list[str]:
@@ -383,59 +419,45 @@ def card_rows(summary: dict) -> list[str]:
 
 
 def write_model_card(args, summary: dict) -> None:
-    """README.md with Hub metadata, how to load the pipeline both ways, the sample grid and the training figures."""
-    repo = args.hub_model_id or Path(args.output_dir).name
-    figures = "\n".join(card_rows(summary))
+    """README.md built with huggingface_hub's `ModelCard`: Hub metadata (library, tags, ``inference: false``, the
+    dataset, ``model-index`` with the last validation's accuracy), how to load the pipeline, samples and figures."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    validation = summary.get("validation", {})
+    sampler = f"DDIM, guidance {args.validation_guidance_scale:g}"
+    eval_results = None
+    if "accuracy" in validation:
+        conditions = Path(validation["conditions_json"]).name
+        eval_results = [EvalResult(
+            task_type="unconditional-image-generation", dataset_type="i-clevr", dataset_name=f"i-CLEVR {conditions}",
+            metric_type="accuracy", metric_value=round(validation["accuracy"], 4),
+            metric_name=f"course accuracy ({sampler}, {args.validation_inference_steps} steps, "
+                        f"{args.validation_num_seeds} seed(s))")]
+    title = args.hub_model_id or "i-CLEVR class-conditional DDPM"
+    data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="unconditional-image-generation",
+                         tags=["diffusers", "class-conditional", "ddpm", "i-clevr"], datasets=["i-clevr"],
+                         model_name=title, eval_results=eval_results, inference=False)
+    accuracy = ""
+    if eval_results:
+        spread = f" ± {validation['accuracy_std']:.3f}" if "accuracy_std" in validation else ""
+        accuracy = (f"## Accuracy\n\n{validation['accuracy']:.3f}{spread} on `{conditions}` (the course metric, "
+                    f"{args.validation_num_seeds} sampling seed(s)), {sampler}, {args.validation_inference_steps} steps.\n\n")
     samples = "![samples](samples.png)\n" if (Path(args.output_dir) / "samples.png").is_file() else ""
-    card = f"""---
-library_name: diffusers
-license: apache-2.0
-tags:
-- diffusers
-- class-conditional
-- ddpm
-- i-clevr
-pipeline_tag: unconditional-image-generation
----
+    card = ModelCard.from_template(data, template_str=CARD_TEMPLATE, title=title, repo=args.hub_model_id or args.output_dir,
+                                   steps=args.validation_inference_steps, guidance=args.validation_guidance_scale,
+                                   sampler="DDIM", accuracy=accuracy, samples=samples, figures="\n".join(card_rows(summary)))
+    card.save(Path(args.output_dir) / "README.md")
 
-# {repo}
 
-A class-conditional denoising diffusion model for i-CLEVR scenes (1-3 objects, 24 labels = 8 colours x 3 shapes),
-trained with [iclevr-diffusion](https://github.com/) `train_conditional_ddpm.py`. Each image is conditioned on a
-multi-hot label vector, embedded by the UNet's projection class embedding; guidance is classifier-free.
-
-## Usage
-
-```python
-from pipeline_iclevr import ICLEVRPipeline   # the file shipped in this repository
-pipe = ICLEVRPipeline.from_pretrained("{repo}")
-images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=50, guidance_scale={args.validation_guidance_scale}).images
-```
-
-or without the file, as remote code:
-
-```python
-from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained("{repo}", custom_pipeline="pipeline_iclevr", trust_remote_code=True)
-```
-
-## Samples
-
-{samples}
-## Training
-
-| figure | value |
-| --- | --- |
-{figures}
-"""
-    (Path(args.output_dir) / "README.md").write_text(card)
+HUB_IGNORE = ["checkpoint-*", "logs/*", "validation/*", "*.partial/*"]  # the pipeline and its card, nothing of the run
 
 
 def push_to_hub(args) -> str:
     """Create the Hub repository and upload the saved pipeline folder (checkpoints and logs excluded)."""
-    from huggingface_hub import create_repo, upload_folder
+    from huggingface_hub import HfApi
 
-    repo_id = create_repo(args.hub_model_id, exist_ok=True, token=args.hub_token).repo_id
-    upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload ICLEVRPipeline",
-                  ignore_patterns=["checkpoint-*", "logs/*", "validation/*", "*.partial/*"], token=args.hub_token)
+    api = HfApi(token=args.hub_token)
+    repo_id = api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo).repo_id
+    api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload ICLEVRPipeline",
+                      ignore_patterns=list(HUB_IGNORE))  # upload_folder extends the list it is given
     return repo_id

@@ -115,7 +115,7 @@ def test_bad_data(folder, tmp_path, make, message):
 
 # --- flags: fail before any work, nothing written -----------------------------------------------------------------
 FLAG_CASES = [
-    (ddpm.parse_args, ["--resume_from_checkpoint", "latest"], "no checkpoint-* folder"),
+    (ddpm.parse_args, ["--report_to", "mlflow"], "invalid choice"),
     (ddpm.parse_args, ["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
     (ddpm.parse_args, ["--resolution", "17"], "must be divisible by 2"),
     (ddpm.parse_args, ["--mixed_precision", "fp8"], "invalid choice"),

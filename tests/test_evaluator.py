@@ -221,7 +221,7 @@ def test_train_evaluator_smoke(rendered_dir, tmp_path):
     out = tmp_path / "ev"
     command = [sys.executable, str(ROOT / "train_evaluator.py"), "--train_data_dir", str(rendered_dir),
                "--output_dir", str(out), "--num_epochs", "1", "--train_batch_size", "8", "--heldout_fraction", "0.3",
-               "--lr_warmup_steps", "1", "--logger", "none", "--cache_dir", str(tmp_path / "cache"), "--flip_average"]
+               "--lr_warmup_steps", "1", "--report_to", "none", "--cache_dir", str(tmp_path / "cache"), "--flip_average"]
     subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=300)
     metrics = json.loads((out / "evaluator_metrics.json").read_text())
     assert set(metrics["heldout"]) == {"64", "32to64"} and set(metrics["sanity"]) == {"rendered", "floor", "noise"}
@@ -244,7 +244,7 @@ def test_two_process_evaluator_training_gathers_heldout_figures_and_ends_its_sch
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_evaluator.py"),
                "--train_data_dir", str(rendered_dir), "--output_dir", str(out), "--num_epochs", "2", "--train_batch_size", "2",
-               "--heldout_fraction", "0.4", "--lr_warmup_steps", "1", "--logger", "none", "--cache_dir", str(tmp_path / "cache")]
+               "--heldout_fraction", "0.4", "--lr_warmup_steps", "1", "--report_to", "none", "--cache_dir", str(tmp_path / "cache")]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "evaluator_metrics.json").read_text())

@@ -186,17 +186,57 @@ def test_label_tokens_route():
 
 
 def test_save_load_and_remote_code(pipe, tmp_path):
-    import shutil
+    """A saved folder carries pipeline_iclevr.py and names it in model_index.json: it loads through this class with no
+    extra arguments, and through DiffusionPipeline as remote code, with or without custom_pipeline."""
+    import json
     from pathlib import Path
 
     pipe.save_pretrained(tmp_path)
-    shutil.copy(Path(__file__).resolve().parents[1] / "pipeline_iclevr.py", tmp_path / "pipeline_iclevr.py")
+    source = Path(__file__).resolve().parents[1] / "pipeline_iclevr.py"
+    assert (tmp_path / "pipeline_iclevr.py").read_text() == source.read_text()
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == ["pipeline_iclevr", "ICLEVRPipeline"]
     reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
+    assert type(reloaded) is ICLEVRPipeline
     assert reloaded.config.label2id == pipe.config.label2id and reloaded.config.label2id["yellow cylinder"] == 23
     reloaded.set_progress_bar_config(disable=True)
     assert torch.equal(_run(pipe, guidance_scale=2.0), _run(reloaded, guidance_scale=2.0))
-    remote = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline="pipeline_iclevr", trust_remote_code=True)
-    assert type(remote).__name__ == "ICLEVRPipeline" and type(remote).__module__ != "pipeline_iclevr"
-    remote.set_progress_bar_config(disable=True)
-    assert torch.equal(_run(pipe, guidance_scale=2.0), _run(remote, guidance_scale=2.0))
+    for kwargs in ({}, {"custom_pipeline": "pipeline_iclevr"}):
+        remote = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True, **kwargs)
+        assert type(remote).__name__ == "ICLEVRPipeline" and type(remote).__module__ != "pipeline_iclevr"
+        remote.set_progress_bar_config(disable=True)
+        assert torch.equal(_run(pipe, guidance_scale=2.0), _run(remote, guidance_scale=2.0))
+        remote.save_pretrained(tmp_path / "again")  # a remote-code pipeline saves itself the same way
+        assert (tmp_path / "again" / "pipeline_iclevr.py").read_text() == source.read_text()
     assert "pipeline_iclevr" in sys.modules
+
+
+def test_a_step_end_callback_can_change_guidance_and_read_the_state(pipe):
+    """As in every diffusers pipeline: the loop reads ``pipe._guidance_scale``, so a callback can switch guidance on
+    or off mid-sampling, and ``num_timesteps`` / ``do_classifier_free_guidance`` report the state."""
+    seen = []
+
+    def raise_guidance(p, step, t, kwargs):
+        seen.append((p.guidance_scale, p.do_classifier_free_guidance, p.num_timesteps))
+        p._guidance_scale += 1.0
+        return kwargs
+
+    _run(pipe, num_inference_steps=3, guidance_scale=0.0, callback_on_step_end=raise_guidance)
+    assert seen == [(0.0, False, 3), (1.0, False, 3), (2.0, True, 3)] and pipe.guidance_scale == 3.0
+    # the guidance a callback sets is the guidance the next steps use: turning it off after step 0 equals w = 1 there
+    forwards = []
+    real = pipe.unet.forward
+    pipe.unet.forward = lambda sample, *a, **k: forwards.append(sample.shape[0]) or real(sample, *a, **k)
+    _run(pipe, num_inference_steps=3, guidance_scale=2.0, callback_on_step_end=lambda p, i, t, kw: setattr(p, "_guidance_scale", 1.0) or kw)
+    pipe.unet.forward = real
+    assert forwards == [2, 1, 1]  # one image: a batched CFG pair, then the conditional pass alone
+
+
+def test_a_step_end_callback_sees_and_replaces_the_latents(pipe):
+    def zero_at_the_end(p, step, t, kwargs):
+        assert set(kwargs) == {"latents"}
+        return {"latents": torch.zeros_like(kwargs["latents"])} if step == p.num_timesteps - 1 else kwargs
+
+    images = _run(pipe, num_inference_steps=2, output_type="latent", callback_on_step_end=zero_at_the_end)
+    assert not images.any()
+
+

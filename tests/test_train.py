@@ -79,12 +79,38 @@ def test_launch_produces_a_pipeline(trained):
     assert images.shape == (2, 16, 16, 3)
 
 
+def test_the_saved_pipeline_samples_as_it_was_measured(trained):
+    """The saved sampler is the validation's (DDIM), so the default call with the card's steps, guidance and seed
+    reproduces the last validation's accuracy exactly."""
+    from diffusers import DDIMScheduler
+
+    from iclevr.data import load_conditions
+    from iclevr.evaluator import Evaluator
+
+    pipe = ICLEVRPipeline.from_pretrained(trained)
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    last = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()][-1]
+    conditions = load_conditions(SYNTHETIC_TEST)
+    images = pipe(conditions, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="pt").images
+    accuracy = Evaluator.from_pretrained(trained.parent / "evaluator").score(images, conditions)["accuracy"]
+    assert accuracy == last["accuracy_per_seed"][0]
+
+
 def test_model_card(trained):
-    card = (trained / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: diffusers")
-    assert "ICLEVRPipeline.from_pretrained" in card and 'custom_pipeline="pipeline_iclevr", trust_remote_code=True' in card
-    assert "![samples](samples.png)" in card and "| steps | 6 |" in card and "| images/s |" in card
-    assert "| validation accuracy |" in card and "| seconds per step |" in card
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(trained / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.inference is False and card.data.datasets == ["i-clevr"]
+    last = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()][-1]
+    (result,) = card.data.eval_results
+    assert result.metric_type == "accuracy" and result.metric_value == round(last["accuracy"], 4)
+    assert "synthetic_test.json" in result.dataset_name and "DDIM" in result.metric_name
+    text = card.text
+    assert "# i-CLEVR class-conditional DDPM" in text and "https://github.com/" not in text
+    assert 'DiffusionPipeline.from_pretrained("' in text and "trust_remote_code=True" in text
+    assert "![samples](samples.png)" in text and "| steps | 6 |" in text and "| images/s |" in text
+    assert "| validation accuracy |" in text and "| seconds per step |" in text
 
 
 def test_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
@@ -290,24 +316,35 @@ def test_torch_compile_run_saves_portable_checkpoints(rendered_dir, tmp_path):
     assert "Resuming from" in resumed.stdout + resumed.stderr and "| steps | 3 |" in (out / "README.md").read_text()
 
 
-def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch):
-    import huggingface_hub
+def test_push_to_hub_uploads_the_pipeline_only_and_keeps_the_token_out(trained, tmp_path, monkeypatch):
+    """Against a stand-in Hub: huggingface_hub's own upload_folder picks the files (the same ignore patterns as a real
+    push); the stand-in records the repository it was asked to create and the files of the commit."""
+    from huggingface_hub import HfApi, hf_api
 
     calls = {}
 
     class Repo:
         repo_id = "user/iclevr-ddpm"
 
-    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, exist_ok, token: calls.setdefault("create", (repo_id, token)) and Repo())
-    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kwargs: calls.setdefault("upload", kwargs))
-    args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path), "--push_to_hub", "--hub_model_id", "user/iclevr-ddpm",
-                            "--hub_token", "hf_SECRET123"])
-    ddpm.save_pipeline(ddpm.build_model(args), None, ddpm.build_noise_scheduler(args), tmp_path)
-    ddpm.write_model_card(args, {"steps": 0})
+    def create_repo(self, repo_id, exist_ok, private):
+        calls["create"] = (repo_id, private, self.token)
+        return Repo()
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "_prepare_folder_deletions", lambda self, **kwargs: [])
+    monkeypatch.setattr(HfApi, "_validate_yaml", lambda self, content, **kwargs: None)
+    monkeypatch.setattr(hf_api, "is_xet_available", lambda: False)
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, **kwargs: calls.setdefault("commit", kwargs))
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    args = ddpm.parse_args([*TINY, "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "user/iclevr-ddpm",
+                            "--hub_token", "hf_SECRET123", "--hub_private_repo"])
     assert ddpm.push_to_hub(args) == "user/iclevr-ddpm"
-    assert calls["create"] == ("user/iclevr-ddpm", "hf_SECRET123")
-    assert calls["upload"]["folder_path"] == str(tmp_path) and "checkpoint-*" in calls["upload"]["ignore_patterns"]
-    for path in tmp_path.rglob("*"):
+    assert calls["create"] == ("user/iclevr-ddpm", True, "hf_SECRET123")
+    uploaded = sorted(op.path_in_repo for op in calls["commit"]["operations"])
+    assert uploaded == ["README.md", "model_index.json", "pipeline_iclevr.py", "samples.png", "scheduler/scheduler_config.json",
+                        "train_summary.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+    for path in out.rglob("*"):
         if path.is_file():
             assert b"hf_SECRET123" not in path.read_bytes(), path
 
@@ -317,7 +354,6 @@ def test_push_to_hub_uses_the_api_and_keeps_the_token_out(tmp_path, monkeypatch)
     [
         (["--resolution", "17"], "must be divisible by 2"),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
-        (["--resume_from_checkpoint", "latest"], "no checkpoint-* folder"),
         (["--resume_from_checkpoint", "/nonexistent"], "is not a checkpoint folder"),
         (["--attention_levels", "1,1,1"], "one 0/1 per level"),
         (["--block_out_channels", "6,10"], "GroupNorm"),
@@ -357,7 +393,8 @@ def test_foreground_weights_favour_objects(rendered_dir, tmp_path):
 
 def test_time_budget_and_warmup_longer_than_the_schedule_are_reported(rendered_dir, tmp_path):
     result = _launch(rendered_dir, tmp_path / "out", "--max_train_steps", "50", "--max_train_minutes", "0.0001",
-                     "--lr_warmup_steps", "60")
+                     "--lr_warmup_steps", "60", "--resume_from_checkpoint", "latest")
+    assert "No checkpoint in" in result.stdout and "starting a new run" in result.stdout  # latest with none: a fresh run
     assert "--max_train_minutes 0.0001 spent at step 1 of 50" in result.stderr and "schedule stops at" in result.stderr
     assert "--lr_warmup_steps 60 is not shorter than the 50-step schedule" in result.stderr
     summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
