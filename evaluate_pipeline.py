@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from PIL import Image, ImageDraw
 from iclevr.data import COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.metrics import mean_std, total_misses
-from iclevr.utils import image_grid
+from iclevr.utils import display_scale, image_grid
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline
 
 SCHEDULERS = {
@@ -105,7 +106,8 @@ def evaluate_set(pipe, evaluator, name, conditions, args, out: Path) -> dict:
             folder.mkdir(parents=True, exist_ok=True)
             for i, image in enumerate((images * 255).round().astype(np.uint8)):
                 Image.fromarray(image).save(folder / f"{i}.png")
-            image_grid(images, columns=8).save(out / f"grid_{name}.png")
+            image_grid(images, columns=8, captions=["\n".join(c) for c in conditions],
+                       scale=display_scale(images.shape[2])).save(out / f"grid_{name}.png")
     by_objects = {
         n: mean_std([r["by_num_objects"][n]["accuracy"] for r, _ in runs]) for n in runs[0][0]["by_num_objects"]
     }
@@ -132,10 +134,12 @@ def denoising_figure(pipe, labels, args, snapshots: int = 8) -> Image.Image:
         return tensors
 
     pipe([labels], generator=torch.Generator().manual_seed(args.seed), callback_on_step_end=capture, **sampling_kwargs(args))
-    grid = image_grid(np.stack(frames), columns=len(frames))
-    canvas = Image.new("RGB", (grid.width, grid.height + 14), "white")
-    canvas.paste(grid, (0, 14))
-    ImageDraw.Draw(canvas).text((2, 1), f"{', '.join(labels)}: noise -> image ({steps} steps)", fill="black")
+    captions = [f"step {step + 1}/{steps}" for step in sorted(keep)]
+    grid = image_grid(np.stack(frames), columns=len(frames), captions=captions, scale=display_scale(frames[0].shape[0]))
+    title = textwrap.wrap(f"{', '.join(labels)}: noise -> image ({steps} steps)", width=max(10, grid.width // 6))
+    canvas = Image.new("RGB", (grid.width, grid.height + 12 * len(title) + 2), "white")
+    canvas.paste(grid, (0, 12 * len(title) + 2))
+    ImageDraw.Draw(canvas).multiline_text((2, 1), "\n".join(title), fill="black", spacing=1)
     return canvas
 
 
@@ -211,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.pipeline, args.scheduler, args.device)
     evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
-    results = {Path(path).stem: evaluate_set(pipe, evaluator, Path(path).stem, load_conditions(path), args, out)
+    results = {Path(path).stem: {"conditions_json": str(path)} | evaluate_set(pipe, evaluator, Path(path).stem,
+                                                                              load_conditions(path), args, out)
                for path in args.conditions_json}
     denoising_figure(pipe, DENOISING_EXAMPLE, args).save(out / "denoising.png")
     sweep_rows = []

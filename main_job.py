@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
                "mixed_precision": args.mixed_precision,
                "train_minutes_budget": round(minutes, 2), "calibrated_seconds_per_step": round(seconds_per_step, 4),
                "max_train_steps": steps,
-               "accuracy": {name: result["accuracy"] for name, result in metrics["sets"].items()}}
+               "accuracy": {name: result["accuracy"] for name, result in metrics["sets"].items()},
+               "conditions_json": {name: result["conditions_json"] for name, result in metrics["sets"].items()}}
     (out / "main_job.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDone in {summary['wall_seconds'] / 60:.1f} min: {json.dumps(summary['accuracy'])}\nReport: {out / 'report' / 'report.md'}")
     return summary

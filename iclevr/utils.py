@@ -15,11 +15,19 @@ from diffusers.utils.torch_utils import is_compiled_module
 from PIL import Image, ImageDraw
 
 
-def image_grid(images: Sequence[Image.Image] | np.ndarray | torch.Tensor, columns: int = 8, captions: Sequence[str] | None = None) -> Image.Image:
+def display_scale(size: int, target: int = 96) -> int:
+    """The whole-number enlargement that shows a ``size``-pixel image at least ``target`` pixels wide."""
+    return max(1, -(-target // size))
+
+
+def image_grid(images: Sequence[Image.Image] | np.ndarray | torch.Tensor, columns: int = 8, captions: Sequence[str] | None = None,
+               scale: int = 1) -> Image.Image:
     """Tile images row-major into one picture, ``columns`` per row (8, like the course's reports).
 
     Accepts PIL images, a float array ``(B, H, W, 3)`` in [0, 1] (diffusers ``"np"``) or a uint8 tensor/array
-    ``(B, H, W, 3)``; ``captions`` are written under each image.
+    ``(B, H, W, 3)``; ``captions`` (one per image, lines split by newlines) are written under each image. ``scale``
+    enlarges each image that many times with nearest-neighbour sampling, so small generations can be read without
+    smoothing away what the model drew.
     """
     if isinstance(images, torch.Tensor):
         images = images.cpu().numpy()
@@ -28,6 +36,8 @@ def image_grid(images: Sequence[Image.Image] | np.ndarray | torch.Tensor, column
         images = [Image.fromarray(a) for a in array]
     if not images:
         raise ValueError("No images to put in a grid.")
+    if scale > 1:
+        images = [image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST) for image in images]
     width, height = images[0].size
     caption_height = 12 * max((len(c.split("\n")) for c in captions), default=0) if captions else 0
     rows = (len(images) + columns - 1) // columns

@@ -1,5 +1,7 @@
 import json
+import textwrap
 
+import numpy as np
 import pytest
 from diffusers import DDIMScheduler
 from PIL import Image
@@ -32,10 +34,16 @@ def test_report_end_to_end(saved, tmp_path):
     # every label missed over the two seeds (18 labels each) has a kind
     assert sum(result["misses"].values()) == round(sum(18 * (1 - a) for a in result["accuracy"]["values"]))
     assert sorted(p.name for p in (out / "images" / "mini").iterdir()) == sorted(f"{i}.png" for i in range(9))
-    with Image.open(out / "grid_mini.png") as grid:
-        assert grid.size == (8 * 16, 2 * 16)  # 8 per row, like the course's reports
+    with Image.open(out / "grid_mini.png") as grid:  # 8 per row, like the course's reports; 16 px shown 6x, unsmoothed
+        assert grid.size == (8 * 96, 2 * (96 + 3 * 12))  # each condition (up to 3 labels) written under its image
+        cell = np.asarray(grid.crop((0, 0, 96, 96)))
+        assert (cell[::6, ::6].repeat(6, 0).repeat(6, 1) == cell).all()
+    with Image.open(out / "images" / "mini" / "0.png") as image:
+        assert image.size == (16, 16)  # the saved images keep their true size
     with Image.open(out / "denoising.png") as figure:
-        assert figure.width == 2 * 16  # one snapshot per step when there are fewer steps than 8 snapshots
+        assert figure.width == 2 * 96  # one snapshot per step when there are fewer steps than 8 snapshots
+        title = "red sphere, cyan cylinder, cyan cube: noise -> image (2 steps)"
+        assert figure.height == 96 + 12 + 12 * len(textwrap.wrap(title, width=32)) + 2  # the title wrapped, not cut
     assert len(metrics["sweep"]) == 2 * 2 * 2 and (out / "sweep.png").is_file()
     report = (out / "report.md").read_text()
     assert "| mini |" in report and "![denoising](denoising.png)" in report and "## Sweep" in report
