@@ -34,6 +34,7 @@ from iclevr.evaluator import (
     Evaluator,
     augment,
     build_evaluator,
+    evaluator_image_processor,
     heldout_figures,
     sanity_report,
 )
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
         partial = partial_folder(output_dir)  # model.safetensors moves in last: a cached evaluator is always whole
         model.save_pretrained(partial, safe_serialization=True)
+        evaluator_image_processor().save_pretrained(partial)
         (partial / "evaluator_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         move_into(partial, output_dir, last="model.safetensors")
         print(json.dumps({k: result[k] for k in ("heldout_images", "train_minutes")} | {

@@ -55,6 +55,17 @@ def evaluator_config():
     )
 
 
+def evaluator_image_processor():
+    """The preprocessing as a transformers image processor (64x64 bilinear, mean 0.5 / std 0.5), saved beside the
+    evaluator so that ``transformers.pipeline("image-classification", model=DIR)`` scores images as it does."""
+    try:
+        from transformers import ViTImageProcessorPil as Processor  # transformers >= 5 without torchvision
+    except ImportError:
+        from transformers import ViTImageProcessor as Processor
+    return Processor(size={"height": EVALUATOR_RESOLUTION, "width": EVALUATOR_RESOLUTION}, image_mean=[0.5] * 3,
+                     image_std=[0.5] * 3, resample=Image.Resampling.BILINEAR)
+
+
 def build_evaluator():
     """A freshly initialised evaluator model."""
     from transformers import ResNetForImageClassification

@@ -18,6 +18,7 @@ from iclevr.evaluator import (
     reference_images,
     to_evaluator_input,
 )
+from pipeline_iclevr import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,6 +230,13 @@ def test_train_evaluator_smoke(rendered_dir, tmp_path):
     assert metrics["train_images"] + metrics["heldout_images"] == 24
     evaluator = Evaluator.from_pretrained(out)
     assert evaluator.flip_average and evaluator.predict(torch.rand(1, 3, 64, 64)).shape == (1, 24)
+    # the saved image processor lets transformers' own pipeline score an image as the evaluator does (one view)
+    from transformers import pipeline
+
+    image = Image.open(rendered_dir / "CLEVR_train_000000_2.png")
+    scores = {r["label"]: r["score"] for r in pipeline("image-classification", model=str(out))(image, top_k=len(LABELS))}
+    single = Evaluator(evaluator.model, flip_average=False).predict([image])[0]
+    assert scores == pytest.approx({name: single[i].item() for i, name in enumerate(LABELS)}, abs=1e-5)
 
 
 def test_two_process_evaluator_training_gathers_heldout_figures_and_ends_its_schedule(rendered_dir, tmp_path):
