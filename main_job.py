@@ -6,9 +6,11 @@
 1. **Evaluator**: ``--evaluator`` if given; else the one cached in ``<cache_dir>/evaluator-<recipe>`` from an earlier
    run; else renders its training set (64x64) and trains it once with ``accelerate launch train_evaluator.py``.
 2. **Diffusion model**: a 40-step calibration run of the trainer measures this machine's seconds per step (and
-   renders the embedded training set on first use); then ``accelerate launch --config_file accelerate_config.yaml
-   train_conditional_ddpm.py`` with the trainer's default recipe, its schedule sized to what fits ``--train_minutes``
-   here, the course accuracy logged during training. Mixed precision follows the hardware (``--mixed_precision auto``).
+   renders the embedded training set on first use); then ``accelerate launch train_conditional_ddpm.py`` (on a CPU
+   with the project's ``accelerate_config.yaml``, on CUDA one process per GPU) with the trainer's default recipe, its
+   schedule sized to what fits ``--train_minutes`` here (written to ``plan.json``), the course accuracy logged during
+   training. Mixed precision follows the hardware (``--mixed_precision auto``). The same command after a kill resumes:
+   the evaluator is cached, and training continues from its last checkpoint with the planned schedule.
 3. **Report**: ``evaluate_pipeline.py`` over the course's test.json (shipped in ``iclevr/conditions/``) and the
    project's synthetic set, ``--num_seeds`` seeds, next to rendered / floor / noise reference rows.
 
@@ -27,10 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from filelock import FileLock
 
 from iclevr.data import COURSE_TEST, cache_root
 from iclevr.ddpm import DEFAULT_LR_WARMUP_STEPS
+from iclevr.training import latest_checkpoint
 from iclevr.utils import auto_mixed_precision
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -41,10 +45,6 @@ WARMUP_SHARE = 0.04
 # Steps of the calibration run that measures this machine's training speed (the first is excluded as warm-up; 40
 # average out the step-to-step noise of a shared machine).
 CALIBRATION_STEPS = 40
-# The whole job's default budget, and its time outside diffusion training (75 - 57 minutes: render of the embedded set
-# on first use, calibration, validation and the report), which a longer --train_minutes adds to the budget.
-JOB_MINUTES = 75.0
-JOB_OVERHEAD_MINUTES = 18.0
 # The evaluator trained when none is given: the recipe that scores every accuracy figure of docs/experiments.md
 # (evaluator run 4: 90,000 rendered 64x64 images, 6 epochs).
 EVALUATOR_RECIPE = {"num_scenes": 30000, "seed": 1, "num_epochs": 6, "train_batch_size": 128}
@@ -55,35 +55,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=str, default="outputs/main", help="Where the pipeline and report go.")
     parser.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth (else cached/trained).")
     parser.add_argument("--cache_dir", type=str, default=None, help="Rendered data and the trained evaluator are cached here.")
-    parser.add_argument("--train_minutes", type=float, default=57.0, help="Wall-time budget of diffusion training (validation excluded).")
-    parser.add_argument("--max_train_steps", type=int, default=5000,
-                        help="Steps the learning-rate schedule spans when training gets all of --train_minutes (what a "
-                             "2-core Sapphire Rapids CPU trains in 57 minutes); scaled down with the budget, and to what a "
-                             "calibration run shows this machine trains in it.")
-    parser.add_argument("--job_minutes", type=float, default=None,
-                        help=f"Wall-time budget of the whole job (default: {JOB_MINUTES:g}, or --train_minutes + "
-                             f"{JOB_OVERHEAD_MINUTES:g} when that is more): when rendering and training the evaluator took "
-                             "longer, diffusion training gets what is left (minus --report_minutes), its step count scaled to match.")
-    parser.add_argument("--report_minutes", type=float, default=6.0, help="Time kept back for validation and the report.")
+    parser.add_argument("--train_minutes", type=float, default=57.0,
+                        help="Wall-time budget of diffusion training (validation excluded); a first run's evaluator adds to "
+                             "the job's time, not to this. The schedule is sized to what fits it on this machine.")
+    parser.add_argument("--max_train_steps", type=int, default=None,
+                        help="Cap on the schedule's steps (default: as many as a calibration run shows fit --train_minutes).")
     parser.add_argument("--validation_steps", type=int, default=500, help="Course accuracy logged every N training steps.")
     parser.add_argument("--num_seeds", type=int, default=3, help="Sampling seeds of the report (mean ± std).")
-    parser.add_argument("--accelerate_config", type=str, default=str(PROJECT_DIR / "accelerate_config.yaml"),
-                        help="accelerate config for both training stages (the default gives one CPU process all cores).")
+    parser.add_argument("--accelerate_config", type=str, default=None,
+                        help="accelerate config for both training stages (default: on a CPU the project's, one process with "
+                             "every core; with CUDA GPUs one process per GPU).")
     parser.add_argument("--mixed_precision", type=str, default="auto", choices=["auto", "no", "fp16", "bf16"],
                         help="Mixed precision of both training stages. auto: bf16 on a GPU that supports it (else fp16) and on "
                              "a CPU with native bf16 (AMX / AVX512-BF16), fp32 on other CPUs (where bf16 is emulated and "
                              "many times slower).")
     parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py, quoted as one string.")
     args = parser.parse_args(argv)
-    if args.job_minutes is None:  # a longer --train_minutes alone must not be capped by the hour's job budget
-        args.job_minutes = max(JOB_MINUTES, args.train_minutes + JOB_OVERHEAD_MINUTES)
-    if min(args.train_minutes, args.job_minutes, args.max_train_steps, args.num_seeds, args.validation_steps) <= 0:
-        parser.error("--train_minutes, --job_minutes, --max_train_steps, --validation_steps and --num_seeds must be positive.")
-    if args.report_minutes < 0:
-        parser.error("--report_minutes must be >= 0.")
+    if min(args.train_minutes, args.max_train_steps or 1, args.num_seeds, args.validation_steps) <= 0:
+        parser.error("--train_minutes, --max_train_steps, --validation_steps and --num_seeds must be positive.")
     if args.evaluator and not Path(args.evaluator).exists():
         parser.error(f"--evaluator {args.evaluator} does not exist.")
-    if not Path(args.accelerate_config).is_file():
+    if args.accelerate_config and not Path(args.accelerate_config).is_file():
         parser.error(f"--accelerate_config {args.accelerate_config} does not exist.")
     if args.mixed_precision == "auto":
         args.mixed_precision = auto_mixed_precision()
@@ -104,7 +96,19 @@ def run_stage(name: str, command: list[str], timings: dict) -> None:
 
 
 def launch(args, script: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config, str(PROJECT_DIR / script)]
+    """``accelerate launch`` of an entry point on the device at hand: ``--accelerate_config`` when given; else with CUDA
+    one process per GPU; else the project's CPU config (one process with every core: a bare launch on a CPU pins
+    one thread)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if args.accelerate_config:
+        command += ["--config_file", args.accelerate_config]
+    elif torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        command += ["--num_machines", "1", "--num_processes", str(gpus), *(["--multi_gpu"] if gpus > 1 else []),
+                    "--dynamo_backend", "no"]
+    else:
+        command += ["--config_file", str(PROJECT_DIR / "accelerate_config.yaml")]
+    return command + [str(PROJECT_DIR / script)]
 
 
 def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
@@ -146,18 +150,33 @@ def calibrate(args, cache: Path, out: Path, timings: dict) -> float:
     return seconds
 
 
-def training_budget(args, minutes_spent: float, seconds_per_step: float) -> tuple[float, int]:
-    """Minutes and schedule steps for diffusion training: ``--train_minutes``, or less when the earlier stages used
-    up part of ``--job_minutes``; the steps shrink in proportion, and to what this machine trains in that time
-    (``seconds_per_step``), so the learning rate still decays to its end instead of being cut off mid-schedule."""
-    minutes = min(args.train_minutes, args.job_minutes - minutes_spent - args.report_minutes)
-    if minutes < 1:
-        raise SystemExit(f"Only {minutes:.1f} minutes of the --job_minutes {args.job_minutes:g} budget are left for training "
-                         f"after {minutes_spent:.1f} minutes of data/evaluator stages; raise --job_minutes or give --evaluator (an "
-                         f"evaluator this job trained is cached now: the same command again trains for --train_minutes).")
-    steps = round(args.max_train_steps * minutes / args.train_minutes)
-    # No safety margin: a run slightly slower than calibrated is stopped by the clock where the cosine rate is ~0.
-    return minutes, max(1, min(steps, int(minutes * 60 / seconds_per_step)))
+def schedule_steps(args, seconds_per_step: float) -> int:
+    """The schedule's length: the steps this machine trains in ``--train_minutes`` (``seconds_per_step`` from the
+    calibration run), capped by ``--max_train_steps``, so a faster machine trains a longer schedule in the same minutes
+    and the learning rate decays to its end instead of being cut off by the clock."""
+    steps = max(1, int(args.train_minutes * 60 / seconds_per_step))
+    return min(steps, args.max_train_steps) if args.max_train_steps else steps
+
+
+def plan_training(args, cache: Path, out: Path, timings: dict) -> dict:
+    """The diffusion schedule. A job stopped during training (its plan and a checkpoint are in ``out``) resumes with
+    the schedule it planned, uncalibrated; otherwise a calibration run sizes it, and the plan is written first."""
+    path = out / "plan.json"
+    request = {key: getattr(args, key) for key in ("train_minutes", "max_train_steps", "train_args", "mixed_precision")}
+    if path.is_file() and latest_checkpoint(out / "pipeline") is not None:
+        plan = json.loads(path.read_text())
+        if plan["request"] != request:
+            raise SystemExit(f"{out} holds a stopped job planned with {plan['request']}, not {request}: rerun it with those "
+                             "settings to resume it, or give another --output_dir.")
+        print(f"Resuming the stopped job in {out}: {plan['max_train_steps']} steps, as planned.")
+        return plan
+    seconds = calibrate(args, cache, out, timings)
+    steps = schedule_steps(args, seconds)
+    plan = {"request": request, "calibrated_seconds_per_step": round(seconds, 4), "max_train_steps": steps,
+            "warmup_flags": warmup_flags(args, steps)}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plan, indent=2))
+    return plan
 
 
 def warmup_flags(args, steps: int) -> list[str]:
@@ -175,22 +194,21 @@ def main(argv: list[str] | None = None) -> dict:
     cache = cache_root(args.cache_dir)
     timings: dict[str, float] = {}
     evaluator = ensure_evaluator(args, cache, timings)
-    seconds_per_step = calibrate(args, cache, out, timings)
-    minutes, steps = training_budget(args, (time.time() - start) / 60, seconds_per_step)
+    plan = plan_training(args, cache, out, timings)
     pipeline = out / "pipeline"
     run_stage("train diffusion model", launch(args, "train_conditional_ddpm.py") + [
         "--output_dir", str(pipeline), "--cache_dir", str(cache), "--evaluator", str(evaluator),
-        "--validation_steps", str(args.validation_steps), "--max_train_steps", str(steps),
-        "--max_train_minutes", f"{minutes:.2f}", "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE,
-        "--validation_conditions_json", str(COURSE_TEST),
-        *shlex.split(args.train_args), *warmup_flags(args, steps)], timings)
+        "--validation_steps", str(args.validation_steps), "--max_train_steps", str(plan["max_train_steps"]),
+        "--max_train_minutes", f"{args.train_minutes:g}", "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE,
+        "--validation_conditions_json", str(COURSE_TEST), "--resume_from_checkpoint", "latest",
+        *shlex.split(args.train_args), *plan["warmup_flags"]], timings)
     run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
                          "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     summary = {"wall_seconds": round(time.time() - start, 1), "stage_seconds": timings, "evaluator": str(evaluator),
                "mixed_precision": args.mixed_precision,
-               "train_minutes_budget": round(minutes, 2), "calibrated_seconds_per_step": round(seconds_per_step, 4),
-               "max_train_steps": steps,
+               "train_minutes_budget": args.train_minutes, "calibrated_seconds_per_step": plan["calibrated_seconds_per_step"],
+               "max_train_steps": plan["max_train_steps"],
                "accuracy": {name: result["accuracy"] for name, result in metrics["sets"].items()},
                "conditions_json": {name: result["conditions_json"] for name, result in metrics["sets"].items()}}
     (out / "main_job.json").write_text(json.dumps(summary, indent=2))

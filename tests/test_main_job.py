@@ -1,4 +1,6 @@
 import json
+import shutil
+import sys
 import time
 
 import pytest
@@ -12,15 +14,19 @@ from iclevr.evaluator import build_evaluator
 from .conftest import run_side_by_side
 
 TINY_TRAIN = ("--resolution 16 --block_out_channels 8,16 --attention_head_dim 8 --train_batch_size 4 --lr_warmup_steps 1 "
-              "--validation_inference_steps 2 --embedded_num_scenes 4")
+              "--validation_inference_steps 2 --embedded_num_scenes 4 --checkpointing_steps 2")
+
+
+def JOB_FLAGS(tmp_path):  # noqa: N802
+    return ["--output_dir", str(tmp_path / "job"), "--cache_dir", str(tmp_path / "cache"), "--evaluator",
+            str(tmp_path / "evaluator"), "--max_train_steps", "3", "--validation_steps", "2", "--num_seeds", "1",
+            "--train_args", TINY_TRAIN]
 
 
 def test_main_job_end_to_end(tmp_path):
     """Nothing but an evaluator given: embedded data rendered, trained by accelerate launch, saved, reported."""
     build_evaluator().save_pretrained(tmp_path / "evaluator")
-    summary = main_job.main(["--output_dir", str(tmp_path / "job"), "--cache_dir", str(tmp_path / "cache"),
-                             "--evaluator", str(tmp_path / "evaluator"), "--max_train_steps", "3", "--validation_steps", "2",
-                             "--num_seeds", "1", "--train_args", TINY_TRAIN])
+    summary = main_job.main(JOB_FLAGS(tmp_path))
     job = tmp_path / "job"
     assert (job / "pipeline" / "model_index.json").is_file() and (job / "report" / "report.md").is_file()
     saved = json.loads((job / "main_job.json").read_text())
@@ -31,6 +37,31 @@ def test_main_job_end_to_end(tmp_path):
     assert set(saved["accuracy"]) == {"test", "synthetic_test"} and 0 <= saved["accuracy"]["test"]["mean"] <= 1
     records = [json.loads(line) for line in (job / "pipeline" / "validation" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 3] and {r["conditions_json"] for r in records} == {str(COURSE_TEST)}
+    assert saved["conditions_json"]["test"] == str(COURSE_TEST)
+
+
+def test_a_stopped_job_resumes_with_its_plan(tmp_path, capfd):
+    """The same command after a kill: no new calibration, training continues from the last checkpoint and ends with
+    the weights of the uninterrupted job."""
+    from safetensors.torch import load_file
+
+    build_evaluator().save_pretrained(tmp_path / "evaluator")
+    main_job.main(JOB_FLAGS(tmp_path))
+    pipeline = tmp_path / "job" / "pipeline"
+    weights = load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    shutil.rmtree(tmp_path / "job" / "report")
+    assert sorted(p.name for p in pipeline.glob("checkpoint-*")) == ["checkpoint-2"]
+    for leftover in ("model_index.json", "unet"):  # as if killed after checkpoint-2
+        shutil.rmtree(pipeline / leftover) if (pipeline / leftover).is_dir() else (pipeline / leftover).unlink()
+    capfd.readouterr()
+    summary = main_job.main(JOB_FLAGS(tmp_path))
+    output = capfd.readouterr()
+    assert "calibrate" not in summary["stage_seconds"] and "as planned" in output.out
+    assert "Resuming from" in output.out + output.err and "checkpoint-2" in output.out + output.err
+    resumed = load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    with pytest.raises(SystemExit, match="holds a stopped job planned with"):  # other settings: refused, nothing lost
+        main_job.main([*JOB_FLAGS(tmp_path)[:-2], "--train_args", TINY_TRAIN + " --learning_rate 1e-3"])
 
 
 def test_cached_evaluator_is_reused_without_training(tmp_path, monkeypatch):
@@ -56,27 +87,32 @@ def test_bad_flags(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_training_budget_shrinks_with_the_time_already_spent_and_a_slower_machine():
+def test_the_schedule_fills_the_training_minutes_on_the_machine_at_hand():
+    """A faster machine trains a longer schedule in the same minutes; the evaluator's time is not taken from them."""
     args = main_job.parse_args([])
-    assert main_job.training_budget(args, 1.5, 0.671) == (57.0, 5000)  # cached evaluator, Sapphire Rapids speed
-    minutes, steps = main_job.training_budget(args, 16.0, 0.671)  # evaluator trained first: 75 - 16 - 6 = 53 minutes
-    assert minutes == 53.0 and steps == round(5000 * 53 / 57)
-    # an AVX2-only CPU in fp32 (1.8 s/step): the schedule is sized to the 57 minutes, not cut off by them
-    assert main_job.training_budget(args, 1.5, 1.8) == (57.0, int(57 * 60 / 1.8))
-    with pytest.raises(SystemExit, match="raise --job_minutes or give --evaluator"):
-        main_job.training_budget(args, 70.0, 0.671)
+    assert main_job.schedule_steps(args, 0.671) == int(57 * 60 / 0.671)  # Sapphire Rapids: about 5,000
+    assert main_job.schedule_steps(args, 0.388) == int(57 * 60 / 0.388)  # an EPYC with AVX512-BF16: about 8,800
+    assert main_job.schedule_steps(args, 1.8) == int(57 * 60 / 1.8)  # AVX2 only, fp32
+    assert main_job.schedule_steps(main_job.parse_args(["--train_minutes", "115"]), 0.671) == int(115 * 60 / 0.671)
+    assert main_job.schedule_steps(main_job.parse_args(["--max_train_steps", "3000"]), 0.388) == 3000  # a cap
 
 
-def test_a_longer_training_budget_is_not_capped_by_the_default_job_budget():
-    """The README's longer run (--max_train_steps 10000 --train_minutes 115) gets its whole schedule; an explicit
-    --job_minutes still caps it."""
-    args = main_job.parse_args(["--max_train_steps", "10000", "--train_minutes", "115"])
-    assert args.job_minutes == 115 + main_job.JOB_OVERHEAD_MINUTES
-    assert main_job.training_budget(args, 1.5, 0.671) == (115.0, 10000)
-    args = main_job.parse_args(["--max_train_steps", "10000", "--train_minutes", "115", "--job_minutes", "75"])
-    assert main_job.training_budget(args, 1.5, 0.671) == (67.5, round(10000 * 67.5 / 115))
-    # a shorter budget keeps the default job budget, so a first run still has time to train the evaluator and then this
-    assert main_job.parse_args(["--train_minutes", "20"]).job_minutes == main_job.parse_args([]).job_minutes == 75
+@pytest.mark.parametrize("cuda, gpus, expected", [
+    (False, 0, ["--config_file", str(main_job.PROJECT_DIR / "accelerate_config.yaml")]),
+    (True, 1, ["--num_machines", "1", "--num_processes", "1", "--dynamo_backend", "no"]),
+    (True, 4, ["--num_machines", "1", "--num_processes", "4", "--multi_gpu", "--dynamo_backend", "no"]),
+])
+def test_the_stages_launch_on_the_device_at_hand(monkeypatch, cuda, gpus, expected):
+    """On a CPU the project's config (one process, every core); with CUDA, one process per GPU (the CPU config's
+    use_cpu would keep a GPU idle); a given --accelerate_config always wins."""
+    monkeypatch.setattr(main_job.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(main_job.torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(main_job, "auto_mixed_precision", lambda: "bf16")
+    command = main_job.launch(main_job.parse_args([]), "train_conditional_ddpm.py")
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert command[3:-1] == expected and command[-1] == str(main_job.PROJECT_DIR / "train_conditional_ddpm.py")
+    own = main_job.parse_args(["--accelerate_config", str(main_job.PROJECT_DIR / "accelerate_config.yaml")])
+    assert main_job.launch(own, "train_evaluator.py")[3:5] == ["--config_file", own.accelerate_config]
 
 
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
