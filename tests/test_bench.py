@@ -16,3 +16,17 @@ def test_throughput_counts_the_timed_images_over_the_timed_seconds(monkeypatch):
     rate = measure_throughput(lambda images, labels: calls.append(images.shape[0]), batches, warmup=2, steps=3)
     assert calls == [2, 2, 8, 8, 8]
     assert rate == pytest.approx(24 / 0.5)  # 24 timed images between the two clock readings
+
+
+def test_the_profile_puts_each_op_in_its_kind():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_profile", Path(__file__).resolve().parents[1] / "bench" / "bench_profile.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    expected = {"aten::mkldnn_convolution": "convolution", "aten::convolution_backward": "convolution",
+                "aten::native_group_norm_backward": "normalisation", "aten::_scaled_dot_product_flash_attention_for_cpu":
+                "attention", "aten::addmm": "matmul (linear)", "aten::copy_": "copies / layout",
+                "aten::silu_backward": "elementwise / activation / other", "aten::_foreach_mul_": "elementwise / activation / other"}
+    assert {name: bench.kind_of(name) for name in expected} == expected
