@@ -20,26 +20,19 @@ import itertools
 import json
 import statistics
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from PIL import Image, ImageDraw
 
 from iclevr.data import COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.metrics import mean_std, total_misses
+from iclevr.sampling import SCHEDULERS, generate, load_pipeline, score
 from iclevr.utils import display_scale, image_grid
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 
-SCHEDULERS = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-}
 DENOISING_EXAMPLE = ["red sphere", "cyan cylinder", "cyan cube"]
 
 
@@ -70,29 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_pipeline(path: str, scheduler: str, device: str) -> ICLEVRPipeline:
-    pipe = ICLEVRPipeline.from_pretrained(path).to(device)
-    pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def sampling_kwargs(args, **overrides) -> dict:
     """The pipeline call's sampling arguments from the flags."""
     return {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale} | overrides
-
-
-def generate(pipe, conditions, seed: int, batch_size: int, **sampling) -> tuple[np.ndarray, float]:
-    """Images ``(N, H, W, 3)`` in [0, 1] for the conditions, batched; and the seconds per image."""
-    outputs, start = [], time.perf_counter()
-    for offset in range(0, len(conditions), batch_size):
-        generator = torch.Generator().manual_seed(seed * 100_003 + offset)
-        outputs.append(pipe(conditions[offset : offset + batch_size], generator=generator, output_type="np", **sampling).images)
-    return np.concatenate(outputs), (time.perf_counter() - start) / len(conditions)
-
-
-def score(evaluator: Evaluator, images: np.ndarray, conditions) -> dict:
-    return evaluator.score(torch.from_numpy(images).permute(0, 3, 1, 2).float(), conditions)
 
 
 def evaluate_set(pipe, evaluator, name, conditions, args, out: Path) -> dict:

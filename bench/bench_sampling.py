@@ -11,25 +11,14 @@ resolution (32, 64) and batch (1, 32, 64) for the trainer's default model shape 
 import argparse
 import time
 
-import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from iclevr import ddpm
 from iclevr.data import COURSE_TEST, load_conditions
 from iclevr.evaluator import Evaluator
+from iclevr.sampling import generate, load_pipeline, score
 from iclevr.utils import cpu_has_native_bf16
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline, unet_condition_kwargs
-
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}
-
-
-def generate(pipe, conditions, steps: int, guidance_scale: float) -> tuple[np.ndarray, float]:
-    """Images for the conditions (seed 0, one batch) and the seconds per image."""
-    start = time.perf_counter()
-    images = pipe(conditions, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np",
-                  generator=torch.Generator().manual_seed(0)).images
-    return images, (time.perf_counter() - start) / len(conditions)
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, unet_condition_kwargs
 
 
 def main() -> None:
@@ -49,11 +38,9 @@ def main() -> None:
     print(f"{'sampler':<8} {'steps':>6} {'s/image':>8} {'accuracy':>9} {'exact-set':>10}")
     for row in args.rows.split(","):
         name, steps = row.split(":")
-        pipe = ICLEVRPipeline.from_pretrained(args.pipeline)
-        pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
-        images, seconds = generate(pipe, conditions, int(steps), args.guidance_scale)
-        result = evaluator.score(torch.from_numpy(images).permute(0, 3, 1, 2), conditions)
+        pipe = load_pipeline(args.pipeline, name, "cpu")
+        images, seconds = generate(pipe, conditions, 0, 64, num_inference_steps=int(steps), guidance_scale=args.guidance_scale)
+        result = score(evaluator, images, conditions)
         print(f"{name:<8} {steps:>6} {seconds:>8.3f} {result['accuracy']:>9.3f} {result['exact_set_accuracy']:>10.3f}", flush=True)
     if args.scaling:
         print(f"\n{'resolution':>10} {'batch':>6} {'ms/step (CFG pair)':>19} {'ms/image/step':>14}")

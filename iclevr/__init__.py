@@ -7,6 +7,7 @@
 - `iclevr.render`: the procedural renderer (the embedded default data).
 - `iclevr.training`: what every trainer shares (Accelerator set-up, checkpoints, the time budget).
 - `iclevr.ddpm`: the diffusion trainer's model, loss, data, validation and saving.
+- `iclevr.sampling`: a saved pipeline sampled as the report measures it (sampler, seeded batches, seconds).
 - `iclevr.io`, `iclevr.utils`: json, folders written in one piece, grids, EMA, hardware.
 
 `pipeline_iclevr.py` stays a single top-level file: it ships inside every saved model as remote code.

@@ -1,0 +1,42 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""Sampling a saved pipeline the way the report measures it: a named sampler, seeded batches, and the seconds per
+image. Shared by ``evaluate_pipeline.py`` and ``bench/bench_sampling.py``, so the bench times what the report scores."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+from pipeline_iclevr import ICLEVRPipeline
+
+SCHEDULERS = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+
+
+def load_pipeline(path: str, scheduler: str, device: str) -> ICLEVRPipeline:
+    """A saved pipeline on ``device`` with the sampler named ``scheduler`` (a key of `SCHEDULERS`), progress bar off."""
+    pipe = ICLEVRPipeline.from_pretrained(path).to(device)
+    pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, conditions, seed: int, batch_size: int, **sampling) -> tuple[np.ndarray, float]:
+    """Images ``(N, H, W, 3)`` in [0, 1] for the conditions, in seeded batches; and the seconds per image."""
+    outputs, start = [], time.perf_counter()
+    for offset in range(0, len(conditions), batch_size):
+        generator = torch.Generator().manual_seed(seed * 100_003 + offset)
+        outputs.append(pipe(conditions[offset : offset + batch_size], generator=generator, output_type="np", **sampling).images)
+    return np.concatenate(outputs), (time.perf_counter() - start) / len(conditions)
+
+
+def score(evaluator, images: np.ndarray, conditions) -> dict:
+    """`Evaluator.score` of ``"np"`` images ``(N, H, W, 3)`` in [0, 1]."""
+    return evaluator.score(torch.from_numpy(images).permute(0, 3, 1, 2).float(), conditions)
