@@ -204,7 +204,7 @@ def finish(run: Run) -> None:
                    "parameters_millions": sum(p.numel() for p in unet.parameters()) / 1e6, "resolution": args.resolution,
                    "mixed_precision": run.accelerator.mixed_precision, "processes": run.accelerator.num_processes,
                    "validation": {k: v for k, v in (run.record or {}).items() if k != "accuracy_per_seed"}}
-        ddpm.save_pipeline(unet, run.ema, run.noise_scheduler, output_dir)
+        ddpm.save_pipeline(unet, run.ema, run.noise_scheduler, args, output_dir)
         ddpm.write_model_card(args, summary)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info(f"Saved the pipeline to {output_dir}: {summary}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_snr
 from filelock import FileLock
 
@@ -36,9 +36,10 @@ from iclevr.data import (
 from iclevr.io import move_into, partial_folder
 from iclevr.metrics import mean_std, total_misses
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
+from iclevr.sampling import SCHEDULERS
 from iclevr.training import int_list
 from iclevr.utils import ema_weights, image_grid
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline, unet_condition_kwargs
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline, predict
 
 DEFAULT_LR_WARMUP_STEPS = 200  # the trainer's default warm-up, which main_job.py shortens with a shorter schedule
 
@@ -51,13 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_args(data, "i-CLEVR-layout folder (PNGs + train.json) or imagefolder with metadata.jsonl. Default: the embedded procedural set.")
     data.add_argument("--embedded_num_scenes", type=int, default=18003,
                       help="Scenes of the embedded default set (3 images each); more scenes beat repeated epochs in an hour.")
-    data.add_argument("--resolution", type=int, default=32, help="Training resolution (square); 32 fits a CPU hour.")
+    data.add_argument("--resolution", type=int, default=32, help="Training resolution (square): the size of the images the pipeline draws.")
     data.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random (labels stay valid).")
     data.add_argument("--channels_last", action="store_true", help="Use the channels-last memory format (faster with bf16 on some CPUs; docs/experiments.md).")
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (data is in memory, so 0).")
 
     model = parser.add_argument_group("model")
     model.add_argument("--block_out_channels", type=int_list, default=[32, 64, 128], help="UNet channels per level, e.g. 32,64,128.")
+    model.add_argument("--patch_size", type=int, default=1,
+                       help="Space-to-depth factor: the UNet works at resolution / patch_size on 3 x patch_size² channels, "
+                            "so 2 draws 64x64 images at about the cost of 32x32 ones.")
     model.add_argument("--layers_per_block", type=int, default=1, help="ResNet layers per UNet level.")
     model.add_argument("--attention_levels", type=int_list, default=None, help="1/0 per level: self-attention there (default: the lowest level only).")
     model.add_argument("--attention_head_dim", type=int, default=32, help="Channels per attention head.")
@@ -74,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     diffusion = parser.add_argument_group("diffusion")
     diffusion.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps in training.")
     diffusion.add_argument("--ddpm_beta_schedule", type=str, default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2"], help="Noise schedule.")
+    diffusion.add_argument("--logsnr_shift", type=float, default=None,
+                           help="Added to the noise schedule's log-SNR at every timestep (simple diffusion). Default "
+                                "2 ln(32 / resolution): 0 at 32x32, where the recipe was tuned; more noise at higher "
+                                "resolution, whose neighbouring pixels reveal more of the image at the same noise level.")
     diffusion.add_argument("--prediction_type", type=str, default="sample", choices=["epsilon", "v_prediction", "sample"],
                            help="What the UNet predicts: the clean image x0 ('sample'), the noise ('epsilon') or v. x0 with "
                                 "an unweighted loss binds the condition fastest.")
@@ -115,7 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
     run.add_argument("--validation_steps", type=int, default=None, help="Sample the validation conditions every N steps (and at the end).")
     run.add_argument("--validation_conditions_json", type=str, default=str(SYNTHETIC_TEST), help="Conditions sampled at validation (test.json format; default: the project's synthetic set).")
-    run.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps at validation.")
+    run.add_argument("--validation_scheduler", type=str, default="ddim", choices=sorted(SCHEDULERS),
+                     help="Sampler of validation, also saved with the pipeline so its default call samples as measured.")
+    run.add_argument("--validation_inference_steps", type=int, default=50, help="Sampling steps at validation (and the saved pipeline's default).")
     run.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance at validation.")
     run.add_argument("--validation_num_seeds", type=int, default=1,
                      help="Sampling seeds per validation (--seed, --seed+1, ...): the accuracy logged is their mean, as in "
@@ -138,8 +148,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         args.attention_levels = [0] * (levels - 1) + [1]
     if len(args.attention_levels) != levels or set(args.attention_levels) - {0, 1}:
         parser.error(f"--attention_levels needs one 0/1 per level ({levels}), got {args.attention_levels}.")
-    if args.resolution % 2 ** (levels - 1):
-        parser.error(f"--resolution {args.resolution} must be divisible by {2 ** (levels - 1)} (the UNet downsamples {levels - 1} times).")
+    if args.patch_size < 1:
+        parser.error("--patch_size must be positive.")
+    if args.resolution % (args.patch_size * 2 ** (levels - 1)):
+        parser.error(f"--resolution {args.resolution} must be divisible by {args.patch_size * 2 ** (levels - 1)} (--patch_size "
+                     f"{args.patch_size}, then the UNet downsamples {levels - 1} times).")
+    if args.logsnr_shift is None:
+        args.logsnr_shift = 2 * math.log(32 / args.resolution)
     if math.gcd(32, *args.block_out_channels) < 4:
         parser.error(f"--block_out_channels {args.block_out_channels} need a common divisor of at least 4 for GroupNorm.")
     if any(c % args.attention_head_dim for c, a in zip(args.block_out_channels, args.attention_levels) if a):
@@ -190,9 +205,9 @@ def build_model(args: argparse.Namespace, num_labels: int = len(pipeline_iclevr.
     if cross:
         extra |= {"encoder_hid_dim": num_labels, "encoder_hid_dim_type": "text_proj", "cross_attention_dim": args.cross_attention_dim}
     return UNet2DConditionModel(
-        sample_size=args.resolution,
-        in_channels=3,
-        out_channels=3,
+        sample_size=args.resolution // args.patch_size,
+        in_channels=3 * args.patch_size**2,
+        out_channels=3 * args.patch_size**2,
         down_block_types=down,
         up_block_types=up,
         mid_block_type="UNetMidBlock2DCrossAttn" if cross else "UNetMidBlock2D",
@@ -209,8 +224,20 @@ def build_model(args: argparse.Namespace, num_labels: int = len(pipeline_iclevr.
 
 def build_noise_scheduler(args: argparse.Namespace) -> DDPMScheduler:
     # Pixels live in [-1, 1], so samplers may clip their x0 estimate there.
-    return DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
-                         prediction_type=args.prediction_type, clip_sample=True)
+    schedule = {"num_train_timesteps": args.ddpm_num_steps, "beta_schedule": args.ddpm_beta_schedule}
+    if args.logsnr_shift:  # saved as the scheduler's trained_betas, so every sampler built from its config follows it
+        schedule["trained_betas"] = shifted_betas(DDPMScheduler(**schedule).alphas_cumprod, args.logsnr_shift).tolist()
+    return DDPMScheduler(**schedule, prediction_type=args.prediction_type, clip_sample=True)
+
+
+def shifted_betas(alphas_cumprod: torch.Tensor, shift: float, max_beta: float = 0.999) -> torch.Tensor:
+    """The betas of a schedule whose log-SNR is ``log(a / (1 - a)) + shift`` at every step (Hoogeboom et al. 2023,
+    "simple diffusion": shifting by ``2 ln(base / resolution)`` keeps the noise per image region of the base
+    resolution), capped at ``max_beta`` as diffusers' cosine schedule is."""
+    alphas_cumprod = alphas_cumprod.double()
+    shifted = torch.sigmoid(torch.log(alphas_cumprod) - torch.log1p(-alphas_cumprod) + shift)
+    previous = torch.cat([torch.ones(1, dtype=shifted.dtype), shifted[:-1]])
+    return (1 - shifted / previous).clamp(max=max_beta).float()
 
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -277,8 +304,7 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (pixels.shape[0],), device=pixels.device)
     noisy = noise_scheduler.add_noise(pixels, noise, timesteps)
     keep = (torch.rand(pixels.shape[0], 1, device=pixels.device) >= args.condition_dropout).to(conditions.dtype)
-    config = getattr(unet, "module", unet).config  # DDP wraps the model in multi-process runs
-    prediction = unet(noisy, timesteps, **unet_condition_kwargs(config, conditions * keep)).sample
+    prediction = predict(unet, noisy, timesteps, conditions * keep, args.patch_size)
     if args.prediction_type == "epsilon":
         target = noise
     elif args.prediction_type == "v_prediction":
@@ -297,10 +323,11 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     return (per_sample * weights).mean()
 
 
-def sampling_pipeline(unet, noise_scheduler: DDPMScheduler) -> ICLEVRPipeline:
-    """The pipeline as it is validated and saved: DDIM over the training noise schedule, so the saved model's default
-    call (50 steps) samples as its figures were measured."""
-    return ICLEVRPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Namespace) -> ICLEVRPipeline:
+    """The pipeline as it is validated and saved: ``--validation_scheduler`` over the training noise schedule, so the
+    saved model's call at ``--validation_inference_steps`` samples as its figures were measured."""
+    scheduler = SCHEDULERS[args.validation_scheduler].from_config(noise_scheduler.config)
+    return ICLEVRPipeline(unet=unet, scheduler=scheduler, patch_size=args.patch_size)
 
 
 # --- validation --------------------------------------------------------------------------------------------------
@@ -314,7 +341,7 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
     conditions = load_conditions(args.validation_conditions_json)
     per_seed = []
     with ema_weights(ema, unet):
-        pipeline = sampling_pipeline(unet, noise_scheduler)
+        pipeline = sampling_pipeline(unet, noise_scheduler, args)
         pipeline.set_progress_bar_config(disable=True)
         start = time.time()
         for seed in range(args.seed, args.seed + args.validation_num_seeds):
@@ -348,7 +375,7 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, eva
 
 
 # --- saving ------------------------------------------------------------------------------------------------------
-def save_pipeline(unet, ema, noise_scheduler, output_dir: Path) -> Path:
+def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_dir: Path) -> Path:
     """Save the final pipeline (EMA weights if used) with the sampler it was validated with, and a copy of
     pipeline_iclevr.py, so it loads as remote code.
 
@@ -362,7 +389,7 @@ def save_pipeline(unet, ema, noise_scheduler, output_dir: Path) -> Path:
             raise FloatingPointError(f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
                                      "the checkpoints in the output folder are untouched.")
         partial = partial_folder(output_dir / "pipeline")
-        sampling_pipeline(unet, noise_scheduler).save_pretrained(partial, safe_serialization=True)
+        sampling_pipeline(unet, noise_scheduler, args).save_pretrained(partial, safe_serialization=True)
     move_into(partial, output_dir, last="model_index.json")
     return output_dir
 
@@ -424,7 +451,8 @@ def write_model_card(args, summary: dict) -> None:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     validation = summary.get("validation", {})
-    sampler = f"DDIM, guidance {args.validation_guidance_scale:g}"
+    sampler_name = SCHEDULERS[args.validation_scheduler].__name__
+    sampler = f"{sampler_name}, guidance {args.validation_guidance_scale:g}"
     eval_results = None
     if "accuracy" in validation:
         conditions = Path(validation["conditions_json"]).name
@@ -445,7 +473,7 @@ def write_model_card(args, summary: dict) -> None:
     samples = "![samples](samples.png)\n" if (Path(args.output_dir) / "samples.png").is_file() else ""
     card = ModelCard.from_template(data, template_str=CARD_TEMPLATE, title=title, repo=args.hub_model_id or args.output_dir,
                                    steps=args.validation_inference_steps, guidance=args.validation_guidance_scale,
-                                   sampler="DDIM", accuracy=accuracy, samples=samples, figures="\n".join(card_rows(summary)))
+                                   sampler=sampler_name, accuracy=accuracy, samples=samples, figures="\n".join(card_rows(summary)))
     card.save(Path(args.output_dir) / "README.md")
 
 

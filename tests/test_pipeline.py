@@ -240,3 +240,46 @@ def test_a_step_end_callback_sees_and_replaces_the_latents(pipe):
     assert not images.any()
 
 
+
+
+def test_patch_size_draws_images_larger_than_the_unet(tmp_path):
+    """Space-to-depth: a 12-channel 8x8 UNet with patch_size 2 draws 16x16 RGB images, keeps the layout through
+    save/load, and each output pixel comes from its own channel of the UNet's output."""
+    pipe = ICLEVRPipeline(unet=tiny_unet(sample_size=8, in_channels=12, out_channels=12),
+                          scheduler=DDIMScheduler(num_train_timesteps=100), patch_size=2)
+    pipe.set_progress_bar_config(disable=True)
+    images = _run(pipe, [["red sphere"], ["cyan cube", "gray cylinder"]])
+    assert images.shape == (2, 3, 16, 16)
+    pipe.save_pretrained(tmp_path)
+    reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.config.patch_size == 2
+    torch.testing.assert_close(_run(reloaded, [["red sphere"], ["cyan cube", "gray cylinder"]]), images)
+    with pytest.raises(ValueError, match="latents must have shape \\(1, 3, 16, 16\\)"):
+        _run(pipe, latents=torch.randn(1, 12, 8, 8))
+
+
+def test_patch_size_must_match_the_unet_channels():
+    with pytest.raises(ValueError, match="patch_size 2 needs a UNet with 12 input and output channels"):
+        ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(), patch_size=2)
+    with pytest.raises(ValueError, match="patch_size must be a positive integer"):
+        ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(), patch_size=0)
+
+
+def test_predict_maps_each_patch_pixel_to_its_own_channel():
+    """An identity 'UNet' through `predict` returns the sample unchanged: unshuffle and shuffle are inverses, and
+    channel 4 c + k of the UNet's input is colour c of pixel k of each 2x2 patch (`pixel_unshuffle`'s order)."""
+    from pipeline_iclevr import predict
+
+    class Identity(torch.nn.Module):
+        config = tiny_unet(sample_size=4, in_channels=12, out_channels=12).config
+
+        def forward(self, sample, timestep, **kwargs):
+            self.seen = sample
+            return type("Out", (), {"sample": sample})()
+
+    identity, sample = Identity(), torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(predict(identity, sample, 5, torch.eye(24)[:2], patch_size=2), sample)
+    assert identity.seen.shape == (2, 12, 4, 4)
+    torch.testing.assert_close(identity.seen[:, 0::4], sample[:, :, 0::2, 0::2])  # top-left pixel of every patch
+    torch.testing.assert_close(identity.seen[:, 3::4], sample[:, :, 1::2, 1::2])  # bottom-right

@@ -1,4 +1,5 @@
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -200,7 +201,7 @@ def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch):
     args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path)])
     scheduler = ddpm.build_noise_scheduler(args)
     old = ddpm.build_model(args)
-    ddpm.save_pipeline(old, None, scheduler, tmp_path)
+    ddpm.save_pipeline(old, None, scheduler, args, tmp_path)
     new = ddpm.build_model(args)
     torch.nn.init.zeros_(new.conv_out.weight)
     real_replace = iclevr.io.os.replace
@@ -216,13 +217,13 @@ def test_interrupted_pipeline_save_never_loads_broken(tmp_path, monkeypatch):
 
         monkeypatch.setattr(iclevr.io.os, "replace", crashing_replace)
         with pytest.raises(KeyboardInterrupt):
-            ddpm.save_pipeline(new, None, scheduler, tmp_path)
+            ddpm.save_pipeline(new, None, scheduler, args, tmp_path)
         monkeypatch.setattr(iclevr.io.os, "replace", real_replace)
         if (tmp_path / "model_index.json").exists():
             pytest.fail(f"a pipeline folder loads after a crash at move {crash_at}")  # only the final move adds it
         with pytest.raises((OSError, ValueError)):  # diffusers: no model_index.json
             ICLEVRPipeline.from_pretrained(tmp_path)
-        ddpm.save_pipeline(old, None, scheduler, tmp_path)  # a completed save repairs it
+        ddpm.save_pipeline(old, None, scheduler, args, tmp_path)  # a completed save repairs it
         reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
         assert torch.equal(reloaded.unet.conv_out.weight, old.conv_out.weight)
         assert not list(tmp_path.glob("*.partial"))
@@ -235,7 +236,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with torch.no_grad():
         unet.conv_in.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite weights"):
-        ddpm.save_pipeline(unet, None, ddpm.build_noise_scheduler(args), tmp_path)
+        ddpm.save_pipeline(unet, None, ddpm.build_noise_scheduler(args), args, tmp_path)
     assert not (tmp_path / "model_index.json").exists() and not (tmp_path / "unet").exists()
 
 
@@ -263,7 +264,7 @@ def test_reload_equals_in_memory_model(tmp_path, flags):
     args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path), *flags])
     unet = ddpm.build_model(args)
     scheduler = ddpm.build_noise_scheduler(args)
-    ddpm.save_pipeline(unet, None, scheduler, tmp_path)
+    ddpm.save_pipeline(unet, None, scheduler, args, tmp_path)
     reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
     sample, conditions = torch.randn(2, 3, 16, 16), torch.eye(24)[:2]
     with torch.no_grad():
@@ -366,6 +367,9 @@ def test_push_to_hub_uploads_the_pipeline_only_and_keeps_the_token_out(trained, 
         (["--max_train_minutes", "0"], "must be positive"),
         (["--time_embedding_dim", "0"], "--time_embedding_dim must be positive"),
         (["--validation_num_seeds", "0"], "--validation_num_seeds must be positive"),
+        (["--patch_size", "0"], "--patch_size must be positive"),
+        (["--patch_size", "3"], "must be divisible by 6 (--patch_size 3"),
+        (["--validation_scheduler", "heun"], "invalid choice"),
     ],
 )
 def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
@@ -373,6 +377,35 @@ def test_bad_flags_fail_before_work(tmp_path, capsys, flags, message):
         ddpm.parse_args([*TINY, "--output_dir", str(tmp_path / "never"), *flags])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_the_noise_schedule_shift_moves_every_log_snr_and_is_saved(tmp_path):
+    """--logsnr_shift adds to the log-SNR at every step (default 2 ln(32 / resolution): none at 32x32, the recipe's
+    tuned schedule), and the saved sampler carries the shifted schedule."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    def log_snr(scheduler):
+        alphas = scheduler.alphas_cumprod.double()
+        return torch.log(alphas) - torch.log1p(-alphas)
+
+    at32 = ddpm.parse_args(["--output_dir", str(tmp_path)])
+    assert at32.logsnr_shift == 0 and ddpm.build_noise_scheduler(at32).config.trained_betas is None
+    base = log_snr(ddpm.build_noise_scheduler(at32))
+    at64 = ddpm.parse_args(["--output_dir", str(tmp_path), "--resolution", "64", "--patch_size", "2"])
+    assert at64.logsnr_shift == pytest.approx(-2 * math.log(2))
+    shifted = ddpm.build_noise_scheduler(at64)
+    away_from_the_cap = slice(0, 990)  # the last steps are capped at beta 0.999 in both schedules
+    torch.testing.assert_close(log_snr(shifted)[away_from_the_cap], base[away_from_the_cap] - 2 * math.log(2),
+                               atol=1e-3, rtol=0)
+    at64.validation_scheduler = "dpm++"
+    unet = ddpm.build_model(at64)
+    assert (unet.config.sample_size, unet.config.in_channels, unet.config.out_channels) == (32, 12, 12)
+    ddpm.save_pipeline(unet, None, shifted, at64, tmp_path)
+    reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
+    assert isinstance(reloaded.scheduler, DPMSolverMultistepScheduler) and reloaded.config.patch_size == 2
+    torch.testing.assert_close(reloaded.scheduler.alphas_cumprod, shifted.alphas_cumprod)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded([["red sphere"]], num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
 
 
 def test_foreground_weights_favour_objects(rendered_dir, tmp_path):
