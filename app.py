@@ -1,0 +1,179 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""A Gradio demo page for a trained `ICLEVRPipeline`: build a condition of 1-3 objects, sample, see the images.
+
+    python app.py --pipeline outputs/main/pipeline [--evaluator EVALUATOR_DIR]
+
+Each object is a colour and a shape; objects 2 and 3 may be left out. Guidance, sampling steps, the number of images
+and the seed are the pipeline call's own arguments. With an evaluator (a folder saved by ``train_evaluator.py``;
+the main job's is found through its ``main_job.json``), each image is captioned with the labels the evaluator reads
+on it (its top k for a k-object condition, as the course metric counts them), and misses are marked.
+
+The page needs only this file, ``pipeline_iclevr.py`` and the packages of ``requirements-app.txt``, so it also runs
+as a Hugging Face Space: put this file in a saved pipeline folder (which already holds ``pipeline_iclevr.py``), with
+``requirements-app.txt`` as its ``requirements.txt``; with no ``--pipeline`` it loads ``$ICLEVR_PIPELINE``, else
+the folder it sits in when that holds ``model_index.json``, else ``outputs/main/pipeline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline
+
+MAX_OBJECTS = 3  # i-CLEVR scenes hold 1-3 objects
+MAX_IMAGES = 8
+NONE = "(none)"
+# Shown unsmoothed and enlarged: the pipeline draws 32x32 or 64x64 images.
+CSS = "#gallery img { image-rendering: pixelated; }"
+
+
+def default_pipeline() -> str:
+    """Where the page looks for a pipeline when ``--pipeline`` is not given (see the module docstring)."""
+    if os.environ.get("ICLEVR_PIPELINE"):
+        return os.environ["ICLEVR_PIPELINE"]
+    here = Path(__file__).resolve().parent
+    return str(here) if (here / "model_index.json").is_file() else "outputs/main/pipeline"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve a demo page for a trained ICLEVRPipeline.")
+    parser.add_argument("--pipeline", type=str, default=None,
+                        help="Saved pipeline folder or Hub id (default: $ICLEVR_PIPELINE, this file's folder if it holds a "
+                             "pipeline, else the main job's outputs/main/pipeline).")
+    parser.add_argument("--evaluator", type=str, default=None,
+                        help="Evaluator folder (train_evaluator.py's) to caption each image with the labels it reads "
+                             "(default: the one the main job's main_job.json names, if any).")
+    parser.add_argument("--host", type=str, default=None, help="Address to serve on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME).")
+    parser.add_argument("--port", type=int, default=None, help="Port to serve on (default: Gradio's, 7860 or $GRADIO_SERVER_PORT).")
+    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to sample on.")
+    args = parser.parse_args(argv)
+    args.pipeline = args.pipeline or default_pipeline()
+    local = Path(args.pipeline)
+    if (local.exists() or args.pipeline.startswith((".", "/"))) and not (local / "model_index.json").is_file():
+        parser.error(f"--pipeline {args.pipeline} is not a saved pipeline folder (no model_index.json). Train one first "
+                     "(python main_job.py, or train_conditional_ddpm.py) or pass --pipeline DIR.")
+    if args.evaluator is None:
+        args.evaluator = main_job_evaluator(local)
+    elif not (Path(args.evaluator) / "config.json").is_file():
+        parser.error(f"--evaluator {args.evaluator} is not an evaluator folder (no config.json); train_evaluator.py saves one.")
+    return args
+
+
+def main_job_evaluator(pipeline: Path) -> str | None:
+    """The evaluator that ``main_job.json`` beside a main job's pipeline names, if it is still there."""
+    record = pipeline.parent / "main_job.json"
+    if not record.is_file():
+        return None
+    folder = json.loads(record.read_text()).get("evaluator")
+    return folder if folder and (Path(folder) / "config.json").is_file() else None
+
+
+def colours_and_shapes(labels) -> tuple[list[str], list[str]]:
+    """The colours and shapes of a ``"<colour> <shape>"`` vocabulary, in its order; a vocabulary of other labels is refused."""
+    pairs = [label.split(" ", 1) for label in labels]
+    colours = list(dict.fromkeys(pair[0] for pair in pairs))
+    shapes = list(dict.fromkeys(pair[-1] for pair in pairs))
+    if any(len(pair) != 2 for pair in pairs) or len(colours) * len(shapes) != len(labels):
+        raise ValueError("This page builds conditions as colour x shape; the pipeline's labels are not of that form: "
+                         f"{', '.join(labels[:6])}...")
+    return colours, shapes
+
+
+def read_condition(slots) -> list[str]:
+    """The condition of the page's (colour, shape) choices, object by object; half-filled objects are refused."""
+    labels = []
+    for number, (colour, shape) in enumerate(slots, start=1):
+        if (colour == NONE) != (shape == NONE):
+            raise gr.Error(f"Object {number} has a {'shape' if colour == NONE else 'colour'} but no "
+                           f"{'colour' if colour == NONE else 'shape'}: pick both, or neither to leave it out.")
+        if colour != NONE:
+            labels.append(f"{colour} {shape}")
+    if not labels:
+        raise gr.Error("The condition is empty: pick a colour and a shape for at least one object.")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise gr.Error(f"{', '.join(duplicates)} is asked for twice: each label may appear once in an i-CLEVR scene. "
+                       "Change one of the objects.")
+    return labels
+
+
+class Demo:
+    """The loaded pipeline (and evaluator), once per server, and the page's one action: sample a condition."""
+
+    def __init__(self, pipeline: str, evaluator: str | None = None, device: str = "cpu"):
+        self.pipe = ICLEVRPipeline.from_pretrained(pipeline).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.colours, self.shapes = colours_and_shapes(self.pipe.vocab.labels)
+        self.reader = None
+        if evaluator:
+            from transformers import pipeline as hf_pipeline
+
+            self.reader = hf_pipeline("image-classification", model=evaluator, device=device)
+
+    def caption(self, image, condition: list[str]) -> str:
+        """What the evaluator reads on an image: its top len(condition) labels, each missed label marked."""
+        if self.reader is None:
+            return ", ".join(condition)
+        read = [r["label"] for r in self.reader(image, top_k=len(condition))]
+        missed = [label for label in condition if label not in read]
+        verdict = "all read" if not missed else "missed: " + ", ".join(f"✗ {label}" for label in missed)
+        return f"read: {', '.join(read)} — {verdict}"
+
+    def generate(self, *values, progress=gr.Progress()):  # noqa: B008 (Gradio fills a Progress default with its tracker)
+        """Gradio's handler: (colour, shape) per object, then guidance, steps, images, seed → captioned images."""
+        slots = list(zip(values[0 : 2 * MAX_OBJECTS : 2], values[1 : 2 * MAX_OBJECTS : 2], strict=True))
+        guidance, steps, count, seed = values[2 * MAX_OBJECTS :]
+        condition = read_condition(slots)
+        steps, count = int(steps), int(count)
+
+        def report(pipe, step, timestep, tensors):
+            progress((step + 1, steps), desc="Sampling")
+            return tensors
+
+        images = self.pipe(condition, num_inference_steps=steps, guidance_scale=float(guidance),
+                           num_images_per_prompt=count, generator=torch.Generator().manual_seed(int(seed)),
+                           callback_on_step_end=report).images
+        return [(image, self.caption(image, condition)) for image in images]
+
+
+def build_page(demo: Demo) -> gr.Blocks:
+    """The page: an object row each (colour, shape), the sampling settings, a generate button and a gallery."""
+    size = demo.pipe.unet.config.sample_size * demo.pipe.config.patch_size
+    with gr.Blocks(title="i-CLEVR diffusion") as page:
+        gr.Markdown(f"# i-CLEVR class-conditional diffusion\nPick 1-{MAX_OBJECTS} objects; the model draws a {size}x{size} "
+                    "scene holding them." + (" The evaluator's reading is under each image." if demo.reader else ""))
+        choices = []
+        with gr.Row():
+            for number in range(1, MAX_OBJECTS + 1):
+                with gr.Column(min_width=200):
+                    gr.Markdown(f"**Object {number}**" + ("" if number == 1 else " (optional)"))
+                    colour = gr.Radio([NONE, *demo.colours], value=demo.colours[1] if number == 1 else NONE, label="colour",
+                                      elem_id=f"colour-{number}")
+                    shape = gr.Radio([NONE, *demo.shapes], value=demo.shapes[1] if number == 1 else NONE, label="shape",
+                                     elem_id=f"shape-{number}")
+                    choices += [colour, shape]
+        with gr.Row():
+            guidance = gr.Slider(0, 8, value=DEFAULT_GUIDANCE_SCALE, step=0.5, label="guidance scale", elem_id="guidance")
+            steps = gr.Slider(1, 100, value=25, step=1, label="sampling steps", elem_id="steps")
+            count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="images", elem_id="count")
+            seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
+        button = gr.Button("Generate", variant="primary", elem_id="generate")
+        gallery = gr.Gallery(label="samples", columns=4, height="auto", format="png", elem_id="gallery")
+        button.click(demo.generate, inputs=[*choices, guidance, steps, count, seed], outputs=gallery)
+    return page
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    page = build_page(Demo(args.pipeline, args.evaluator, args.device))
+    page.queue().launch(server_name=args.host, server_port=args.port, css=CSS)
+
+
+if __name__ == "__main__":
+    main()

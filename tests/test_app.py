@@ -1,0 +1,190 @@
+"""The demo page (app.py), used as a person would: a real headless Chromium on a served page."""
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+
+from pipeline_iclevr import ICLEVRPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+gradio = pytest.importorskip("gradio", reason="the demo needs gradio (requirements-dev.txt installs it)")
+
+
+def require(found: bool, what: str) -> None:
+    """Skip without ``what`` on a developer's machine; fail in CI (``CI`` set), where .ci/run installs it."""
+    if not found:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"needs {what} (.ci/run installs it)")
+
+
+def tiny_pipeline(folder: Path, patch_size: int = 2) -> Path:
+    """A small untrained pipeline drawing 16x16 images through an 8x8 UNet (patch size 2)."""
+    torch.manual_seed(0)
+    channels = 3 * patch_size**2
+    unet = UNet2DConditionModel(sample_size=16 // patch_size, in_channels=channels, out_channels=channels,
+                                down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                                mid_block_type="UNetMidBlock2D", block_out_channels=(8, 16), layers_per_block=1,
+                                norm_num_groups=8, class_embed_type="projection", projection_class_embeddings_input_dim=24)
+    ICLEVRPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100), patch_size=patch_size).save_pretrained(folder)
+    return folder
+
+
+def test_conditions_are_read_object_by_object():
+    from app import NONE, read_condition
+
+    assert read_condition([("red", "sphere"), (NONE, NONE), ("cyan", "cube")]) == ["red sphere", "cyan cube"]
+    with pytest.raises(gradio.Error, match="empty"):
+        read_condition([(NONE, NONE)] * 3)
+    with pytest.raises(gradio.Error, match="red sphere is asked for twice"):
+        read_condition([("red", "sphere"), ("red", "sphere"), (NONE, NONE)])
+    with pytest.raises(gradio.Error, match="Object 2 has a colour but no shape"):
+        read_condition([("red", "sphere"), ("blue", NONE), (NONE, NONE)])
+
+
+def test_captions_mark_what_the_evaluator_misses(tmp_path):
+    """With an evaluator, a caption lists its top-k reading and marks each asked-for label it did not read."""
+    from app import Demo
+    from iclevr.evaluator import build_evaluator, evaluator_image_processor
+
+    evaluator = build_evaluator()
+    torch.nn.init.zeros_(evaluator.classifier[-1].weight)
+    with torch.no_grad():  # an evaluator that reads "gray cube" (0) and "red cube" (1) on every image
+        evaluator.classifier[-1].bias.copy_(torch.linspace(1, -1, 24))
+    evaluator.save_pretrained(tmp_path / "evaluator")
+    evaluator_image_processor().save_pretrained(tmp_path / "evaluator")
+    demo = Demo(str(tiny_pipeline(tmp_path / "pipe")), str(tmp_path / "evaluator"))
+    image = demo.pipe([["red cube"]], num_inference_steps=1).images[0]
+    assert demo.caption(image, ["gray cube", "red cube"]) == "read: gray cube, red cube — all read"
+    assert demo.caption(image, ["gray cube", "cyan sphere"]) == "read: gray cube, red cube — missed: ✗ cyan sphere"
+
+
+def test_a_folder_without_a_pipeline_is_refused_before_serving(tmp_path, capsys):
+    from app import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--pipeline", str(tmp_path)])
+    assert "is not a saved pipeline folder (no model_index.json)" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """app.py serving a tiny pipeline on a free port of 127.0.0.1; stopped after the module's tests."""
+    folder = tiny_pipeline(tmp_path_factory.mktemp("app") / "pipeline")
+    port = free_port()
+    url, log_path = f"http://127.0.0.1:{port}/", folder.parent / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--pipeline", str(folder), "--host", "127.0.0.1",
+                                   "--port", str(port)], cwd=folder.parent, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    server.kill()
+                    pytest.fail("app.py did not serve: " + log_path.read_text()[-3000:])
+                time.sleep(0.5)
+        yield url, folder.parent
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through selenium (Debian's chromium and chromium-driver)."""
+    require(importlib.util.find_spec("selenium") is not None, "selenium")
+    require(bool(shutil.which("chromium") and shutil.which("chromedriver")), "Debian's chromium and chromium-driver")
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400"):
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")))
+    yield driver
+    driver.quit()
+
+
+def pick(driver, group: str, value: str) -> None:
+    """Click the radio button ``value`` of the radio group with elem_id ``group``."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f"#{group} input[value='{value}']").click()
+
+
+def set_slider(driver, elem_id: str, value: int) -> None:
+    """Type a value into a slider's number box, as a person would."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type='number']")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value), Keys.TAB)
+
+
+def gallery_images(driver, count: int, timeout: float = 120):
+    """Wait until the gallery shows ``count`` loaded images; return them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def loaded(d):
+        images = d.find_elements(By.CSS_SELECTOR, "#gallery img")
+        ready = [i for i in images if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)]
+        return ready if len(ready) == count else False
+
+    return WebDriverWait(driver, timeout).until(loaded)
+
+
+def test_the_page_generates_refuses_a_bad_condition_and_keeps_serving(served, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, folder = served
+    browser.get(url)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#generate"))
+    pick(browser, "colour-1", "cyan")
+    pick(browser, "shape-1", "cube")
+    pick(browser, "colour-2", "yellow")
+    pick(browser, "shape-2", "cylinder")
+    set_slider(browser, "steps", 2)
+    set_slider(browser, "count", 3)
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    images = gallery_images(browser, 3)
+    sizes = {tuple(browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", i)) for i in images}
+    assert sizes == {(16, 16)}  # the pipeline's own size, not re-encoded or resized
+    assert "cyan cube, yellow cylinder" in browser.find_element(By.CSS_SELECTOR, "#gallery").text
+
+    browser.save_screenshot(str(folder / "page.png"))
+    from PIL import Image
+
+    shot = np.asarray(Image.open(folder / "page.png").convert("RGB").resize((64, 64)))
+    assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 50  # a drawn page with its images, not a blank one
+
+    pick(browser, "colour-3", "cyan")  # object 3 = object 1: refused on the page
+    pick(browser, "shape-3", "cube")
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    WebDriverWait(browser, 60).until(lambda d: "cyan cube is asked for twice" in d.find_element(By.TAG_NAME, "body").text)
+
+    pick(browser, "colour-3", "(none)")  # the server still answers
+    pick(browser, "shape-3", "(none)")
+    set_slider(browser, "count", 2)
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    assert len(gallery_images(browser, 2)) == 2
