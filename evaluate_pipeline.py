@@ -29,11 +29,13 @@ from PIL import Image, ImageDraw
 from iclevr.data import COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.metrics import mean_std, total_misses
-from iclevr.sampling import SCHEDULERS, generate, load_pipeline, score
+from iclevr.sampling import SCHEDULERS, generate, initial_noise, load_pipeline, score, slerp
 from iclevr.utils import display_scale, image_grid
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 
 DENOISING_EXAMPLE = ["red sphere", "cyan cylinder", "cyan cube"]
+ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # DDIM's eta: 0 deterministic, 1 as stochastic as DDPM
+INTERPOLATION_POINTS = 9
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep_schedulers", type=str, default="ddim,dpm++", help="Schedulers in the sweep.")
     parser.add_argument("--sweep_steps", type=str, default="10,20,25,50", help="Step counts in the sweep.")
     parser.add_argument("--sweep_guidance", type=str, default="1,2,3,4", help="Guidance scales in the sweep.")
+    parser.add_argument("--eta_study", action="store_true",
+                        help=f"Also sample one set of initial noises with DDIM at eta {', '.join(map(str, ETAS))}: a grid and "
+                             "the accuracy at each eta on the first condition set.")
+    parser.add_argument("--interpolation_study", action="store_true",
+                        help="Also interpolate between two initial noises per condition (spherically, and linearly for "
+                             f"contrast) at {INTERPOLATION_POINTS} points: a strip for one condition and the accuracy at each point.")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device.")
     args = parser.parse_args(argv)
     if args.num_seeds < 1 or args.num_inference_steps < 1 or args.batch_size < 1:
@@ -116,6 +124,56 @@ def denoising_figure(pipe, labels, args, snapshots: int = 8) -> Image.Image:
     return canvas
 
 
+def sample_latents(pipe, conditions, latents: torch.Tensor, args, seed: int, **overrides) -> np.ndarray:
+    """Images for ``conditions`` from the given initial noises, batched (``seed`` drives stochastic samplers)."""
+    outputs = []
+    for offset in range(0, len(conditions), args.batch_size):
+        batch = slice(offset, offset + args.batch_size)
+        outputs.append(pipe(conditions[batch], latents=latents[batch], generator=torch.Generator().manual_seed(seed + offset),
+                            output_type="np", **sampling_kwargs(args, **overrides)).images)
+    return np.concatenate(outputs)
+
+
+def eta_study(args, evaluator, conditions, out: Path) -> list[dict]:
+    """DDIM at each eta from the same initial noises (per seed), scored on ``conditions``; the grid shows the first
+    8 conditions of the first seed, a row per eta."""
+    pipe = load_pipeline(args.pipeline, "ddim", args.device)
+    rows, grid_rows = [], []
+    for eta in ETAS:
+        accuracies = []
+        for k in range(args.num_seeds):
+            latents = initial_noise(pipe, len(conditions), args.seed + k)
+            images = sample_latents(pipe, conditions, latents, args, args.seed + k, eta=eta)
+            accuracies.append(score(evaluator, images, conditions)["accuracy"])
+            if k == 0:
+                grid_rows.append(images[:8])
+        rows.append({"eta": eta, "accuracy": mean_std(accuracies)})
+    captions = [f"eta {eta:g}" + ("\n" + "\n".join(c) if i == 0 else "") for eta in ETAS for i, c in enumerate(conditions[:8])]
+    grid = np.concatenate(grid_rows)
+    image_grid(grid, columns=len(grid_rows[0]), captions=captions, scale=display_scale(grid.shape[1])).save(out / "eta.png")
+    return rows
+
+
+def interpolation_study(args, evaluator, conditions, out: Path) -> dict:
+    """Between two initial noises per condition, spherically (slerp) and linearly, at evenly spaced points: the
+    accuracy at each point on ``conditions``, and a strip of ``DENOISING_EXAMPLE`` (a row per path)."""
+    pipe = load_pipeline(args.pipeline, args.scheduler, args.device)
+    alphas = [i / (INTERPOLATION_POINTS - 1) for i in range(INTERPOLATION_POINTS)]
+    start, end = initial_noise(pipe, len(conditions), args.seed), initial_noise(pipe, len(conditions), args.seed + 1)
+    example_start, example_end = initial_noise(pipe, 1, args.seed + 2), initial_noise(pipe, 1, args.seed + 3)
+    paths = {"slerp": slerp, "lerp": lambda a, b, alpha: (1 - alpha) * a + alpha * b}
+    results, strip = {}, []
+    for name, mix in paths.items():
+        results[name] = [{"alpha": alpha, "accuracy": score(evaluator, sample_latents(
+            pipe, conditions, mix(start, end, alpha), args, args.seed), conditions)["accuracy"]} for alpha in alphas]
+        strip.append(np.concatenate([sample_latents(pipe, [DENOISING_EXAMPLE], mix(example_start, example_end, alpha), args,
+                                                    args.seed) for alpha in alphas]))
+    captions = [f"{name} {alpha:.2f}" for name in paths for alpha in alphas]
+    frames = np.concatenate(strip)
+    image_grid(frames, columns=len(alphas), captions=captions, scale=display_scale(frames.shape[1])).save(out / "interpolation.png")
+    return results
+
+
 def sweep(args, evaluator, conditions) -> list[dict]:
     rows = []
     for name, steps, guidance in itertools.product(args.sweep_schedulers.split(","), map(int, args.sweep_steps.split(",")),
@@ -152,7 +210,7 @@ def sweep_plot(rows: list[dict], path: Path) -> None:
     image.save(path)
 
 
-def write_report(out: Path, args, results: dict, sweep_rows: list[dict]) -> None:
+def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies: dict) -> None:
     lines = [f"# Evaluation of `{args.pipeline}`", "",
              f"Sampler {args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}, "
              f"{args.num_seeds} seeds; evaluator `{args.evaluator}`. Condition sets: "
@@ -179,6 +237,21 @@ def write_report(out: Path, args, results: dict, sweep_rows: list[dict]) -> None
         lines += ["", "## Sweep", "", "| scheduler | steps | guidance | accuracy | s/image |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {r['scheduler']} | {r['steps']} | {r['guidance_scale']:g} | {r['accuracy']:.3f} | {r['seconds_per_image']:.3f} |" for r in sweep_rows]
         lines += ["", "![sweep](sweep.png)"]
+    first = Path(args.conditions_json[0]).name
+    if "eta" in studies:
+        lines += ["", "## DDIM eta", "", f"The same initial noises sampled with DDIM at each eta ({args.num_inference_steps} steps, "
+                  f"guidance {args.guidance_scale:g}); accuracy on `{first}` over {args.num_seeds} seeds.", "",
+                  "| eta | accuracy (mean ± std) |", "| --- | --- |"]
+        lines += [f"| {r['eta']:g} | {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f} |" for r in studies["eta"]]
+        lines += ["", "![eta](eta.png)"]
+    if "interpolation" in studies:
+        paths = studies["interpolation"]
+        lines += ["", "## Noise interpolation", "", f"Two initial noises per condition of `{first}`, mixed along a great circle "
+                  "(slerp) or a straight line (lerp); accuracy at each point (seed 0). The strip: "
+                  f"{', '.join(DENOISING_EXAMPLE)}.", "", "| path | " + " | ".join(f"{r['alpha']:.2f}" for r in paths["slerp"]) + " |",
+                  "| --- |" + " --- |" * len(paths["slerp"])]
+        lines += [f"| {name} | " + " | ".join(f"{r['accuracy']:.3f}" for r in rows) + " |" for name, rows in paths.items()]
+        lines += ["", "![interpolation](interpolation.png)"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -196,9 +269,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sweep:
         sweep_rows = sweep(args, evaluator, load_conditions(args.conditions_json[0]))
         sweep_plot(sweep_rows, out / "sweep.png")
-    metrics = {"args": vars(args), "sets": results, "sweep": sweep_rows}
+    studies = {}
+    if args.eta_study:
+        studies["eta"] = eta_study(args, evaluator, load_conditions(args.conditions_json[0]), out)
+    if args.interpolation_study:
+        studies["interpolation"] = interpolation_study(args, evaluator, load_conditions(args.conditions_json[0]), out)
+    metrics = {"args": vars(args), "sets": results, "sweep": sweep_rows, "studies": studies}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_report(out, args, results, sweep_rows)
+    write_report(out, args, results, sweep_rows, studies)
     for name, r in results.items():
         print(f"{name}: accuracy {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f} "
               f"(rendered {r['references']['rendered']['accuracy']:.3f}, floor {r['references']['floor']['accuracy']:.3f}, "

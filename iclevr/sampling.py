@@ -40,3 +40,19 @@ def generate(pipe, conditions, seed: int, batch_size: int, **sampling) -> tuple[
 def score(evaluator, images: np.ndarray, conditions) -> dict:
     """`Evaluator.score` of ``"np"`` images ``(N, H, W, 3)`` in [0, 1]."""
     return evaluator.score(torch.from_numpy(images).permute(0, 3, 1, 2).float(), conditions)
+
+
+def initial_noise(pipe, count: int, seed: int) -> torch.Tensor:
+    """``count`` seeded initial noises ``(count, 3, H, W)`` in the pipeline's pixel space (its ``latents`` argument)."""
+    size = pipe.unet.config.sample_size * pipe.config.patch_size
+    return torch.randn((count, 3, size, size), generator=torch.Generator().manual_seed(seed))
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Spherical interpolation between noises, per sample: keeps the norm that a Gaussian sample of this size has,
+    where a straight line's midpoint has about 0.71 of it (and samples as a washed-out image)."""
+    a, b = start.flatten(1), end.flatten(1)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1))[:, None]
+    mixed = (torch.sin((1 - alpha) * theta) * a + torch.sin(alpha * theta) * b) / torch.sin(theta).clamp(min=1e-8)
+    return mixed.view_as(start)

@@ -55,3 +55,50 @@ def test_bad_flags(saved, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--pipeline", "p", "--evaluator", "e", "--sweep_schedulers", "ddim,plms"])
     assert "unknown scheduler 'plms'" in capsys.readouterr().err
+
+
+def test_slerp_keeps_the_ends_and_the_norm():
+    import torch
+
+    from iclevr.sampling import slerp
+
+    a, b = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.randn(3, 3, 16, 16)
+    torch.testing.assert_close(slerp(a, b, 0.0), a)
+    torch.testing.assert_close(slerp(a, b, 1.0), b, atol=1e-5, rtol=1e-5)
+    middle = slerp(a, b, 0.5)
+    ratio = middle.flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1)
+    assert ((ratio - 1).abs() < 0.05).all()  # a straight line's midpoint has about 0.71 of the norm
+    assert (((a + b) / 2).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1) < 0.8).all()
+
+
+def test_eta_and_interpolation_studies_in_the_report(saved, tmp_path):
+    """The eta grid and the interpolation strip are written, scored and reported; eta 0 from the study's noises is
+    the deterministic DDIM sample of those noises, and the interpolation's ends are the end noises' samples."""
+    from evaluate_pipeline import ETAS, INTERPOLATION_POINTS
+    from iclevr.sampling import initial_noise, load_pipeline
+
+    out = tmp_path / "report"
+    metrics = main(["--pipeline", str(saved / "pipe"), "--evaluator", str(saved / "evaluator"), "--conditions_json",
+                    str(saved / "mini.json"), "--output_dir", str(out), "--num_inference_steps", "2", "--num_seeds", "2",
+                    "--batch_size", "4", "--eta_study", "--interpolation_study"])
+    studies = metrics["studies"]
+    assert [r["eta"] for r in studies["eta"]] == list(ETAS)
+    assert all(len(r["accuracy"]["values"]) == 2 for r in studies["eta"])
+    for path in ("slerp", "lerp"):
+        assert [round(r["alpha"], 3) for r in studies["interpolation"][path]] == [round(i / 8, 3) for i in range(9)]
+    # the two paths share their ends: the same noises, so the same images and the same accuracy
+    assert studies["interpolation"]["slerp"][0]["accuracy"] == studies["interpolation"]["lerp"][0]["accuracy"]
+    assert studies["interpolation"]["slerp"][-1]["accuracy"] == pytest.approx(studies["interpolation"]["lerp"][-1]["accuracy"])
+    with Image.open(out / "eta.png") as grid:  # 8 conditions x 5 etas, 16 px shown 6x
+        assert grid.width == 8 * 96 and grid.height > len(ETAS) * 96
+        first_row = np.asarray(grid.crop((0, 0, 96, 96)))[::6, ::6]
+    pipe = load_pipeline(str(saved / "pipe"), "ddim", "cpu")
+    conditions = json.loads((saved / "mini.json").read_text())
+    expected = pipe(conditions[:1], latents=initial_noise(pipe, len(conditions), 0)[:1], num_inference_steps=2,
+                    output_type="np").images[0]
+    assert np.abs(first_row.astype(int) - (expected * 255).round().astype(int)).max() <= 1
+    with Image.open(out / "interpolation.png") as strip:
+        assert strip.width == INTERPOLATION_POINTS * 96 and strip.height == 2 * (96 + 12)
+    report = (out / "report.md").read_text()
+    assert "## DDIM eta" in report and "![eta](eta.png)" in report and "| 0.5 |" in report
+    assert "## Noise interpolation" in report and "| slerp |" in report and "| lerp |" in report
