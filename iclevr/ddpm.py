@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DConditionModel
-from diffusers.training_utils import compute_snr
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_snr
 from filelock import FileLock
 
 import pipeline_iclevr
@@ -88,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     diffusion.add_argument("--snr_gamma", type=float, default=0.0,
                            help="Min-SNR-gamma loss weighting (0 = off: with x0-prediction every noise level then weighs the "
                                 "same in image space, so the high-noise steps that decide layout and colour are trained).")
+    diffusion.add_argument("--weighting_scheme", type=str, default="none", choices=["none", "logit_normal", "mode"],
+                           help="How training timesteps are drawn (diffusers' compute_density_for_timestep_sampling): none = "
+                                "uniform; logit_normal and mode favour the middle noise levels, where layout and binding "
+                                "are decided.")
+    diffusion.add_argument("--logit_mean", type=float, default=0.0, help="Mean of the logit-normal timestep density.")
+    diffusion.add_argument("--logit_std", type=float, default=1.0, help="Standard deviation of the logit-normal timestep density.")
+    diffusion.add_argument("--mode_scale", type=float, default=1.29, help="Scale of the 'mode' timestep density (SD3's value).")
     diffusion.add_argument("--condition_dropout", type=float, default=0.1, help="Probability of replacing the condition by the null (all-zero) one, for classifier-free guidance.")
     diffusion.add_argument("--foreground_weight", type=float, default=4.0, help="Extra loss weight on pixels where the clean image departs from the floor (the training set's mean image): weight = 1 + W * departure. 0 = plain MSE.")
 
@@ -298,10 +305,19 @@ def foreground_weights(pixels: torch.Tensor, floor: torch.Tensor, strength: floa
     return weights / weights.mean(dim=(2, 3), keepdim=True)
 
 
+def sample_timesteps(args: argparse.Namespace, batch_size: int, num_timesteps: int, device) -> torch.Tensor:
+    """Training timesteps: uniform, or from diffusers' SD3 densities over [0, 1] mapped onto the discrete steps."""
+    if args.weighting_scheme == "none":
+        return torch.randint(0, num_timesteps, (batch_size,), device=device)
+    u = compute_density_for_timestep_sampling(args.weighting_scheme, batch_size, logit_mean=args.logit_mean,
+                                              logit_std=args.logit_std, mode_scale=args.mode_scale, device=device)
+    return (u * num_timesteps).long().clamp(0, num_timesteps - 1)
+
+
 def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weights=None) -> torch.Tensor:
     """One denoising loss: random timesteps, condition dropout for CFG, optional pixel and min-SNR-gamma weighting."""
     noise = torch.randn_like(pixels)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (pixels.shape[0],), device=pixels.device)
+    timesteps = sample_timesteps(args, pixels.shape[0], noise_scheduler.config.num_train_timesteps, pixels.device)
     noisy = noise_scheduler.add_noise(pixels, noise, timesteps)
     keep = (torch.rand(pixels.shape[0], 1, device=pixels.device) >= args.condition_dropout).to(conditions.dtype)
     prediction = predict(unet, noisy, timesteps, conditions * keep, args.patch_size)

@@ -408,6 +408,24 @@ def test_the_noise_schedule_shift_moves_every_log_snr_and_is_saved(tmp_path):
     assert reloaded([["red sphere"]], num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
 
 
+def test_timestep_densities_favour_the_middle_noise_levels(tmp_path):
+    """Uniform timesteps by default (the recipe's draws, unchanged); logit-normal and 'mode' put more of them in the
+    middle third of the schedule than the uniform third."""
+    counts = {}
+    for scheme in ("none", "logit_normal", "mode"):
+        args = ddpm.parse_args(["--output_dir", str(tmp_path), "--weighting_scheme", scheme])
+        torch.manual_seed(0)
+        t = ddpm.sample_timesteps(args, 20_000, 1000, "cpu")
+        assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
+        counts[scheme] = ((t >= 333) & (t < 667)).float().mean().item()
+    torch.manual_seed(0)
+    drawn = ddpm.sample_timesteps(ddpm.parse_args(["--output_dir", str(tmp_path)]), 64, 1000, "cpu")
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.randint(0, 1000, (64,)))
+    assert counts["none"] == pytest.approx(1 / 3, abs=0.02)
+    assert counts["logit_normal"] > 0.42 and counts["mode"] > 0.36
+
+
 def test_foreground_weights_favour_objects(rendered_dir, tmp_path):
     from iclevr.data import load_train_dataset, to_model_input
 
