@@ -12,7 +12,8 @@ side by side in one run after warm-up steps. Rows:
 - + bf16 autocast (the trainer's --mixed_precision bf16);
 - + channels_last; fp32 + channels_last; torch.compile in fp32 and in bf16 (compile time reported apart).
 
-``--scaling`` adds a grid of resolution x batch for the default recipe (images/s and ms per step; bf16 where the CPU
+``--scaling`` adds a grid of resolution (32, 64, and 64 through a patch-2 space-to-depth stem) x batch for the
+default recipe (images/s and ms per step; bf16 where the CPU
 has native bf16, as the main job chooses, else fp32).
 """
 
@@ -124,15 +125,16 @@ def main() -> None:
             extra = f"  (incl. warm-up/compile {time.perf_counter() - start:.0f} s)" if options["compile_model"] else ""
             print(f"{name:<38} {rate:>9.1f} {rate / results[rows[0][0]]:>8.2f}x{extra}", flush=True)
         if args.scaling:
-            print(f"\n{'resolution':>10} {'batch':>6} {'images/s':>9} {'ms/step':>8}")
-            for resolution in (32, 64):
+            print(f"\n{'resolution':>10} {'patch':>6} {'batch':>6} {'images/s':>9} {'ms/step':>8}")
+            # 64 with patch 2 is the space-to-depth model: 64x64 images through the 32x32 UNet.
+            for resolution, patch in ((32, 1), (64, 1), (64, 2)):
                 scaled = load_train_dataset(train_data_dir=folder, resolution=resolution, cache_dir=Path(tmp) / "cache")
                 scaled_images, scaled_labels = dataset_to_tensors(scaled)
                 for batch in (16, 64, 128):
-                    step_args = ddpm.parse_args(["--resolution", str(resolution), *args.model_args.split()])
+                    step_args = ddpm.parse_args(["--resolution", str(resolution), "--patch_size", str(patch), *args.model_args.split()])
                     step = make_step(step_args, bf16=cpu_has_native_bf16(), channels_last=False, compile_model=False, foreach=True)
                     rate = measure_throughput(step, cycle_tensors(scaled_images, scaled_labels, batch), args.warmup, max(5, args.steps // 3))
-                    print(f"{resolution:>10} {batch:>6} {rate:>9.1f} {1000 * batch / rate:>8.0f}", flush=True)
+                    print(f"{resolution:>10} {patch:>6} {batch:>6} {rate:>9.1f} {1000 * batch / rate:>8.0f}", flush=True)
 
 
 if __name__ == "__main__":
