@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--conditions_json", type=str, nargs="+", default=[str(COURSE_TEST), str(SYNTHETIC_TEST)],
                         help="Condition sets (test.json format); default: the course's test.json and the project's synthetic set.")
     parser.add_argument("--output_dir", type=str, default="outputs/report", help="Where images, metrics.json and report.md go.")
-    parser.add_argument("--scheduler", type=str, default="ddim", choices=sorted(SCHEDULERS), help="Sampler.")
+    parser.add_argument("--scheduler", type=str, default=None, choices=sorted(SCHEDULERS),
+                        help="Sampler (default: the one the pipeline was saved with, i.e. validated with).")
     parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampling steps.")
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale (the pipeline's default, chosen on a validation set).")
     parser.add_argument("--num_seeds", type=int, default=3, help="Generation repeats with different seeds (mean ± std).")
@@ -212,7 +213,7 @@ def sweep_plot(rows: list[dict], path: Path) -> None:
 
 def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies: dict) -> None:
     lines = [f"# Evaluation of `{args.pipeline}`", "",
-             f"Sampler {args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}, "
+             f"Sampler {args.sampler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}, "
              f"{args.num_seeds} seeds; evaluator `{args.evaluator}`. Condition sets: "
              + ", ".join(f"`{path}`" for path in args.conditions_json) + ".", "",
              "| set | model accuracy (mean ± std) | exact-set | rendered (ceiling) | empty floor | noise | s/image |",
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.pipeline, args.scheduler, args.device)
+    args.sampler = type(pipe.scheduler).__name__  # named in the report and metrics.json
     evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
     results = {Path(path).stem: {"conditions_json": str(path)} | evaluate_set(pipe, evaluator, Path(path).stem,
                                                                               load_conditions(path), args, out)

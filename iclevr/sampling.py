@@ -20,10 +20,12 @@ SCHEDULERS = {
 }
 
 
-def load_pipeline(path: str, scheduler: str, device: str) -> ICLEVRPipeline:
-    """A saved pipeline on ``device`` with the sampler named ``scheduler`` (a key of `SCHEDULERS`), progress bar off."""
+def load_pipeline(path: str, scheduler: str | None, device: str) -> ICLEVRPipeline:
+    """A saved pipeline on ``device`` with the sampler named ``scheduler`` (a key of `SCHEDULERS`; None keeps the one
+    it was saved with), progress bar off."""
     pipe = ICLEVRPipeline.from_pretrained(path).to(device)
-    pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
+    if scheduler is not None:
+        pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -47,6 +47,7 @@ def test_report_end_to_end(saved, tmp_path):
     assert len(metrics["sweep"]) == 2 * 2 * 2 and (out / "sweep.png").is_file()
     report = (out / "report.md").read_text()
     assert "| mini |" in report and "![denoising](denoising.png)" in report and "## Sweep" in report
+    assert report.count("Sampler DDIMScheduler, 2 steps") == 1  # by default the sampler the pipeline was saved with
     assert "Missed labels by kind" in report and "- mini: colour " in report
     assert json.loads((out / "metrics.json").read_text())["sets"]["mini"]["conditions"] == 9
 
@@ -80,7 +81,7 @@ def test_eta_and_interpolation_studies_in_the_report(saved, tmp_path):
     out = tmp_path / "report"
     metrics = main(["--pipeline", str(saved / "pipe"), "--evaluator", str(saved / "evaluator"), "--conditions_json",
                     str(saved / "mini.json"), "--output_dir", str(out), "--num_inference_steps", "2", "--num_seeds", "2",
-                    "--batch_size", "4", "--eta_study", "--interpolation_study"])
+                    "--batch_size", "4", "--eta_study", "--interpolation_study", "--scheduler", "dpm++"])
     studies = metrics["studies"]
     assert [r["eta"] for r in studies["eta"]] == list(ETAS)
     assert all(len(r["accuracy"]["values"]) == 2 for r in studies["eta"])
@@ -102,3 +103,4 @@ def test_eta_and_interpolation_studies_in_the_report(saved, tmp_path):
     report = (out / "report.md").read_text()
     assert "## DDIM eta" in report and "![eta](eta.png)" in report and "| 0.5 |" in report
     assert "## Noise interpolation" in report and "| slerp |" in report and "| lerp |" in report
+    assert "Sampler DPMSolverMultistepScheduler" in report and metrics["args"]["sampler"] == "DPMSolverMultistepScheduler"
