@@ -125,8 +125,17 @@ class Demo:
         verdict = "all read" if not missed else "missed: " + ", ".join(f"✗ {label}" for label in missed)
         return f"read: {', '.join(read)} — {verdict}"
 
+    def summary(self, captions: list[str]) -> str:
+        """The evaluator's readings as a list under the gallery, where no caption is cut short ("" without one)."""
+        if self.reader is None:
+            return ""
+        whole = sum(caption.endswith("all read") for caption in captions)
+        lines = [f"**The evaluator read every object on {whole} of {len(captions)} images.**", ""]
+        return "\n".join(lines + [f"{i}. {caption}" for i, caption in enumerate(captions, start=1)])
+
     def generate(self, *values, progress=gr.Progress()):  # noqa: B008 (Gradio fills a Progress default with its tracker)
-        """Gradio's handler: (colour, shape) per object, then guidance, steps, images, seed → captioned images."""
+        """Gradio's handler: (colour, shape) per object, then guidance, steps, images, seed → captioned images and
+        the evaluator's readings."""
         slots = list(zip(values[0 : 2 * MAX_OBJECTS : 2], values[1 : 2 * MAX_OBJECTS : 2], strict=True))
         guidance, steps, count, seed = values[2 * MAX_OBJECTS :]
         condition = read_condition(slots)
@@ -139,7 +148,8 @@ class Demo:
         images = self.pipe(condition, num_inference_steps=steps, guidance_scale=float(guidance),
                            num_images_per_prompt=count, generator=torch.Generator().manual_seed(int(seed)),
                            callback_on_step_end=report).images
-        return [(image, self.caption(image, condition)) for image in images]
+        captions = [self.caption(image, condition) for image in images]
+        return list(zip(images, captions, strict=True)), self.summary(captions)
 
 
 def build_page(demo: Demo) -> gr.Blocks:
@@ -165,7 +175,8 @@ def build_page(demo: Demo) -> gr.Blocks:
             seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
         button = gr.Button("Generate", variant="primary", elem_id="generate")
         gallery = gr.Gallery(label="samples", columns=4, height="auto", format="png", elem_id="gallery")
-        button.click(demo.generate, inputs=[*choices, guidance, steps, count, seed], outputs=gallery)
+        readings = gr.Markdown(elem_id="readings")
+        button.click(demo.generate, inputs=[*choices, guidance, steps, count, seed], outputs=[gallery, readings])
     return page
 
 

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=str, default="outputs/report", help="Where images, metrics.json and report.md go.")
     parser.add_argument("--scheduler", type=str, default=None, choices=sorted(SCHEDULERS),
                         help="Sampler (default: the one the pipeline was saved with, i.e. validated with).")
-    parser.add_argument("--num_inference_steps", type=int, default=50, help="Sampling steps.")
+    parser.add_argument("--num_inference_steps", type=int, default=25, help="Sampling steps (the pipeline's default, at which the trainer validates).")
     parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale (the pipeline's default, chosen on a validation set).")
     parser.add_argument("--num_seeds", type=int, default=3, help="Generation repeats with different seeds (mean ± std).")
     parser.add_argument("--seed", type=int, default=0, help="First seed.")

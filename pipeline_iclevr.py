@@ -5,7 +5,7 @@ This file is copied into every saved model so the Hub can load it as remote code
 the standard library, torch and diffusers. It owns label encoding; every other module imports it from here.
 
     >>> pipe = ICLEVRPipeline.from_pretrained("outputs/iclevr-ddpm")
-    >>> images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=50, guidance_scale=2.0).images
+    >>> images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=25, guidance_scale=2.0).images
 
 The default vocabulary is the course's `objects.json`: 24 labels, 8 colours x 3 shapes, with
 ``index = shape_index * 8 + colour_index``::
@@ -369,7 +369,7 @@ class ICLEVRPipeline(DiffusionPipeline):
     def __call__(
         self,
         labels,
-        num_inference_steps: int = 50,
+        num_inference_steps: int = 25,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -385,7 +385,8 @@ class ICLEVRPipeline(DiffusionPipeline):
         Args:
             labels: one condition (``["red sphere", "cyan cube"]``, ``[9, 6]`` or a multi-hot tensor) or a batch
                 (a list of conditions or a ``(batch, N)`` tensor).
-            num_inference_steps (`int`, defaults to 50): denoising steps.
+            num_inference_steps (`int`, defaults to 25): denoising steps (the project saves its pipelines with
+                DPM-Solver++, validated at 25).
             guidance_scale (`float`, defaults to 2.0): classifier-free guidance weight ``w`` in
                 ``eps = eps_null + w * (eps_cond - eps_null)``. ``w = 1`` runs the conditional model alone and
                 ``w = 0`` the null (all-zero) condition alone, in a single pass; any other value runs both in one

@@ -130,9 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
     run.add_argument("--validation_steps", type=int, default=None, help="Sample the validation conditions every N steps (and at the end).")
     run.add_argument("--validation_conditions_json", type=str, default=str(SYNTHETIC_TEST), help="Conditions sampled at validation (test.json format; default: the project's synthetic set).")
-    run.add_argument("--validation_scheduler", type=str, default="ddim", choices=sorted(SCHEDULERS),
-                     help="Sampler of validation, also saved with the pipeline so its default call samples as measured.")
-    run.add_argument("--validation_inference_steps", type=int, default=50, help="Sampling steps at validation (and the saved pipeline's default).")
+    run.add_argument("--validation_scheduler", type=str, default="dpm++", choices=sorted(SCHEDULERS),
+                     help="Sampler of validation, also saved with the pipeline so its default call samples as measured; "
+                          "DPM-Solver++ at 25 steps scores within the seed spread of DDIM at 50.")
+    run.add_argument("--validation_inference_steps", type=int, default=25,
+                     help="Sampling steps at validation (the pipeline's default call takes 25 too).")
     run.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance at validation.")
     run.add_argument("--validation_num_seeds", type=int, default=1,
                      help="Sampling seeds per validation (--seed, --seed+1, ...): the accuracy logged is their mean, as in "
@@ -349,7 +351,7 @@ def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Names
 # --- validation --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, evaluator=None) -> dict:
-    """Sample the validation conditions (EMA weights if used) with DDIM into a grid; with an evaluator, score them.
+    """Sample the validation conditions (EMA weights if used) with the validation sampler into a grid; with an evaluator, score them.
 
     With ``--validation_num_seeds`` above 1 every seed samples all conditions; the accuracy logged is the mean over
     seeds (``accuracy_std`` their spread), and the grid shows the first seed.

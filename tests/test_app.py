@@ -66,6 +66,9 @@ def test_captions_mark_what_the_evaluator_misses(tmp_path):
     image = demo.pipe([["red cube"]], num_inference_steps=1).images[0]
     assert demo.caption(image, ["gray cube", "red cube"]) == "read: gray cube, red cube — all read"
     assert demo.caption(image, ["gray cube", "cyan sphere"]) == "read: gray cube, red cube — missed: ✗ cyan sphere"
+    summary = demo.summary([demo.caption(image, ["gray cube", "red cube"]), demo.caption(image, ["cyan sphere"])])
+    assert summary.startswith("**The evaluator read every object on 1 of 2 images.**")
+    assert "2. read: gray cube — missed: ✗ cyan sphere" in summary
 
 
 def test_a_folder_without_a_pipeline_is_refused_before_serving(tmp_path, capsys):
@@ -140,15 +143,17 @@ def set_slider(driver, elem_id: str, value: int) -> None:
     box.send_keys(str(value), Keys.TAB)
 
 
-def gallery_images(driver, count: int, timeout: float = 120):
-    """Wait until the gallery shows ``count`` loaded images; return them."""
-    from selenium.webdriver.common.by import By
+def gallery_images(driver, count: int, timeout: float = 120) -> list[list[int]]:
+    """Wait until the gallery shows ``count`` loaded images; return their natural sizes. One script reads them all
+    at once, so a gallery re-rendering between two reads cannot leave a stale element."""
     from selenium.webdriver.support.ui import WebDriverWait
 
+    script = ("return Array.from(document.querySelectorAll('#gallery img'))"
+              ".filter(i => i.complete && i.naturalWidth).map(i => [i.naturalWidth, i.naturalHeight]);")
+
     def loaded(d):
-        images = d.find_elements(By.CSS_SELECTOR, "#gallery img")
-        ready = [i for i in images if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)]
-        return ready if len(ready) == count else False
+        sizes = d.execute_script(script)
+        return sizes if len(sizes) == count else False
 
     return WebDriverWait(driver, timeout).until(loaded)
 
@@ -167,9 +172,8 @@ def test_the_page_generates_refuses_a_bad_condition_and_keeps_serving(served, br
     set_slider(browser, "steps", 2)
     set_slider(browser, "count", 3)
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
-    images = gallery_images(browser, 3)
-    sizes = {tuple(browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", i)) for i in images}
-    assert sizes == {(16, 16)}  # the pipeline's own size, not re-encoded or resized
+    sizes = gallery_images(browser, 3)
+    assert {tuple(size) for size in sizes} == {(16, 16)}  # the pipeline's own size, not re-encoded or resized
     assert "cyan cube, yellow cylinder" in browser.find_element(By.CSS_SELECTOR, "#gallery").text
 
     browser.save_screenshot(str(folder / "page.png"))

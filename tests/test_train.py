@@ -81,16 +81,16 @@ def test_launch_produces_a_pipeline(trained):
 
 
 def test_the_saved_pipeline_samples_as_it_was_measured(trained):
-    """The saved sampler is the validation's (DDIM), so the default call with the card's steps, guidance and seed
-    reproduces the last validation's accuracy exactly."""
-    from diffusers import DDIMScheduler
+    """The saved sampler is the validation's (DPM-Solver++), so the default call with the card's steps, guidance and
+    seed reproduces the last validation's accuracy exactly."""
+    from diffusers import DPMSolverMultistepScheduler
 
     from iclevr.data import load_conditions
     from iclevr.evaluator import Evaluator
 
     pipe = ICLEVRPipeline.from_pretrained(trained)
     pipe.set_progress_bar_config(disable=True)
-    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
     last = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()][-1]
     conditions = load_conditions(SYNTHETIC_TEST)
     images = pipe(conditions, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="pt").images
@@ -106,7 +106,7 @@ def test_model_card(trained):
     last = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()][-1]
     (result,) = card.data.eval_results
     assert result.metric_type == "accuracy" and result.metric_value == round(last["accuracy"], 4)
-    assert "synthetic_test.json" in result.dataset_name and "DDIM" in result.metric_name
+    assert "synthetic_test.json" in result.dataset_name and "DPMSolverMultistepScheduler" in result.metric_name
     text = card.text
     assert "# i-CLEVR class-conditional DDPM" in text and "https://github.com/" not in text
     assert 'DiffusionPipeline.from_pretrained("' in text and "trust_remote_code=True" in text
