@@ -149,7 +149,8 @@ def eta_study(args, evaluator, conditions, out: Path) -> list[dict]:
             if k == 0:
                 grid_rows.append(images[:8])
         rows.append({"eta": eta, "accuracy": mean_std(accuracies)})
-    captions = [f"eta {eta:g}" + ("\n" + "\n".join(c) if i == 0 else "") for eta in ETAS for i, c in enumerate(conditions[:8])]
+    # every image names its eta; the first row also its condition (the same in every row of a column)
+    captions = [f"eta {eta:g}" + ("\n" + "\n".join(c) if eta == ETAS[0] else "") for eta in ETAS for c in conditions[:8]]
     grid = np.concatenate(grid_rows)
     image_grid(grid, columns=len(grid_rows[0]), captions=captions, scale=display_scale(grid.shape[1])).save(out / "eta.png")
     return rows
