@@ -154,9 +154,9 @@ class Demo:
 
 def build_page(demo: Demo) -> gr.Blocks:
     """The page: an object row each (colour, shape), the sampling settings, a generate button and a gallery."""
-    size = demo.pipe.unet.config.sample_size * demo.pipe.config.patch_size
+    height, width = demo.pipe.image_size
     with gr.Blocks(title="i-CLEVR diffusion") as page:
-        gr.Markdown(f"# i-CLEVR class-conditional diffusion\nPick 1-{MAX_OBJECTS} objects; the model draws a {size}x{size} "
+        gr.Markdown(f"# i-CLEVR class-conditional diffusion\nPick 1-{MAX_OBJECTS} objects; the model draws a {width}x{height} "
                     "scene holding them." + (" The evaluator's reading is under each image." if demo.reader else ""))
         choices = []
         with gr.Row():

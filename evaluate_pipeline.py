@@ -125,16 +125,6 @@ def denoising_figure(pipe, labels, args, snapshots: int = 8) -> Image.Image:
     return canvas
 
 
-def sample_latents(pipe, conditions, latents: torch.Tensor, args, seed: int, **overrides) -> np.ndarray:
-    """Images for ``conditions`` from the given initial noises, batched (``seed`` drives stochastic samplers)."""
-    outputs = []
-    for offset in range(0, len(conditions), args.batch_size):
-        batch = slice(offset, offset + args.batch_size)
-        outputs.append(pipe(conditions[batch], latents=latents[batch], generator=torch.Generator().manual_seed(seed + offset),
-                            output_type="np", **sampling_kwargs(args, **overrides)).images)
-    return np.concatenate(outputs)
-
-
 def eta_study(args, evaluator, conditions, out: Path) -> list[dict]:
     """DDIM at each eta from the same initial noises (per seed), scored on ``conditions``; the grid shows the first
     8 conditions of the first seed, a row per eta."""
@@ -144,7 +134,7 @@ def eta_study(args, evaluator, conditions, out: Path) -> list[dict]:
         accuracies = []
         for k in range(args.num_seeds):
             latents = initial_noise(pipe, len(conditions), args.seed + k)
-            images = sample_latents(pipe, conditions, latents, args, args.seed + k, eta=eta)
+            images, _ = generate(pipe, conditions, args.seed + k, args.batch_size, latents, **sampling_kwargs(args, eta=eta))
             accuracies.append(score(evaluator, images, conditions)["accuracy"])
             if k == 0:
                 grid_rows.append(images[:8])
@@ -166,10 +156,11 @@ def interpolation_study(args, evaluator, conditions, out: Path) -> dict:
     paths = {"slerp": slerp, "lerp": lambda a, b, alpha: (1 - alpha) * a + alpha * b}
     results, strip = {}, []
     for name, mix in paths.items():
-        results[name] = [{"alpha": alpha, "accuracy": score(evaluator, sample_latents(
-            pipe, conditions, mix(start, end, alpha), args, args.seed), conditions)["accuracy"]} for alpha in alphas]
-        strip.append(np.concatenate([sample_latents(pipe, [DENOISING_EXAMPLE], mix(example_start, example_end, alpha), args,
-                                                    args.seed) for alpha in alphas]))
+        for alpha in alphas:
+            images, _ = generate(pipe, conditions, args.seed, args.batch_size, mix(start, end, alpha), **sampling_kwargs(args))
+            results.setdefault(name, []).append({"alpha": alpha, "accuracy": score(evaluator, images, conditions)["accuracy"]})
+        path = torch.cat([mix(example_start, example_end, alpha) for alpha in alphas])  # the strip in one batch
+        strip.append(generate(pipe, [DENOISING_EXAMPLE] * len(alphas), args.seed, args.batch_size, path, **sampling_kwargs(args))[0])
     captions = [f"{name} {alpha:.2f}" for name in paths for alpha in alphas]
     frames = np.concatenate(strip)
     image_grid(frames, columns=len(alphas), captions=captions, scale=display_scale(frames.shape[1])).save(out / "interpolation.png")

@@ -309,6 +309,13 @@ class ICLEVRPipeline(DiffusionPipeline):
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the images (and of ``latents``): the UNet's sample size times ``patch_size``."""
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return size[0] * self.config.patch_size, size[1] * self.config.patch_size
+
     def __init__(self, unet, scheduler, label2id: dict[str, int] | None = None, patch_size: int = 1):
         super().__init__()
         label2id = dict(label2id) if label2id else dict(DEFAULT_LABEL2ID)
@@ -415,9 +422,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         device, dtype = self._execution_device, self.unet.dtype
         conditions = self.encode_labels(labels, num_images_per_prompt if isinstance(num_images_per_prompt, int) and num_images_per_prompt > 0 else 1)
         patch = self.config.patch_size
-        size = self.unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (conditions.shape[0], self.unet.config.in_channels // patch**2, *(side * patch for side in size))
+        shape = (conditions.shape[0], self.unet.config.in_channels // patch**2, *self.image_size)
         self.check_inputs(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape)
 
         if latents is None:

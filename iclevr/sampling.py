@@ -30,12 +30,16 @@ def load_pipeline(path: str, scheduler: str | None, device: str) -> ICLEVRPipeli
     return pipe
 
 
-def generate(pipe, conditions, seed: int, batch_size: int, **sampling) -> tuple[np.ndarray, float]:
-    """Images ``(N, H, W, 3)`` in [0, 1] for the conditions, in seeded batches; and the seconds per image."""
+def generate(pipe, conditions, seed: int, batch_size: int, latents: torch.Tensor | None = None,
+             **sampling) -> tuple[np.ndarray, float]:
+    """Images ``(N, H, W, 3)`` in [0, 1] for the conditions, in seeded batches (from ``latents`` ``(N, 3, H, W)``
+    when given, else from noise the seed draws); and the seconds per image."""
     outputs, start = [], time.perf_counter()
     for offset in range(0, len(conditions), batch_size):
+        batch = slice(offset, offset + batch_size)
         generator = torch.Generator().manual_seed(seed * 100_003 + offset)
-        outputs.append(pipe(conditions[offset : offset + batch_size], generator=generator, output_type="np", **sampling).images)
+        outputs.append(pipe(conditions[batch], generator=generator, output_type="np",
+                            latents=None if latents is None else latents[batch], **sampling).images)
     return np.concatenate(outputs), (time.perf_counter() - start) / len(conditions)
 
 
@@ -46,8 +50,7 @@ def score(evaluator, images: np.ndarray, conditions) -> dict:
 
 def initial_noise(pipe, count: int, seed: int) -> torch.Tensor:
     """``count`` seeded initial noises ``(count, 3, H, W)`` in the pipeline's pixel space (its ``latents`` argument)."""
-    size = pipe.unet.config.sample_size * pipe.config.patch_size
-    return torch.randn((count, 3, size, size), generator=torch.Generator().manual_seed(seed))
+    return torch.randn((count, 3, *pipe.image_size), generator=torch.Generator().manual_seed(seed))
 
 
 def slerp(start: torch.Tensor, end: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler
 
 from pipeline_iclevr import ICLEVRPipeline
+
+from .test_pipeline import tiny_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 gradio = pytest.importorskip("gradio", reason="the demo needs gradio (requirements-dev.txt installs it)")
@@ -27,15 +29,10 @@ def require(found: bool, what: str) -> None:
         (pytest.fail if os.environ.get("CI") else pytest.skip)(f"needs {what} (.ci/run installs it)")
 
 
-def tiny_pipeline(folder: Path, patch_size: int = 2) -> Path:
+def tiny_pipeline(folder: Path) -> Path:
     """A small untrained pipeline drawing 16x16 images through an 8x8 UNet (patch size 2)."""
-    torch.manual_seed(0)
-    channels = 3 * patch_size**2
-    unet = UNet2DConditionModel(sample_size=16 // patch_size, in_channels=channels, out_channels=channels,
-                                down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                                mid_block_type="UNetMidBlock2D", block_out_channels=(8, 16), layers_per_block=1,
-                                norm_num_groups=8, class_embed_type="projection", projection_class_embeddings_input_dim=24)
-    ICLEVRPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100), patch_size=patch_size).save_pretrained(folder)
+    unet = tiny_unet(sample_size=8, in_channels=12, out_channels=12)
+    ICLEVRPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100), patch_size=2).save_pretrained(folder)
     return folder
 
 
