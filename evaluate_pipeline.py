@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from iclevr.data import COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.metrics import mean_std, total_misses
-from iclevr.sampling import SCHEDULERS, generate, initial_noise, load_pipeline, score, slerp
+from iclevr.sampling import SCHEDULERS, generate, initial_noise, is_one_step, load_pipeline, score, slerp
 from iclevr.utils import display_scale, image_grid
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
 
@@ -73,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def sampling_kwargs(args, **overrides) -> dict:
-    """The pipeline call's sampling arguments from the flags."""
+    """The pipeline call's sampling arguments from the flags (none for a GAN, which samples in one step)."""
+    if args.one_step:
+        return {}
     return {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale} | overrides
 
 
@@ -204,9 +206,10 @@ def sweep_plot(rows: list[dict], path: Path) -> None:
 
 
 def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies: dict) -> None:
+    sampling = (f"Sampler {args.sampler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}" if not args.one_step
+                else "A GAN generator (one forward pass: no sampler, steps or guidance)")
     lines = [f"# Evaluation of `{args.pipeline}`", "",
-             f"Sampler {args.sampler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}, "
-             f"{args.num_seeds} seeds; evaluator `{args.evaluator}`. Condition sets: "
+             f"{sampling}, {args.num_seeds} seeds; evaluator `{args.evaluator}`. Condition sets: "
              + ", ".join(f"`{path}`" for path in args.conditions_json) + ".", "",
              "| set | model accuracy (mean ± std) | exact-set | rendered (ceiling) | empty floor | noise | s/image |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -225,7 +228,8 @@ def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies
         lines.append(f"- {name}: " + ", ".join(f"{kind} {count}" for kind, count in r["misses"].items()))
     for name in results:
         lines += ["", f"## {name}", "", f"![{name}](grid_{name}.png)"]
-    lines += ["", "## Denoising process", "", "![denoising](denoising.png)"]
+    if not args.one_step:
+        lines += ["", "## Denoising process", "", "![denoising](denoising.png)"]
     if sweep_rows:
         lines += ["", "## Sweep", "", "| scheduler | steps | guidance | accuracy | s/image |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {r['scheduler']} | {r['steps']} | {r['guidance_scale']:g} | {r['accuracy']:.3f} | {r['seconds_per_image']:.3f} |" for r in sweep_rows]
@@ -253,12 +257,16 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.pipeline, args.scheduler, args.device)
-    args.sampler = type(pipe.scheduler).__name__  # named in the report and metrics.json
+    args.one_step = is_one_step(pipe)
+    if args.one_step and (args.sweep or args.eta_study):
+        raise ValueError(f"{args.pipeline} is a GAN generator: it has no sampler to sweep and no DDIM eta; drop --sweep and --eta_study.")
+    args.sampler = "one-step GAN generator" if args.one_step else type(pipe.scheduler).__name__  # named in the report and metrics.json
     evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
     results = {Path(path).stem: {"conditions_json": str(path)} | evaluate_set(pipe, evaluator, Path(path).stem,
                                                                               load_conditions(path), args, out)
                for path in args.conditions_json}
-    denoising_figure(pipe, DENOISING_EXAMPLE, args).save(out / "denoising.png")
+    if not args.one_step:  # a GAN has no denoising process to draw
+        denoising_figure(pipe, DENOISING_EXAMPLE, args).save(out / "denoising.png")
     sweep_rows = []
     if args.sweep:
         sweep_rows = sweep(args, evaluator, load_conditions(args.conditions_json[0]))

@@ -9,10 +9,8 @@ through the UNet's own projection into the timestep embedding, so it is saved an
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
@@ -24,24 +22,37 @@ from filelock import FileLock
 
 import pipeline_iclevr
 from iclevr.data import (
-    SYNTHETIC_TEST,
     add_data_args,
     cache_root,
-    check_data_source,
     dataset_to_tensors,
-    load_conditions,
     load_dataset_from_args,
     to_model_input,
 )
 from iclevr.io import move_into, partial_folder
-from iclevr.metrics import mean_std, total_misses
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
 from iclevr.sampling import SCHEDULERS
-from iclevr.training import int_list
-from iclevr.utils import ema_weights, image_grid
+from iclevr.training import (
+    add_length_args,
+    add_precision_ema_args,
+    add_run_args,
+    check_run_args,
+    int_list,
+    validate_pipeline,
+)
+from iclevr.utils import ema_weights
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline, predict
 
 DEFAULT_LR_WARMUP_STEPS = 200  # the trainer's default warm-up, which main_job.py shortens with a shorter schedule
+
+
+def add_training_data_args(group) -> None:
+    """The data flags of the generator trainers: a dataset (`add_data_args`) or the embedded set, the resolution, flips."""
+    add_data_args(group, "i-CLEVR-layout folder (PNGs + train.json) or imagefolder with metadata.jsonl. Default: the embedded procedural set.")
+    group.add_argument("--embedded_num_scenes", type=int, default=18003,
+                       help="Scenes of the embedded default set (3 images each); more scenes beat repeated epochs in an hour.")
+    group.add_argument("--resolution", type=int, default=32, help="Training resolution (square): the size of the images the pipeline draws.")
+    group.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random (labels stay valid).")
+    group.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (data is in memory, so 0).")
 
 
 # --- flags -------------------------------------------------------------------------------------------------------
@@ -49,13 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags of ``train_conditional_ddpm.py`` (diffusers-example names), checked before any work starts."""
     parser = argparse.ArgumentParser(prog="train_conditional_ddpm.py", description="Train a class-conditional DDPM on i-CLEVR and save an ICLEVRPipeline.")
     data = parser.add_argument_group("data")
-    add_data_args(data, "i-CLEVR-layout folder (PNGs + train.json) or imagefolder with metadata.jsonl. Default: the embedded procedural set.")
-    data.add_argument("--embedded_num_scenes", type=int, default=18003,
-                      help="Scenes of the embedded default set (3 images each); more scenes beat repeated epochs in an hour.")
-    data.add_argument("--resolution", type=int, default=32, help="Training resolution (square): the size of the images the pipeline draws.")
-    data.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random (labels stay valid).")
+    add_training_data_args(data)
     data.add_argument("--channels_last", action="store_true", help="Use the channels-last memory format (faster with bf16 on some CPUs; docs/experiments.md).")
-    data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (data is in memory, so 0).")
 
     model = parser.add_argument_group("model")
     model.add_argument("--block_out_channels", type=int_list, default=[32, 64, 128], help="UNet channels per level, e.g. 32,64,128.")
@@ -99,11 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     diffusion.add_argument("--foreground_weight", type=float, default=4.0, help="Extra loss weight on pixels where the clean image departs from the floor (the training set's mean image): weight = 1 + W * departure. 0 = plain MSE.")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
-    optim.add_argument("--num_epochs", type=int, default=10, help="Epochs (ignored when --max_train_steps is set).")
-    optim.add_argument("--max_train_steps", type=int, default=None, help="Total optimiser steps; overrides --num_epochs.")
-    optim.add_argument("--max_train_minutes", type=float, default=None,
-                       help="Stop after this much training wall time (validation excluded), then save as usual: a fixed time budget.")
+    add_length_args(optim)
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimiser step.")
     optim.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate.")
     optim.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"], help="Schedule (diffusers get_scheduler).")
@@ -113,37 +115,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
     optim.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
     optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
-    optim.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
-    optim.add_argument("--seed", type=int, default=0, help="Random seed; a run with the same seed is reproducible on CPU.")
-    optim.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights and save it.")
-    optim.add_argument("--ema_max_decay", type=float, default=0.9999, help="Maximum EMA decay.")
-    optim.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up inverse multiplicative factor.")
-    optim.add_argument("--ema_power", type=float, default=0.75, help="EMA warm-up exponent.")
+    add_precision_ema_args(optim, ema_max_decay=0.9999)
 
     run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", type=str, default="outputs/iclevr-ddpm", help="Where checkpoints and the pipeline are written.")
-    run.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
-    run.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
-    run.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' (starts fresh when there is none, so a rerun command resumes) or a checkpoint folder to resume from.")
-    run.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no tracker).")
-    run.add_argument("--tracker_project_name", type=str, default="train_conditional_ddpm", help="Project name the tracker files the run under.")
-    run.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
-    run.add_argument("--validation_steps", type=int, default=None, help="Sample the validation conditions every N steps (and at the end).")
-    run.add_argument("--validation_conditions_json", type=str, default=str(SYNTHETIC_TEST), help="Conditions sampled at validation (test.json format; default: the project's synthetic set).")
+    add_run_args(run, output_dir="outputs/iclevr-ddpm", project_name="train_conditional_ddpm")
     run.add_argument("--validation_scheduler", type=str, default="dpm++", choices=sorted(SCHEDULERS),
                      help="Sampler of validation, also saved with the pipeline so its default call samples as measured; "
                           "DPM-Solver++ at 25 steps scores within the seed spread of DDIM at 50.")
     run.add_argument("--validation_inference_steps", type=int, default=25,
                      help="Sampling steps at validation (the pipeline's default call takes 25 too).")
     run.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance at validation.")
-    run.add_argument("--validation_num_seeds", type=int, default=1,
-                     help="Sampling seeds per validation (--seed, --seed+1, ...): the accuracy logged is their mean, as in "
-                          "the report; one seed on 32 conditions is noisy.")
-    run.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth: log the course accuracy at validation.")
-    run.add_argument("--push_to_hub", action="store_true", help="Upload the pipeline (no checkpoints) to the Hub at the end.")
-    run.add_argument("--hub_model_id", type=str, default=None, help="Hub repository, e.g. user/iclevr-ddpm.")
-    run.add_argument("--hub_token", type=str, default=None, help="Hub token (else the logged-in one); never logged or saved.")
-    run.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
 
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -168,12 +149,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--block_out_channels {args.block_out_channels} need a common divisor of at least 4 for GroupNorm.")
     if any(c % args.attention_head_dim for c, a in zip(args.block_out_channels, args.attention_levels) if a):
         parser.error("--attention_head_dim must divide the channels of every attention level.")
-    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "num_epochs", "ddpm_num_steps",
-                 "layers_per_block", "time_embedding_dim", "validation_num_seeds"):
+    for name in ("gradient_accumulation_steps", "ddpm_num_steps", "layers_per_block", "time_embedding_dim"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive.")
-    for name in ("max_train_steps", "max_train_minutes", "validation_steps"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive.")
     if args.conditioning != "class_embedding" and not any(args.attention_levels):
         parser.error(f"--conditioning {args.conditioning} needs at least one attention level (--attention_levels) to cross-attend.")
@@ -181,19 +158,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--foreground_weight and --snr_gamma must be >= 0 (0 turns each off).")
     if not 0.0 <= args.condition_dropout < 1.0:
         parser.error("--condition_dropout must be in [0, 1).")
-    if args.dataset_name or args.train_data_dir or args.train_json:  # else the embedded set
-        try:
-            check_data_source(args.dataset_name, args.train_data_dir, args.train_json)
-        except ValueError as error:
-            parser.error(str(error))
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id (e.g. user/iclevr-ddpm).")
-    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest" and not Path(args.resume_from_checkpoint).is_dir():
-        parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint} is not a checkpoint folder (or use 'latest').")
-    if args.validation_steps is not None and not Path(args.validation_conditions_json).is_file():
-        parser.error(f"--validation_conditions_json {args.validation_conditions_json} does not exist.")
-    if args.evaluator and not Path(args.evaluator).exists():
-        parser.error(f"--evaluator {args.evaluator} does not exist.")
+    check_run_args(parser, args)
 
 
 # --- model -------------------------------------------------------------------------------------------------------
@@ -349,47 +314,12 @@ def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Names
 
 
 # --- validation --------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, evaluator=None) -> dict:
-    """Sample the validation conditions (EMA weights if used) with the validation sampler into a grid; with an evaluator, score them.
-
-    With ``--validation_num_seeds`` above 1 every seed samples all conditions; the accuracy logged is the mean over
-    seeds (``accuracy_std`` their spread), and the grid shows the first seed.
-    """
-    conditions = load_conditions(args.validation_conditions_json)
-    per_seed = []
+    """`validate_pipeline` with the EMA weights (if used) and the validation sampler, steps and guidance."""
     with ema_weights(ema, unet):
-        pipeline = sampling_pipeline(unet, noise_scheduler, args)
-        pipeline.set_progress_bar_config(disable=True)
-        start = time.time()
-        for seed in range(args.seed, args.seed + args.validation_num_seeds):
-            with accelerator.autocast():
-                per_seed.append(pipeline(conditions, num_inference_steps=args.validation_inference_steps,
-                                         guidance_scale=args.validation_guidance_scale, output_type="np",
-                                         generator=torch.Generator(device="cpu").manual_seed(seed)).images)
-        seconds = time.time() - start
-    images = per_seed[0]
-    grid = image_grid(images, columns=8)
-    folder = Path(args.output_dir) / "validation"
-    folder.mkdir(parents=True, exist_ok=True)
-    grid.save(folder / f"step-{step:07d}.png")
-    grid.save(Path(args.output_dir) / "samples.png")
-    record = {"step": step, "conditions_json": str(args.validation_conditions_json),
-              "seconds_per_image": seconds / (len(conditions) * len(per_seed))}
-    if evaluator is not None:
-        reports = [evaluator.score(torch.from_numpy(batch).permute(0, 3, 1, 2), conditions) for batch in per_seed]
-        accuracy = mean_std([r["accuracy"] for r in reports])
-        record |= {"accuracy": accuracy["mean"], "exact_set_accuracy": mean_std([r["exact_set_accuracy"] for r in reports])["mean"]}
-        record |= {f"misses_{kind}": count for kind, count in total_misses(reports).items()}  # what fails to bind
-        if len(reports) > 1:
-            record |= {"accuracy_std": accuracy["std"], "accuracy_per_seed": accuracy["values"]}
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_images("validation", images, step, dataformats="NHWC")
-    accelerator.log({f"validation/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}, step=step)
-    with open(folder / "metrics.jsonl", "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-    return record
+        return validate_pipeline(sampling_pipeline(unet, noise_scheduler, args), args, accelerator, step, evaluator,
+                                 num_inference_steps=args.validation_inference_steps,
+                                 guidance_scale=args.validation_guidance_scale)
 
 
 # --- saving ------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from pipeline_iclevr import ICLEVRPipeline
+from pipeline_iclevr import ICLEVRGANPipeline, ICLEVRPipeline
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,
@@ -20,14 +20,30 @@ SCHEDULERS = {
 }
 
 
-def load_pipeline(path: str, scheduler: str | None, device: str) -> ICLEVRPipeline:
-    """A saved pipeline on ``device`` with the sampler named ``scheduler`` (a key of `SCHEDULERS`; None keeps the one
-    it was saved with), progress bar off."""
-    pipe = ICLEVRPipeline.from_pretrained(path).to(device)
-    if scheduler is not None:
-        pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
+def load_pipeline(path: str, scheduler: str | None, device: str) -> ICLEVRPipeline | ICLEVRGANPipeline:
+    """A saved pipeline on ``device``, progress bar off: a diffusion pipeline with the sampler named ``scheduler`` (a key
+    of `SCHEDULERS`; None keeps the one it was saved with), or a GAN's one-step pipeline (which has no sampler)."""
+    if is_gan_folder(path):
+        if scheduler is not None:
+            raise ValueError(f"{path} holds a GAN generator, which samples in one step: it takes no sampler (got {scheduler!r}).")
+        pipe = ICLEVRGANPipeline.from_pretrained(path).to(device)
+    else:
+        pipe = ICLEVRPipeline.from_pretrained(path).to(device)
+        if scheduler is not None:
+            pipe.scheduler = SCHEDULERS[scheduler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def is_gan_folder(path: str) -> bool:
+    """Whether a saved pipeline (folder or Hub id) is an `ICLEVRGANPipeline`, by the class its model_index.json names."""
+    name = ICLEVRPipeline.load_config(path).get("_class_name")
+    return name == ICLEVRGANPipeline.__name__
+
+
+def is_one_step(pipe) -> bool:
+    """A GAN pipeline: one forward pass, no sampler, steps or guidance."""
+    return isinstance(pipe, ICLEVRGANPipeline)
 
 
 def generate(pipe, conditions, seed: int, batch_size: int, latents: torch.Tensor | None = None,
@@ -49,8 +65,10 @@ def score(evaluator, images: np.ndarray, conditions) -> dict:
 
 
 def initial_noise(pipe, count: int, seed: int) -> torch.Tensor:
-    """``count`` seeded initial noises ``(count, 3, H, W)`` in the pipeline's pixel space (its ``latents`` argument)."""
-    return torch.randn((count, 3, *pipe.image_size), generator=torch.Generator().manual_seed(seed))
+    """``count`` seeded initial noises, the pipeline's ``latents`` argument: ``(count, 3, H, W)`` in a diffusion
+    pipeline's pixel space, ``(count, latent_dim)`` for a GAN."""
+    shape = (pipe.generator.config.latent_dim,) if is_one_step(pipe) else (3, *pipe.image_size)
+    return torch.randn((count, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 def slerp(start: torch.Tensor, end: torch.Tensor, alpha: float) -> torch.Tensor:
