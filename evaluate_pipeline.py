@@ -31,9 +31,9 @@ from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.metrics import mean_std, total_misses
 from iclevr.sampling import SCHEDULERS, generate, initial_noise, is_one_step, load_pipeline, score, slerp
 from iclevr.utils import display_scale, image_grid
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS
 
-DENOISING_EXAMPLE = ["red sphere", "cyan cylinder", "cyan cube"]
+DENOISING_EXAMPLE = ["red sphere", "cyan cylinder", "cyan cube"]  # i-CLEVR's; another vocabulary draws its first condition
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # DDIM's eta: 0 deterministic, 1 as stochastic as DDPM
 INTERPOLATION_POINTS = 9
 
@@ -150,7 +150,7 @@ def eta_study(args, evaluator, conditions, out: Path) -> list[dict]:
 
 def interpolation_study(args, evaluator, conditions, out: Path) -> dict:
     """Between two initial noises per condition, spherically (slerp) and linearly, at evenly spaced points: the
-    accuracy at each point on ``conditions``, and a strip of ``DENOISING_EXAMPLE`` (a row per path)."""
+    accuracy at each point on ``conditions``, and a strip of ``args.example`` (a row per path)."""
     pipe = load_pipeline(args.pipeline, args.scheduler, args.device)
     alphas = [i / (INTERPOLATION_POINTS - 1) for i in range(INTERPOLATION_POINTS)]
     start, end = initial_noise(pipe, len(conditions), args.seed), initial_noise(pipe, len(conditions), args.seed + 1)
@@ -162,7 +162,7 @@ def interpolation_study(args, evaluator, conditions, out: Path) -> dict:
             images, _ = generate(pipe, conditions, args.seed, args.batch_size, mix(start, end, alpha), **sampling_kwargs(args))
             results.setdefault(name, []).append({"alpha": alpha, "accuracy": score(evaluator, images, conditions)["accuracy"]})
         path = torch.cat([mix(example_start, example_end, alpha) for alpha in alphas])  # the strip in one batch
-        strip.append(generate(pipe, [DENOISING_EXAMPLE] * len(alphas), args.seed, args.batch_size, path, **sampling_kwargs(args))[0])
+        strip.append(generate(pipe, [args.example] * len(alphas), args.seed, args.batch_size, path, **sampling_kwargs(args))[0])
     captions = [f"{name} {alpha:.2f}" for name in paths for alpha in alphas]
     frames = np.concatenate(strip)
     image_grid(frames, columns=len(alphas), captions=captions, scale=display_scale(frames.shape[1])).save(out / "interpolation.png")
@@ -205,6 +205,11 @@ def sweep_plot(rows: list[dict], path: Path) -> None:
     image.save(path)
 
 
+def reference(references: dict, kind: str) -> str:
+    """A reference row's accuracy for the report, or "n/a" where there is none (the renderer draws i-CLEVR only)."""
+    return f"{references[kind]['accuracy']:.3f}" if kind in references else "n/a"
+
+
 def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies: dict) -> None:
     sampling = (f"Sampler {args.sampler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}" if not args.one_step
                 else "A GAN generator (one forward pass: no sampler, steps or guidance)")
@@ -216,8 +221,8 @@ def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies
     for name, r in results.items():
         ref = r["references"]
         lines.append(f"| {name} | {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f} | "
-                     f"{r['exact_set_accuracy']['mean']:.3f} | {ref['rendered']['accuracy']:.3f} | "
-                     f"{ref['floor']['accuracy']:.3f} | {ref['noise']['accuracy']:.3f} | {r['seconds_per_image']:.3f} |")
+                     f"{r['exact_set_accuracy']['mean']:.3f} | {reference(ref, 'rendered')} | "
+                     f"{reference(ref, 'floor')} | {reference(ref, 'noise')} | {r['seconds_per_image']:.3f} |")
     lines += ["", "By number of objects (model accuracy, mean over seeds):", ""]
     for name, r in results.items():
         parts = ", ".join(f"{n} object(s): {v['mean']:.3f}" for n, v in sorted(r["accuracy_by_num_objects"].items()))
@@ -245,7 +250,7 @@ def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies
         paths = studies["interpolation"]
         lines += ["", "## Noise interpolation", "", f"Two initial noises per condition of `{first}`, mixed along a great circle "
                   "(slerp) or a straight line (lerp); accuracy at each point (seed 0). The strip: "
-                  f"{', '.join(DENOISING_EXAMPLE)}.", "", "| path | " + " | ".join(f"{r['alpha']:.2f}" for r in paths["slerp"]) + " |",
+                  f"{', '.join(args.example)}.", "", "| path | " + " | ".join(f"{r['alpha']:.2f}" for r in paths["slerp"]) + " |",
                   "| --- |" + " --- |" * len(paths["slerp"])]
         lines += [f"| {name} | " + " | ".join(f"{r['accuracy']:.3f}" for r in rows) + " |" for name, rows in paths.items()]
         lines += ["", "![interpolation](interpolation.png)"]
@@ -262,27 +267,33 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"{args.pipeline} is a GAN generator: it has no sampler to sweep and no DDIM eta; drop --sweep and --eta_study.")
     args.sampler = "one-step GAN generator" if args.one_step else type(pipe.scheduler).__name__  # named in the report and metrics.json
     evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
-    results = {Path(path).stem: {"conditions_json": str(path)} | evaluate_set(pipe, evaluator, Path(path).stem,
-                                                                              load_conditions(path), args, out)
-               for path in args.conditions_json}
+    if evaluator.vocab.labels != pipe.vocab.labels:
+        raise ValueError(f"The evaluator scores {len(evaluator.vocab)} labels ({', '.join(evaluator.vocab.labels[:4])}, ...) and "
+                         f"the pipeline draws {len(pipe.vocab)} ({', '.join(pipe.vocab.labels[:4])}, ...): score a pipeline "
+                         "with an evaluator trained on the same vocabulary.")
+    condition_sets = {path: load_conditions(path, pipe.vocab) for path in args.conditions_json}
+    first = condition_sets[args.conditions_json[0]]
+    args.example = DENOISING_EXAMPLE if pipe.vocab.labels == LABELS else first[0]  # drawn in the figures
+    results = {Path(path).stem: {"conditions_json": str(path)} | evaluate_set(pipe, evaluator, Path(path).stem, conditions, args, out)
+               for path, conditions in condition_sets.items()}
     if not args.one_step:  # a GAN has no denoising process to draw
-        denoising_figure(pipe, DENOISING_EXAMPLE, args).save(out / "denoising.png")
+        denoising_figure(pipe, args.example, args).save(out / "denoising.png")
     sweep_rows = []
     if args.sweep:
-        sweep_rows = sweep(args, evaluator, load_conditions(args.conditions_json[0]))
+        sweep_rows = sweep(args, evaluator, first)
         sweep_plot(sweep_rows, out / "sweep.png")
     studies = {}
     if args.eta_study:
-        studies["eta"] = eta_study(args, evaluator, load_conditions(args.conditions_json[0]), out)
+        studies["eta"] = eta_study(args, evaluator, first, out)
     if args.interpolation_study:
-        studies["interpolation"] = interpolation_study(args, evaluator, load_conditions(args.conditions_json[0]), out)
+        studies["interpolation"] = interpolation_study(args, evaluator, first, out)
     metrics = {"args": vars(args), "sets": results, "sweep": sweep_rows, "studies": studies}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(out, args, results, sweep_rows, studies)
     for name, r in results.items():
         print(f"{name}: accuracy {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f} "
-              f"(rendered {r['references']['rendered']['accuracy']:.3f}, floor {r['references']['floor']['accuracy']:.3f}, "
-              f"noise {r['references']['noise']['accuracy']:.3f})")
+              f"(rendered {reference(r['references'], 'rendered')}, floor {reference(r['references'], 'floor')}, "
+              f"noise {reference(r['references'], 'noise')})")
     return metrics
 
 

@@ -39,6 +39,7 @@ from iclevr.training import (
     setup_accelerator,
 )
 from iclevr.utils import bare_model
+from pipeline_iclevr import LabelVocabulary
 
 logger = get_logger(__name__)
 
@@ -59,6 +60,7 @@ class Run:
     floor: torch.Tensor | None
     max_steps: int
     updates_per_epoch: int
+    vocab: LabelVocabulary
     evaluator: object = None
     step: int = 0
     loss: float = float("nan")
@@ -71,8 +73,10 @@ class Run:
 
 
 def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
-    """Model, EMA, optimiser, data and schedule, prepared by Accelerate (this order fixes what the seed draws)."""
-    unet = ddpm.build_model(args)
+    """Data, model, EMA, optimiser and schedule, prepared by Accelerate (this order fixes what the seed draws; loading
+    the data draws nothing)."""
+    dataset, vocab = ddpm.build_dataset(args, accelerator)
+    unet = ddpm.build_model(args, len(vocab))
     noise_scheduler = ddpm.build_noise_scheduler(args)
     ema = None
     if args.use_ema:  # foreach: one fused update over all weight tensors instead of hundreds of small ops
@@ -80,7 +84,6 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
                        power=args.ema_power, foreach=True, model_cls=UNet2DConditionModel, model_config=unet.config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    dataset = ddpm.build_dataset(args, accelerator)
     loader = ddpm.build_dataloader(dataset, args)
     floor = ddpm.mean_image(dataset.tensors[0]).to(accelerator.device) if args.foreground_weight > 0 else None
     updates_per_epoch = math.ceil(len(loader) / accelerator.num_processes / args.gradient_accumulation_steps)
@@ -106,7 +109,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     logger.info(f"{len(dataset)} images, {max_steps} steps of {args.train_batch_size}x{accelerator.num_processes}x"
                 f"{args.gradient_accumulation_steps}, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
     return Run(args, accelerator, unet, ema, optimizer, lr_scheduler, loader, noise_scheduler, floor, max_steps,
-               updates_per_epoch, evaluator)
+               updates_per_epoch, vocab, evaluator)
 
 
 def memory_format(args: argparse.Namespace) -> torch.memory_format:
@@ -184,7 +187,8 @@ def after_step(run: Run, epoch: int, progress: tqdm) -> bool:
 
 def validate(run: Run, unet: torch.nn.Module) -> None:
     with run.stopwatch.paused():  # validation is not training time
-        run.record = ddpm.log_validation(unet, run.ema, run.noise_scheduler, run.args, run.accelerator, run.step, run.evaluator)
+        run.record = ddpm.log_validation(unet, run.ema, run.noise_scheduler, run.args, run.accelerator, run.step, run.vocab,
+                                         run.evaluator)
     logger.info(f"validation at step {run.step}: {run.record}")
 
 
@@ -204,7 +208,7 @@ def finish(run: Run) -> None:
                    "parameters_millions": sum(p.numel() for p in unet.parameters()) / 1e6, "resolution": args.resolution,
                    "mixed_precision": run.accelerator.mixed_precision, "processes": run.accelerator.num_processes,
                    "validation": {k: v for k, v in (run.record or {}).items() if k != "accuracy_per_seed"}}
-        ddpm.save_pipeline(unet, run.ema, run.noise_scheduler, args, output_dir)
+        ddpm.save_pipeline(unet, run.ema, run.noise_scheduler, args, output_dir, run.vocab)
         ddpm.write_model_card(args, summary)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info(f"Saved the pipeline to {output_dir}: {summary}")

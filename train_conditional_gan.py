@@ -39,6 +39,7 @@ from iclevr.training import (
     validate_pipeline,
 )
 from iclevr.utils import bare_model
+from pipeline_iclevr import LabelVocabulary
 
 logger = get_logger(__name__)
 
@@ -58,6 +59,7 @@ class Run:
     train_labels: torch.Tensor
     max_steps: int
     updates_per_epoch: int
+    vocab: LabelVocabulary
     evaluator: object = None
     step: int = 0
     losses: tuple[float, float] = (float("nan"), float("nan"))
@@ -71,10 +73,10 @@ class Run:
 
 def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     """Both networks, the generator's EMA, two Adam optimisers and the data, prepared by Accelerate."""
-    dataset = ddpm.build_dataset(args, accelerator)
+    dataset, vocab = ddpm.build_dataset(args, accelerator)
     train_labels = dataset.tensors[1]
-    generator = gan.build_generator(args, train_labels.shape[1])
-    discriminator = gan.Discriminator(train_labels.shape[1], args.discriminator_channels, args.discriminator_head)
+    generator = gan.build_generator(args, vocab)
+    discriminator = gan.Discriminator(len(vocab), args.discriminator_channels, args.discriminator_head)
     ema = None
     if args.use_ema:
         ema = EMAModel(generator.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
@@ -106,7 +108,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     logger.info(f"{len(dataset)} images, {max_steps} generator steps ({args.discriminator_steps} discriminator steps each) of "
                 f"{args.train_batch_size}x{accelerator.num_processes}; G {millions[0]:.2f}M, D {millions[1]:.2f}M parameters")
     return Run(args, accelerator, generator, discriminator, ema, generator_optimizer, discriminator_optimizer, loader,
-               train_labels, max_steps, updates_per_epoch, evaluator)
+               train_labels, max_steps, updates_per_epoch, vocab, evaluator)
 
 
 def resume(run: Run) -> tuple[int, int]:
@@ -185,7 +187,7 @@ def after_step(run: Run, epoch: int, progress: tqdm) -> bool:
 def validate(run: Run) -> None:
     with run.stopwatch.paused():  # validation is not training time
         generator = bare_model(run.accelerator, run.generator)
-        with gan.sampling_pipeline(generator, run.ema, run.train_labels, run.args.seed) as pipeline:
+        with gan.sampling_pipeline(generator, run.ema, run.train_labels, run.args.seed, run.vocab) as pipeline:
             run.record = validate_pipeline(pipeline, run.args, run.accelerator, run.step, run.evaluator)
     logger.info(f"validation at step {run.step}: {run.record}")
 
@@ -208,7 +210,7 @@ def finish(run: Run) -> None:
                    "resolution": args.resolution, "discriminator_head": args.discriminator_head,
                    "mixed_precision": run.accelerator.mixed_precision, "processes": run.accelerator.num_processes,
                    "validation": {k: v for k, v in (run.record or {}).items() if k != "accuracy_per_seed"}}
-        gan.save_pipeline(generator, run.ema, run.train_labels, args, output_dir)
+        gan.save_pipeline(generator, run.ema, run.train_labels, args, output_dir, run.vocab)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info(f"Saved the pipeline to {output_dir}: {summary}")
         if args.push_to_hub:

@@ -1,5 +1,6 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
-"""Train the i-CLEVR evaluator (ResNet-18, 24 sigmoid outputs) with 🤗 Accelerate on any i-CLEVR-layout data.
+"""Train the evaluator (ResNet-18, one sigmoid output per label: i-CLEVR's 24, or the data's own vocabulary) with
+🤗 Accelerate on any dataset the trainers read.
 
     accelerate launch train_evaluator.py --train_data_dir data/stand-in --output_dir outputs/evaluator \\
         --mixed_precision bf16 --num_epochs 10
@@ -8,7 +9,7 @@ Held-out split by scene; augmentations keep labels valid (horizontal flips, smal
 like the course's evaluator that was trained on 32x32 images upsampled to 64x64, a low-resolution round trip), so
 upsampled low-resolution generations are scored fairly. Writes ``model.safetensors`` + ``config.json`` and
 ``evaluator_metrics.json`` (held-out figures at 64x64 and after a 32x32 round trip, the sanity rows, time).
-``--flip_average`` saves an evaluator that scores each image as the mean of its own and its mirror image's
+``--no-random_flip`` turns the flips off for data whose labels a mirror image changes (digits). ``--flip_average`` saves an evaluator that scores each image as the mean of its own and its mirror image's
 probabilities (held-out figures are then reported both ways).
 """
 
@@ -26,7 +27,14 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from iclevr.data import add_data_args, dataset_to_tensors, load_conditions, load_dataset_from_args, split_by_scene
+from iclevr.data import (
+    add_data_args,
+    dataset_to_tensors,
+    dataset_vocabulary,
+    load_conditions,
+    load_dataset_from_args,
+    split_by_scene,
+)
 from iclevr.evaluator import (
     EVALUATOR_RESOLUTION,
     LOWRES_PROB,
@@ -59,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--weight_decay", type=float, default=5e-4, help="AdamW weight decay.")
     train.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"], help="Learning-rate schedule (diffusers get_scheduler).")
     train.add_argument("--lr_warmup_steps", type=int, default=200, help="Warm-up steps of the schedule.")
+    train.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True,
+                       help="Mirror training images at random (on: a mirrored i-CLEVR scene keeps its labels; turn it off "
+                            "with --no-random_flip where a mirror image changes the label, as for digits).")
     train.add_argument("--lowres_prob", type=float, default=LOWRES_PROB, help="Probability of the low-resolution round trip augmentation.")
     train.add_argument("--lowres_sizes", type=int_list, default=list(LOWRES_SIZES), help="Sizes images are shrunk to before being upsampled back to 64 (the sizes low-resolution generators emit).")
     train.add_argument("--flip_average", action="store_true",
@@ -86,12 +97,13 @@ def build_data(args: argparse.Namespace, accelerator: Accelerator):
     if not train_rows or not heldout_rows:
         raise ValueError(f"The split left {len(train_rows)} training and {len(heldout_rows)} held-out images; use more scenes.")
     names = list(dataset["label_names"])
-    return images, labels, train_rows, heldout_rows, [names[i] for i in heldout_rows]
+    return images, labels, train_rows, heldout_rows, [names[i] for i in heldout_rows], dataset_vocabulary(dataset)
 
 
-def train(args, accelerator: Accelerator, images, labels, train_rows, heldout_rows) -> tuple:
-    """Train the evaluator; returns the bare model, the held-out figures after the last epoch and the history."""
-    model = build_evaluator().to(memory_format=torch.channels_last)
+def train(args, accelerator: Accelerator, images, labels, train_rows, heldout_rows, vocab) -> tuple:
+    """Train the evaluator (one output per label of the data's vocabulary); returns the bare model, the held-out
+    figures after the last epoch and the history."""
+    model = build_evaluator(vocab).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     loader = torch.utils.data.DataLoader(torch.tensor(train_rows), batch_size=args.train_batch_size, shuffle=True, drop_last=True)
     steps = args.num_epochs * math.ceil(len(loader) / accelerator.num_processes)
@@ -106,7 +118,7 @@ def train(args, accelerator: Accelerator, images, labels, train_rows, heldout_ro
     for epoch in range(args.num_epochs):
         model.train()
         for rows in loader:
-            pixels = augment(images[rows.cpu()], generator, args.lowres_prob, args.lowres_sizes).to(accelerator.device)
+            pixels = augment(images[rows.cpu()], generator, args.lowres_prob, args.lowres_sizes, args.random_flip).to(accelerator.device)
             with accelerator.autocast():
                 logits = model(pixel_values=pixels).logits
             loss = F.binary_cross_entropy_with_logits(logits.float(), labels[rows.cpu()].to(accelerator.device))
@@ -132,9 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = setup_accelerator(args.seed, mixed_precision=args.mixed_precision, project_dir=str(output_dir),
                                     log_with=None if args.report_to == "none" else args.report_to)
     start = time.time()
-    images, labels, train_rows, heldout_rows, heldout_names = build_data(args, accelerator)
-    logger.info(f"{len(train_rows)} training and {len(heldout_rows)} held-out images", main_process_only=True)
-    model, figures, history = train(args, accelerator, images, labels, train_rows, heldout_rows)
+    images, labels, train_rows, heldout_rows, heldout_names, vocab = build_data(args, accelerator)
+    logger.info(f"{len(train_rows)} training and {len(heldout_rows)} held-out images, {len(vocab)} labels", main_process_only=True)
+    model, figures, history = train(args, accelerator, images, labels, train_rows, heldout_rows, vocab)
 
     single_view = None
     if args.flip_average:  # the saved evaluator scores this way; the per-epoch figures above are single-view
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         model = model.float().eval()
         model.config.flip_average = args.flip_average
-        sanity_conditions = load_conditions(args.sanity_conditions_json) if args.sanity_conditions_json else heldout_names[:96]
+        sanity_conditions = load_conditions(args.sanity_conditions_json, vocab) if args.sanity_conditions_json else heldout_names[:96]
         result = {
             "heldout_images": len(heldout_rows),
             "train_images": len(train_rows),

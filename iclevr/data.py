@@ -7,8 +7,13 @@ Two layouts are supported, both ending in the same columns:
 - a Hub-style image folder (or Hub dataset) whose ``metadata.jsonl`` has a ``file_name`` and a list of label names.
 
 Columns: ``image`` (uint8, ``(resolution, resolution, 3)``, decoded and resized once, then cached on disk so later
-epochs and later runs do no PNG decoding), ``labels`` (float32 multi-hot of length 24), ``label_names`` (canonical
-names) and ``file_name``.
+epochs and later runs do no PNG decoding), ``labels`` (float32 multi-hot over the vocabulary), ``label_names``
+(canonical names) and ``file_name``.
+
+The label vocabulary comes from the data (`dataset_vocabulary` reads it back from a loaded dataset): the folder's
+``objects.json`` when it has one, else a Hub dataset's ``ClassLabel`` names, else the label names the data uses. Data
+whose labels are i-CLEVR's gets i-CLEVR's 24 labels in the course's order (and an ``objects.json`` that is mostly
+i-CLEVR's is checked against that order), so a misspelt i-CLEVR label is an error, not a new label.
 
 Run as a module to prepare (decode + cache) a dataset and print its statistics::
 
@@ -21,6 +26,7 @@ beside the project's synthetic condition sets, so nothing needs a path outside t
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import io
 import json
@@ -36,7 +42,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from iclevr.io import read_json
-from pipeline_iclevr import LabelVocabulary, validate_objects_json
+from pipeline_iclevr import LABELS, LabelVocabulary, normalize_label_name, validate_objects_json
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +118,44 @@ def check_objects_json(path: str | os.PathLike) -> None:
         validate_objects_json(data)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+def _mostly_iclevr(names) -> bool:
+    """Whether at least half the distinct names are i-CLEVR labels or near misspellings of one: such data is i-CLEVR,
+    and its other names are mistakes to report, not labels of a vocabulary of its own."""
+    names = set(names)
+    iclevr = [name for name in names if name in LABELS or difflib.get_close_matches(name, LABELS, n=1, cutoff=0.8)]
+    return 2 * len(iclevr) >= len(names)
+
+
+def vocabulary_from_objects_json(path: str | os.PathLike) -> LabelVocabulary:
+    """The vocabulary an ``objects.json`` (label name → index) names: i-CLEVR's, checked against the course's order,
+    when most of its names are i-CLEVR labels; else its own (names normalised, indices ``0..N-1``)."""
+    data = read_json(path, "objects.json")
+    if not isinstance(data, dict) or not data or not all(isinstance(name, str) for name in data):
+        raise BadDataError(f"{path} must map label names to indices, like the course's objects.json.")
+    if _mostly_iclevr(normalize_label_name(name) for name in data):
+        check_objects_json(path)
+        return LabelVocabulary()
+    try:
+        return LabelVocabulary({normalize_label_name(name): index for name, index in data.items()})
+    except ValueError as error:
+        raise BadDataError(f"{path}: {error}") from None
+
+
+def vocabulary_from_names(names) -> LabelVocabulary:
+    """The vocabulary of data without an ``objects.json``: i-CLEVR's when most of its distinct label names are i-CLEVR
+    labels (the rest then fail with a suggestion), else its distinct names in sorted order."""
+    distinct = sorted({normalize_label_name(name) for name in names})
+    if not distinct or _mostly_iclevr(distinct):
+        return LabelVocabulary()
+    return LabelVocabulary({name: i for i, name in enumerate(distinct)})
+
+
+def dataset_vocabulary(dataset) -> LabelVocabulary:
+    """The label vocabulary a loaded dataset was encoded with (its ``labels`` column's order)."""
+    label2id = json.loads(dataset.info.description or "{}").get("label2id")
+    return LabelVocabulary(label2id) if label2id else LabelVocabulary()
 
 
 def scene_id(file_name: str) -> str:
@@ -191,7 +235,7 @@ def _output_features(resolution: int, vocab_size: int):
     )
 
 
-def _finish(dataset, skip_bad_images: bool, source: str):
+def _finish(dataset, skip_bad_images: bool, source: str, vocab: LabelVocabulary):
     """Raise on (or, with ``skip_bad_images``, drop and report) rows whose image failed to decode or whose size
     differs from the others' (a dataset's renders share one size; an odd one out is a broken or foreign file)."""
     sizes = dataset["size"]
@@ -213,7 +257,7 @@ def _finish(dataset, skip_bad_images: bool, source: str):
         bad = {name for name, _ in errors}
         dataset = dataset.filter(lambda name: name not in bad, input_columns="file_name")
     dataset = dataset.remove_columns(["error", "size"])
-    dataset.info.description = json.dumps({"skipped_bad_images": [name for name, _ in errors]})
+    dataset.info.description = json.dumps({"skipped_bad_images": [name for name, _ in errors], "label2id": vocab.label2id})
     return dataset
 
 
@@ -271,10 +315,13 @@ def load_iclevr_folder(
     if not data_dir.is_dir():
         raise FileNotFoundError(f"--train_data_dir {data_dir} is not a directory.")
     train_json = Path(train_json) if train_json is not None else data_dir / "train.json"
+    data = read_json(train_json, "Labels file (--train_json)")
     if (data_dir / "objects.json").is_file():
-        check_objects_json(data_dir / "objects.json")
-    vocab = LabelVocabulary()
-    records = parse_train_json(read_json(train_json, "Labels file (--train_json)"), vocab, source=str(train_json))
+        vocab = vocabulary_from_objects_json(data_dir / "objects.json")
+    else:
+        values = data.values() if isinstance(data, dict) else []
+        vocab = vocabulary_from_names(name for labels in values if isinstance(labels, list) for name in labels if isinstance(name, str))
+    records = parse_train_json(data, vocab, source=str(train_json))
 
     paths, stats = [], []
     for file_name, _ in records:
@@ -286,9 +333,8 @@ def load_iclevr_folder(
         except OSError:
             stats.append("missing")
     names = [labels for _, labels in records]
-    key = hashlib.sha256(
-        json.dumps([CACHE_VERSION, resolution, paths, stats, names]).encode("utf-8")
-    ).hexdigest()[:24]
+    fields = [CACHE_VERSION, resolution, paths, stats, names] + ([] if vocab.labels == LABELS else [vocab.label2id])
+    key = hashlib.sha256(json.dumps(fields).encode("utf-8")).hexdigest()[:24]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -313,7 +359,7 @@ def load_iclevr_folder(
         num_proc=num_proc,
         desc=f"Decoding images at {resolution}x{resolution}",
     )
-    return _finish(dataset, skip_bad_images, str(data_dir))
+    return _finish(dataset, skip_bad_images, str(data_dir), vocab)
 
 
 def load_imagefolder(
@@ -328,8 +374,10 @@ def load_imagefolder(
 ):
     """Load a Hub dataset (``dataset_name``) or a local image folder with ``metadata.jsonl`` (``train_data_dir``).
 
-    Each row needs an image and a list of label names (or indices) in ``label_column``, e.g. a metadata.jsonl line
-    ``{"file_name": "0001.png", "labels": ["red sphere", "cyan cube"]}``.
+    Each row needs an image and, in ``label_column``, a list of label names (or indices), e.g. a metadata.jsonl line
+    ``{"file_name": "0001.png", "labels": ["red sphere", "cyan cube"]}``, or one label (single-label data: a name, or a
+    Hub dataset's ``ClassLabel``). The vocabulary: the ``ClassLabel`` names, else the folder's ``objects.json``, else
+    the names the rows use (see the module docstring).
     """
     from datasets import Image as ImageFeature
     from datasets import load_dataset
@@ -347,9 +395,18 @@ def load_imagefolder(
             )
     dataset = dataset.cast_column(image_column, ImageFeature(decode=False))
 
-    vocab = LabelVocabulary()
+    column, feature = dataset[label_column], dataset.features[label_column]
+    class_names = getattr(getattr(feature, "feature", feature), "names", None)  # ClassLabel, or a list of them
+    if class_names is not None:  # a Hub dataset's own label names: the vocabulary, in its order
+        vocab = LabelVocabulary({normalize_label_name(name): i for i, name in enumerate(class_names)})
+    elif train_data_dir is not None and (Path(train_data_dir) / "objects.json").is_file():
+        vocab = vocabulary_from_objects_json(Path(train_data_dir) / "objects.json")
+    else:
+        vocab = vocabulary_from_names(name for labels in column for name in ([labels] if isinstance(labels, str) else labels or [])
+                                      if isinstance(name, str))
     problems, names = [], []
-    for row, labels in enumerate(dataset[label_column]):
+    for row, labels in enumerate(column):
+        labels = [labels] if isinstance(labels, (str, int)) and not isinstance(labels, bool) else labels  # single-label data
         try:
             names.append(vocab.names(labels))
         except ValueError as error:
@@ -376,7 +433,7 @@ def load_imagefolder(
         num_proc=num_proc,
         desc=f"Decoding images at {resolution}x{resolution}",
     )
-    return _finish(dataset, skip_bad_images, source)
+    return _finish(dataset, skip_bad_images, source, vocab)
 
 
 def load_train_dataset(
@@ -461,6 +518,7 @@ def describe(dataset) -> dict:
     labels = Counter(name for names in dataset["label_names"] for name in names)
     return {
         "rows": len(dataset),
+        "vocabulary": list(dataset_vocabulary(dataset).labels),
         "scenes": len({scene_id(name) for name in dataset["file_name"]}),
         "objects_per_image": dict(sorted(objects.items())),
         "label_counts": dict(sorted(labels.items(), key=lambda item: -item[1])),

@@ -20,11 +20,11 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_snr
 from filelock import FileLock
 
-import pipeline_iclevr
 from iclevr.data import (
     add_data_args,
     cache_root,
     dataset_to_tensors,
+    dataset_vocabulary,
     load_dataset_from_args,
     to_model_input,
 )
@@ -40,7 +40,7 @@ from iclevr.training import (
     validate_pipeline,
 )
 from iclevr.utils import ema_weights
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline, predict
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS, ICLEVRPipeline, LabelVocabulary, predict
 
 DEFAULT_LR_WARMUP_STEPS = 200  # the trainer's default warm-up, which main_job.py shortens with a shorter schedule
 
@@ -162,7 +162,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 # --- model -------------------------------------------------------------------------------------------------------
-def build_model(args: argparse.Namespace, num_labels: int = len(pipeline_iclevr.LABELS)) -> UNet2DConditionModel:
+def build_model(args: argparse.Namespace, num_labels: int = len(LABELS)) -> UNet2DConditionModel:
     """The denoiser: a UNet with self-attention (or, for label tokens, self + cross-attention) at the attention levels.
 
     ``class_embedding`` projects the multi-hot condition into the timestep embedding; ``cross_attention`` turns it into
@@ -237,9 +237,10 @@ def load_training_data(args: argparse.Namespace, accelerator: Accelerator):
         return load_dataset_from_args(args, args.resolution)
 
 
-def build_dataset(args: argparse.Namespace, accelerator: Accelerator) -> torch.utils.data.TensorDataset:
-    """The training data in memory: uint8 images ``(N, H, W, 3)`` and multi-hot labels."""
-    return torch.utils.data.TensorDataset(*dataset_to_tensors(load_training_data(args, accelerator)))
+def build_dataset(args: argparse.Namespace, accelerator: Accelerator) -> tuple[torch.utils.data.TensorDataset, LabelVocabulary]:
+    """The training data in memory (uint8 images ``(N, H, W, 3)`` and multi-hot labels) and its label vocabulary."""
+    dataset = load_training_data(args, accelerator)
+    return torch.utils.data.TensorDataset(*dataset_to_tensors(dataset)), dataset_vocabulary(dataset)
 
 
 def build_dataloader(dataset, args: argparse.Namespace) -> torch.utils.data.DataLoader:
@@ -306,24 +307,25 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     return (per_sample * weights).mean()
 
 
-def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Namespace) -> ICLEVRPipeline:
+def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Namespace, vocab: LabelVocabulary) -> ICLEVRPipeline:
     """The pipeline as it is validated and saved: ``--validation_scheduler`` over the training noise schedule, so the
-    saved model's call at ``--validation_inference_steps`` samples as its figures were measured."""
+    saved model's call at ``--validation_inference_steps`` samples as its figures were measured; and the data's
+    vocabulary, so it takes the data's label names."""
     scheduler = SCHEDULERS[args.validation_scheduler].from_config(noise_scheduler.config)
-    return ICLEVRPipeline(unet=unet, scheduler=scheduler, patch_size=args.patch_size)
+    return ICLEVRPipeline(unet=unet, scheduler=scheduler, label2id=vocab.label2id, patch_size=args.patch_size)
 
 
 # --- validation --------------------------------------------------------------------------------------------------
-def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, evaluator=None) -> dict:
+def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, vocab: LabelVocabulary, evaluator=None) -> dict:
     """`validate_pipeline` with the EMA weights (if used) and the validation sampler, steps and guidance."""
     with ema_weights(ema, unet):
-        return validate_pipeline(sampling_pipeline(unet, noise_scheduler, args), args, accelerator, step, evaluator,
+        return validate_pipeline(sampling_pipeline(unet, noise_scheduler, args, vocab), args, accelerator, step, evaluator,
                                  num_inference_steps=args.validation_inference_steps,
                                  guidance_scale=args.validation_guidance_scale)
 
 
 # --- saving ------------------------------------------------------------------------------------------------------
-def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_dir: Path) -> Path:
+def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_dir: Path, vocab: LabelVocabulary) -> Path:
     """Save the final pipeline (EMA weights if used) with the sampler it was validated with, and a copy of
     pipeline_iclevr.py, so it loads as remote code.
 
@@ -337,7 +339,7 @@ def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_d
             raise FloatingPointError(f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
                                      "the checkpoints in the output folder are untouched.")
         partial = partial_folder(output_dir / "pipeline")
-        sampling_pipeline(unet, noise_scheduler, args).save_pretrained(partial, safe_serialization=True)
+        sampling_pipeline(unet, noise_scheduler, args, vocab).save_pretrained(partial, safe_serialization=True)
     move_into(partial, output_dir, last="model_index.json")
     return output_dir
 

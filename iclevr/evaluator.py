@@ -2,8 +2,8 @@
 """The i-CLEVR evaluator: a ResNet-18 multi-label classifier, its training augmentations, and the scorer.
 
 The model is transformers' `ResNetForImageClassification` in the torchvision ResNet-18 shape (basic blocks,
-depths 2-2-2-2, 7x7 stem with max-pool, 24 sigmoid outputs), like the course's evaluator, so it saves as safetensors
-with `save_pretrained`, reloads with `from_pretrained` and pushes to the Hub. The course's own `checkpoint.pth`
+depths 2-2-2-2, 7x7 stem with max-pool, one sigmoid output per label: i-CLEVR's 24 by default), like the course's
+evaluator, so it saves as safetensors with `save_pretrained`, reloads with `from_pretrained` and pushes to the Hub. The course's own `checkpoint.pth`
 (a torchvision ResNet-18 state dict) converts to it exactly (`convert_course_checkpoint`).
 
 Inputs follow the course: 64x64 RGB normalised with mean 0.5 / std 0.5. `Evaluator.score` takes PIL images, uint8
@@ -36,10 +36,12 @@ LOWRES_PROB = 0.5
 LOWRES_SIZES = (32, 40, 48)
 
 
-def evaluator_config():
-    """The course evaluator's architecture as a transformers `ResNetConfig` (torchvision ResNet-18 layout)."""
+def evaluator_config(vocab: LabelVocabulary | None = None):
+    """The course evaluator's architecture as a transformers `ResNetConfig` (torchvision ResNet-18 layout), with one
+    output per label of ``vocab`` (i-CLEVR's 24 by default) named in ``id2label``."""
     from transformers import ResNetConfig
 
+    vocab = vocab or LabelVocabulary()
     return ResNetConfig(
         num_channels=3,
         embedding_size=64,
@@ -48,9 +50,9 @@ def evaluator_config():
         layer_type="basic",
         hidden_act="relu",
         downsample_in_first_stage=False,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={name: i for i, name in enumerate(LABELS)},
+        num_labels=len(vocab),
+        id2label=dict(vocab.id2label),
+        label2id=dict(vocab.label2id),
         problem_type="multi_label_classification",
     )
 
@@ -66,11 +68,27 @@ def evaluator_image_processor():
                      image_std=[0.5] * 3, resample=Image.Resampling.BILINEAR)
 
 
-def build_evaluator():
-    """A freshly initialised evaluator model."""
+def build_evaluator(vocab: LabelVocabulary | None = None):
+    """A freshly initialised evaluator model for ``vocab`` (i-CLEVR's 24 labels by default)."""
     from transformers import ResNetForImageClassification
 
-    return ResNetForImageClassification(evaluator_config())
+    return ResNetForImageClassification(evaluator_config(vocab))
+
+
+def model_vocabulary(config) -> LabelVocabulary:
+    """The vocabulary of an evaluator's outputs, from its config: the names in ``id2label``, checked against the
+    course's order where they are i-CLEVR's; i-CLEVR's 24 for transformers' placeholder names (``LABEL_0``, ...), as a
+    converted course checkpoint has."""
+    names = [config.id2label[i] for i in range(config.num_labels)] if getattr(config, "id2label", None) else []
+    if not names or names == [f"LABEL_{i}" for i in range(config.num_labels)]:
+        if config.num_labels != len(LABELS):
+            raise ValueError(f"An evaluator without label names must have i-CLEVR's {len(LABELS)} outputs, this one has "
+                             f"{config.num_labels}; save it with id2label naming each output.")
+        return LabelVocabulary()
+    label2id = {name: i for i, name in enumerate(names)}
+    if set(names) & set(LABELS):
+        validate_objects_json(label2id)
+    return LabelVocabulary(label2id)
 
 
 # --- the course checkpoint ---------------------------------------------------------------------------------------
@@ -202,13 +220,15 @@ def lowres_round_trip(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(small, size=(full, full), mode="bilinear", align_corners=False)
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, lowres_prob: float, lowres_sizes: Sequence[int]) -> torch.Tensor:
+def augment(images: torch.Tensor, generator: torch.Generator, lowres_prob: float, lowres_sizes: Sequence[int],
+            flip: bool = True) -> torch.Tensor:
     """uint8 ``(B, H, W, 3)`` → float ``(B, 3, H, W)`` in [-1, 1], augmented in ways that keep every label true:
-    mirror images, a low-resolution round trip (probability ``lowres_prob``, one of ``lowres_sizes``), small
+    mirror images (``flip``), a low-resolution round trip (probability ``lowres_prob``, one of ``lowres_sizes``), small
     brightness changes and pixel noise."""
     pixels = images.permute(0, 3, 1, 2).float() / 255.0
     batch = pixels.shape[0]
-    pixels = random_hflip(pixels, generator)
+    if flip:
+        pixels = random_hflip(pixels, generator)
     lowres = torch.rand(batch, generator=generator) < lowres_prob
     if lowres.any():
         size = lowres_sizes[int(torch.randint(len(lowres_sizes), (1,), generator=generator))]
@@ -249,7 +269,7 @@ def heldout_figures(model, images: torch.Tensor, labels: torch.Tensor, accelerat
             with accelerator.autocast():
                 scores.append(probabilities(model, pixels, flip_average).cpu())
         gathered = gather_object([torch.cat(scores)]) if accelerator.num_processes > 1 else [torch.cat(scores)]
-        report = evaluate_scores(torch.cat(gathered), labels)
+        report = evaluate_scores(torch.cat(gathered), labels, labels=model_vocabulary(model.config).labels)
         figures[name] = {
             "accuracy": report["accuracy"],
             "exact_set_accuracy": report["exact_set_accuracy"],
@@ -272,7 +292,8 @@ class Evaluator:
     """A trained evaluator: predicts label probabilities and scores images against their conditions.
 
     Args:
-        model: a `ResNetForImageClassification` with 24 labels in the course's order.
+        model: a `ResNetForImageClassification` whose config names its outputs (`model_vocabulary`): i-CLEVR's 24
+            labels in the course's order, or a vocabulary of its own.
         device: where to run it; batches are moved there.
         batch_size: images per forward pass.
         flip_average: score each image as the mean of its own and its mirror image's probabilities (a horizontal
@@ -282,16 +303,11 @@ class Evaluator:
     """
 
     def __init__(self, model, device: str | torch.device = "cpu", batch_size: int = 256, flip_average: bool | None = None):
-        label2id = getattr(model.config, "label2id", None)
-        if model.config.num_labels != len(LABELS):
-            raise ValueError(f"The evaluator must have {len(LABELS)} outputs, this one has {model.config.num_labels}.")
-        if label2id and set(label2id) != {f"LABEL_{i}" for i in range(len(LABELS))}:
-            validate_objects_json(label2id)
+        self.vocab = model_vocabulary(model.config)
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.flip_average = bool(getattr(model.config, "flip_average", False)) if flip_average is None else flip_average
-        self.vocab = LabelVocabulary()
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Evaluator:
@@ -310,7 +326,7 @@ class Evaluator:
 
     @torch.no_grad()
     def predict(self, images) -> torch.Tensor:
-        """Label probabilities ``(B, 24)`` for a batch of images (see `to_evaluator_input`)."""
+        """Label probabilities ``(B, L)`` for a batch of images (see `to_evaluator_input`)."""
         pixels = to_evaluator_input(images)
         outputs = []
         for start in range(0, pixels.shape[0], self.batch_size):
@@ -324,7 +340,7 @@ class Evaluator:
         probabilities = self.predict(images)
         if probabilities.shape[0] != targets.shape[0]:
             raise ValueError(f"{probabilities.shape[0]} images but {targets.shape[0]} conditions; give one condition per image.")
-        return evaluate_scores(probabilities, targets)
+        return evaluate_scores(probabilities, targets, labels=self.vocab.labels)
 
 
 def reference_images(conditions: Sequence[Sequence[str]], kind: str, seed: int = 0, resolution: int = EVALUATOR_RESOLUTION) -> torch.Tensor:
@@ -350,9 +366,10 @@ def reference_images(conditions: Sequence[Sequence[str]], kind: str, seed: int =
 
 
 def sanity_report(evaluator: Evaluator, conditions: Sequence[Sequence[str]], seed: int = 0) -> dict:
-    """Course and exact-set accuracy of rendered images (ceiling), empty floors and pure noise for ``conditions``."""
+    """Course and exact-set accuracy of rendered images (ceiling), empty floors and pure noise for ``conditions``; with
+    a vocabulary other than i-CLEVR's, which the renderer cannot draw, of pure noise only."""
     report = {}
-    for kind in ("rendered", "floor", "noise"):
+    for kind in ("rendered", "floor", "noise") if evaluator.vocab.labels == LABELS else ("noise",):
         metrics = evaluator.score(reference_images(conditions, kind, seed), conditions)
         report[kind] = {"accuracy": metrics["accuracy"], "exact_set_accuracy": metrics["exact_set_accuracy"]}
     return report

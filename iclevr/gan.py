@@ -23,7 +23,8 @@ from iclevr.ddpm import add_training_data_args
 from iclevr.io import move_into, partial_folder
 from iclevr.training import add_length_args, add_precision_ema_args, add_run_args, check_run_args, int_list
 from iclevr.utils import ema_weights
-from pipeline_iclevr import ConditionalGenerator, ICLEVRGANPipeline
+from pipeline_iclevr import LabelVocabulary
+from pipeline_iclevr_gan import ConditionalGenerator, ICLEVRGANPipeline
 
 DISCRIMINATOR_HEADS = ("projection", "acgan", "both")
 
@@ -87,8 +88,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 
 
 # --- models ------------------------------------------------------------------------------------------------------
-def build_generator(args: argparse.Namespace, num_labels: int) -> ConditionalGenerator:
-    return ConditionalGenerator(num_labels=num_labels, sample_size=args.resolution, latent_dim=args.latent_dim,
+def build_generator(args: argparse.Namespace, vocab: LabelVocabulary) -> ConditionalGenerator:
+    return ConditionalGenerator(num_labels=len(vocab), sample_size=args.resolution, latent_dim=args.latent_dim,
                                 block_out_channels=tuple(args.generator_channels))
 
 
@@ -176,25 +177,28 @@ def refresh_batch_norm(generator: ConditionalGenerator, labels: torch.Tensor, ba
 
 
 @contextlib.contextmanager
-def sampling_pipeline(generator: ConditionalGenerator, ema, train_labels: torch.Tensor, seed: int) -> Iterator[ICLEVRGANPipeline]:
-    """An eval-mode `ICLEVRGANPipeline` over the generator with the EMA weights (if used) and fresh BatchNorm
-    statistics; the live weights, statistics and mode come back afterwards, so training goes on unchanged."""
+def sampling_pipeline(generator: ConditionalGenerator, ema, train_labels: torch.Tensor, seed: int,
+                      vocab: LabelVocabulary) -> Iterator[ICLEVRGANPipeline]:
+    """An eval-mode `ICLEVRGANPipeline` (taking ``vocab``'s label names) over the generator with the EMA weights (if
+    used) and fresh BatchNorm statistics; the live weights, statistics and mode come back afterwards, so training goes
+    on unchanged."""
     training = generator.training
     with ema_weights(ema, generator):
         buffers = {name: buffer.clone() for name, buffer in generator.named_buffers()}
         try:
             refresh_batch_norm(generator, train_labels, seed=seed)
-            yield ICLEVRGANPipeline(generator=generator.eval())
+            yield ICLEVRGANPipeline(generator=generator.eval(), label2id=vocab.label2id)
         finally:
             for name, buffer in generator.named_buffers():
                 buffer.copy_(buffers[name])
             generator.train(training)
 
 
-def save_pipeline(generator, ema, train_labels: torch.Tensor, args: argparse.Namespace, output_dir: Path) -> Path:
+def save_pipeline(generator, ema, train_labels: torch.Tensor, args: argparse.Namespace, output_dir: Path,
+                  vocab: LabelVocabulary) -> Path:
     """Save the generator (EMA weights if used, standing BatchNorm statistics) as an `ICLEVRGANPipeline`, written
     into ``pipeline.partial`` and moved in with ``model_index.json`` last, as the diffusion trainer saves."""
-    with sampling_pipeline(generator, ema, train_labels, args.seed) as pipeline:
+    with sampling_pipeline(generator, ema, train_labels, args.seed, vocab) as pipeline:
         bad = [name for name, p in generator.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise FloatingPointError(f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "

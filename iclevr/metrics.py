@@ -9,7 +9,10 @@
 - **Per-label precision and recall** at the same threshold.
 - **Kinds of miss**: each true label the course metric misses, paired with a wrong label in the same top-k: a colour
   error (the object's shape with another colour), a shape error (its colour on another shape), or neither (a
-  different or missing object). This says what a generator fails to bind, which the accuracy alone does not.
+  different or missing object). This says what a generator fails to bind, which the accuracy alone does not. In a
+  vocabulary whose names are not "<colour> <shape>" pairs every miss is of the kind "object".
+
+The functions take any number of labels; ``labels`` (names in index order) defaults to i-CLEVR's 24.
 """
 
 from __future__ import annotations
@@ -23,13 +26,13 @@ from pipeline_iclevr import LABELS
 MISS_KINDS = ("colour", "shape", "object")
 
 
-def _check(scores: torch.Tensor, targets: torch.Tensor) -> None:
+def _check(scores: torch.Tensor, targets: torch.Tensor, labels: tuple[str, ...] | None = None) -> None:
     if scores.ndim != 2 or scores.shape != targets.shape:
         raise ValueError(
-            f"scores and targets must both be (N, {len(LABELS)}); got {tuple(scores.shape)} and {tuple(targets.shape)}."
+            f"scores and targets must both be (N, labels); got {tuple(scores.shape)} and {tuple(targets.shape)}."
         )
-    if scores.shape[1] != len(LABELS):
-        raise ValueError(f"Expected {len(LABELS)} labels per row, got {scores.shape[1]}.")
+    if labels is not None and scores.shape[1] != len(labels):
+        raise ValueError(f"Expected {len(labels)} labels per row, got {scores.shape[1]}.")
     if ((targets != 0) & (targets != 1)).any():
         raise ValueError("targets must be multi-hot (0/1).")
     if (targets.sum(1) == 0).any():
@@ -55,19 +58,20 @@ def course_accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
     return course_hits(scores, targets).sum().item() / targets.sum().item()
 
 
-def miss_kinds(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, int]:
+def miss_kinds(scores: torch.Tensor, targets: torch.Tensor, labels: tuple[str, ...] = LABELS) -> dict[str, int]:
     """Counts of the course metric's misses by kind (`MISS_KINDS`). Each true label outside its image's top-k is paired
     with a wrong label inside it (there are as many of each), pairing as many as possible with a label that shares an
     attribute: one of the same shape makes the miss a "colour" error (the object drawn in another colour), one of the
     same colour a "shape" error; a miss left without such a partner is "object" (a different object in its place, or
     it was not drawn)."""
-    _check(scores, targets)
+    _check(scores, targets, labels)
     in_top_k = _top_k(scores, targets)
     counts = dict.fromkeys(MISS_KINDS, 0)
-    attributes = [(label.split()[0], label.split()[1]) for label in LABELS]
+    paired = all(len(label.split()) == 2 for label in labels)  # "<colour> <shape>" names
+    attributes = [tuple(label.split()) if paired else (label, label) for label in labels]
     for row_top, row_true in zip(in_top_k.tolist(), (targets > 0).tolist()):
-        missed = [attributes[i] for i in range(len(LABELS)) if row_true[i] and not row_top[i]]
-        wrong = [attributes[i] for i in range(len(LABELS)) if row_top[i] and not row_true[i]]
+        missed = [attributes[i] for i in range(len(labels)) if row_true[i] and not row_top[i]]
+        wrong = [attributes[i] for i in range(len(labels)) if row_top[i] and not row_true[i]]
         partner = _max_matching(missed, wrong, lambda m, w: m[0] == w[0] or m[1] == w[1])
         for m, w in partner.items():
             counts["colour" if missed[m][1] == wrong[w][1] else "shape"] += 1
@@ -100,15 +104,18 @@ def exact_set_matches(scores: torch.Tensor, targets: torch.Tensor, threshold: fl
     return ((scores >= threshold) == (targets > 0)).all(1)
 
 
-def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5) -> dict:
+def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, threshold: float = 0.5,
+                    labels: tuple[str, ...] = LABELS) -> dict:
     """All figures for one set: course accuracy, exact-set accuracy, a breakdown by number of objects, the kinds of
     miss, per-label P/R.
 
     Args:
-        scores: ``(N, 24)`` probabilities (sigmoid outputs).
-        targets: ``(N, 24)`` multi-hot true labels.
+        scores: ``(N, L)`` probabilities (sigmoid outputs).
+        targets: ``(N, L)`` multi-hot true labels.
         threshold: probability at which a label counts as predicted for exact-set accuracy and precision/recall.
+        labels: the ``L`` label names in index order (i-CLEVR's by default).
     """
+    _check(scores, targets, labels)
     hits = course_hits(scores, targets)
     exact = exact_set_matches(scores, targets, threshold)
     counts = targets.sum(1).long()
@@ -123,7 +130,7 @@ def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, threshold: floa
     predicted = scores >= threshold
     truth = targets > 0
     per_label = {}
-    for i, name in enumerate(LABELS):
+    for i, name in enumerate(labels):
         true_pos = (predicted[:, i] & truth[:, i]).sum().item()
         n_pred, n_true = predicted[:, i].sum().item(), truth[:, i].sum().item()
         per_label[name] = {
@@ -136,7 +143,7 @@ def evaluate_scores(scores: torch.Tensor, targets: torch.Tensor, threshold: floa
         "accuracy": hits.sum().item() / counts.sum().item(),
         "exact_set_accuracy": exact.float().mean().item(),
         "by_num_objects": by_objects,
-        "misses": miss_kinds(scores, targets),
+        "misses": miss_kinds(scores, targets, labels),
         "per_label": per_label,
     }
 

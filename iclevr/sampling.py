@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from pipeline_iclevr import ICLEVRGANPipeline, ICLEVRPipeline
+from pipeline_iclevr import ICLEVRPipeline
+from pipeline_iclevr_gan import ICLEVRGANPipeline
 
 SCHEDULERS = {
     "ddpm": DDPMScheduler,

@@ -225,7 +225,7 @@ def validate_pipeline(pipeline, args: argparse.Namespace, accelerator: Accelerat
     seeds (``accuracy_std`` their spread), and the grid shows the first seed. Writes ``validation/step-N.png``,
     ``samples.png`` and a line of ``validation/metrics.jsonl``, and logs to the trackers.
     """
-    conditions = load_conditions(args.validation_conditions_json)
+    conditions = load_conditions(args.validation_conditions_json, pipeline.vocab)
     pipeline.set_progress_bar_config(disable=True)
     per_seed, start = [], time.time()
     for seed in range(args.seed, args.seed + args.validation_num_seeds):

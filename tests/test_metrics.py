@@ -54,7 +54,6 @@ def test_report_breakdown_and_per_label():
     "scores, targets, message",
     [
         (torch.zeros(2, 24), torch.zeros(3, 24), "must both be"),
-        (torch.zeros(2, 23), torch.ones(2, 23), "Expected 24 labels"),
         (torch.zeros(1, 24), torch.full((1, 24), 0.5), "multi-hot"),
         (torch.zeros(1, 24), torch.zeros(1, 24), "at least one true label"),
     ],
@@ -62,6 +61,24 @@ def test_report_breakdown_and_per_label():
 def test_bad_inputs(scores, targets, message):
     with pytest.raises(ValueError, match=message):
         course_accuracy(scores, targets)
+
+
+def test_scores_must_match_the_vocabulary():
+    with pytest.raises(ValueError, match="Expected 24 labels per row, got 23"):
+        evaluate_scores(torch.zeros(2, 23), torch.ones(2, 23))
+    with pytest.raises(ValueError, match="Expected 3 labels per row, got 24"):
+        evaluate_scores(torch.zeros(1, 24), torch.ones(1, 24), labels=("cat", "dog", "bird"))
+
+
+def test_any_vocabulary():
+    """Single-label digits: the course metric is top-1 accuracy, per-label figures use the names, and with names that
+    are not "<colour> <shape>" pairs every miss is a wrong object."""
+    digits = ("zero", "one", "two")
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    targets = torch.eye(3)
+    report = evaluate_scores(scores, targets, labels=digits)
+    assert report["accuracy"] == pytest.approx(2 / 3) and report["misses"] == {"colour": 0, "shape": 0, "object": 1}
+    assert set(report["per_label"]) == set(digits) and report["per_label"]["zero"]["precision"] == 0.5
 
 
 def test_miss_kinds_pair_each_miss_with_a_wrong_label_sharing_an_attribute():
