@@ -21,55 +21,38 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from iclevr import ddpm
 from iclevr.data import random_hflip, to_model_input
-from iclevr.io import remove_partial_saves
 from iclevr.training import (
     Stopwatch,
+    TrainingRun,
     build_lr_scheduler,
-    checkpoint_step,
-    latest_checkpoint,
-    rotate_checkpoints,
-    save_checkpoint,
-    setup_accelerator,
+    checkpoint_if_due,
+    resume_step,
+    start_generator_run,
+    start_trackers_and_evaluator,
 )
 from iclevr.utils import bare_model
-from pipeline_iclevr import LabelVocabulary
 
 logger = get_logger(__name__)
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    """Everything one training run holds; ``step`` counts optimiser steps."""
+@dataclass(kw_only=True)
+class Run(TrainingRun):
+    """One diffusion run: the shared state plus the UNet, its EMA, optimiser, schedule and noise schedule."""
 
-    args: argparse.Namespace
-    accelerator: Accelerator
     unet: torch.nn.Module
     ema: EMAModel | None
     optimizer: torch.optim.Optimizer
     lr_scheduler: object
-    loader: torch.utils.data.DataLoader
     noise_scheduler: DDPMScheduler
     floor: torch.Tensor | None
-    max_steps: int
-    updates_per_epoch: int
-    vocab: LabelVocabulary
-    evaluator: object = None
-    step: int = 0
     loss: float = float("nan")
-    record: dict | None = None
-    stopwatch: Stopwatch | None = None
-
-    @property
-    def num_epochs(self) -> int:
-        return math.ceil(self.max_steps / self.updates_per_epoch)
 
 
 def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
@@ -99,17 +82,12 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers(args.tracker_project_name, config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
-    evaluator = None
-    if args.evaluator and accelerator.is_main_process:
-        from iclevr.evaluator import Evaluator
-
-        evaluator = Evaluator.from_pretrained(args.evaluator, device=accelerator.device)
+    evaluator = start_trackers_and_evaluator(args, accelerator)
     logger.info(f"{len(dataset)} images, {max_steps} steps of {args.train_batch_size}x{accelerator.num_processes}x"
                 f"{args.gradient_accumulation_steps}, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
-    return Run(args, accelerator, unet, ema, optimizer, lr_scheduler, loader, noise_scheduler, floor, max_steps,
-               updates_per_epoch, vocab, evaluator)
+    return Run(args=args, accelerator=accelerator, loader=loader, max_steps=max_steps, updates_per_epoch=updates_per_epoch,
+               vocab=vocab, evaluator=evaluator, unet=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
+               noise_scheduler=noise_scheduler, floor=floor)
 
 
 def memory_format(args: argparse.Namespace) -> torch.memory_format:
@@ -119,15 +97,7 @@ def memory_format(args: argparse.Namespace) -> torch.memory_format:
 def resume(run: Run) -> tuple[int, int]:
     """Load ``--resume_from_checkpoint`` (model, optimiser, schedule, EMA, RNG states); returns the epoch to start in
     and the batches of it already trained on."""
-    if not run.args.resume_from_checkpoint:
-        return 0, 0
-    path = latest_checkpoint(run.args.output_dir) if run.args.resume_from_checkpoint == "latest" else Path(run.args.resume_from_checkpoint)
-    if path is None:
-        run.accelerator.print(f"No checkpoint in {run.args.output_dir} to resume from: starting a new run.")
-        return 0, 0
-    run.accelerator.print(f"Resuming from {path}")
-    run.accelerator.load_state(str(path))
-    run.step = checkpoint_step(path)
+    run.step = resume_step(run.args, run.accelerator)
     return run.step // run.updates_per_epoch, (run.step % run.updates_per_epoch) * run.args.gradient_accumulation_steps
 
 
@@ -168,10 +138,7 @@ def after_step(run: Run, epoch: int, progress: tqdm) -> bool:
     progress.update(1)
     progress.set_postfix(loss=f"{run.loss:.4f}", lr=f"{lr:.2e}")
     accelerator.log({"loss": run.loss, "lr": lr, "epoch": epoch}, step=run.step)
-    if run.step % args.checkpointing_steps == 0:
-        if accelerator.is_main_process:
-            rotate_checkpoints(Path(args.output_dir), args.checkpoints_total_limit)
-        save_checkpoint(accelerator, Path(args.output_dir), run.step)
+    checkpoint_if_due(args, accelerator, run.step)
     if args.validation_steps and run.step % args.validation_steps == 0 and accelerator.is_main_process:
         validate(run, bare_model(accelerator, run.unet))
     if run.step >= run.max_steps:
@@ -200,11 +167,7 @@ def finish(run: Run) -> None:
         unet = bare_model(run.accelerator, run.unet).to(memory_format=torch.contiguous_format)
         if args.validation_steps and run.step % args.validation_steps:
             validate(run, unet)
-        images_per_second, seconds_per_step = run.stopwatch.rates(run.step)
-        summary = {"steps": run.step, "final_loss": run.loss, "images_seen": run.stopwatch.images,
-                   "images_per_second": images_per_second, "seconds_per_step": seconds_per_step,
-                   "minutes": (run.stopwatch.training_seconds + run.stopwatch.paused_seconds) / 60,
-                   "training_minutes": run.stopwatch.training_seconds / 60,
+        summary = {"steps": run.step, "final_loss": run.loss, **run.stopwatch.figures(run.step),
                    "parameters_millions": sum(p.numel() for p in unet.parameters()) / 1e6, "resolution": args.resolution,
                    "mixed_precision": run.accelerator.mixed_precision, "processes": run.accelerator.num_processes,
                    "validation": {k: v for k, v in (run.record or {}).items() if k != "accuracy_per_seed"}}
@@ -219,15 +182,7 @@ def finish(run: Run) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = ddpm.parse_args(argv)
-    output_dir = Path(args.output_dir)
-    accelerator = setup_accelerator(
-        args.seed, gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)))
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for folder in remove_partial_saves(output_dir):
-            logger.warning(f"Removed {folder}, left by an interrupted save.")
+    accelerator = start_generator_run(args, gradient_accumulation_steps=args.gradient_accumulation_steps)
     run = set_up(args, accelerator)
     first_epoch, skip_batches = resume(run)
     run.stopwatch = Stopwatch()

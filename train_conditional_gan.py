@@ -15,60 +15,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from iclevr import ddpm, gan
 from iclevr.data import random_hflip, to_model_input
-from iclevr.io import remove_partial_saves
 from iclevr.training import (
     Stopwatch,
-    checkpoint_step,
-    latest_checkpoint,
-    rotate_checkpoints,
-    save_checkpoint,
-    setup_accelerator,
+    TrainingRun,
+    checkpoint_if_due,
+    resume_step,
+    start_generator_run,
+    start_trackers_and_evaluator,
     validate_pipeline,
 )
 from iclevr.utils import bare_model
-from pipeline_iclevr import LabelVocabulary
 
 logger = get_logger(__name__)
 
 
-@dataclass
-class Run:
-    """Everything one GAN run holds; ``step`` counts generator updates, ``batch`` the batches of the current epoch."""
+@dataclass(kw_only=True)
+class Run(TrainingRun):
+    """One GAN run: the shared state plus both networks, the generator's EMA, both optimisers and the training labels
+    (the pool BatchNorm statistics are refreshed from)."""
 
-    args: argparse.Namespace
-    accelerator: Accelerator
     generator: torch.nn.Module
     discriminator: torch.nn.Module
     ema: EMAModel | None
     generator_optimizer: torch.optim.Optimizer
     discriminator_optimizer: torch.optim.Optimizer
-    loader: torch.utils.data.DataLoader
     train_labels: torch.Tensor
-    max_steps: int
-    updates_per_epoch: int
-    vocab: LabelVocabulary
-    evaluator: object = None
-    step: int = 0
     losses: tuple[float, float] = (float("nan"), float("nan"))
-    record: dict | None = None
-    stopwatch: Stopwatch | None = None
-
-    @property
-    def num_epochs(self) -> int:
-        return math.ceil(self.max_steps / self.updates_per_epoch)
 
 
 def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
@@ -97,32 +80,20 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers(args.tracker_project_name, config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
-    evaluator = None
-    if args.evaluator and accelerator.is_main_process:
-        from iclevr.evaluator import Evaluator
-
-        evaluator = Evaluator.from_pretrained(args.evaluator, device=accelerator.device)
+    evaluator = start_trackers_and_evaluator(args, accelerator)
     millions = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (generator, discriminator)]
     logger.info(f"{len(dataset)} images, {max_steps} generator steps ({args.discriminator_steps} discriminator steps each) of "
                 f"{args.train_batch_size}x{accelerator.num_processes}; G {millions[0]:.2f}M, D {millions[1]:.2f}M parameters")
-    return Run(args, accelerator, generator, discriminator, ema, generator_optimizer, discriminator_optimizer, loader,
-               train_labels, max_steps, updates_per_epoch, vocab, evaluator)
+    return Run(args=args, accelerator=accelerator, loader=loader, max_steps=max_steps, updates_per_epoch=updates_per_epoch,
+               vocab=vocab, evaluator=evaluator, generator=generator, discriminator=discriminator, ema=ema,
+               generator_optimizer=generator_optimizer, discriminator_optimizer=discriminator_optimizer,
+               train_labels=train_labels)
 
 
 def resume(run: Run) -> tuple[int, int]:
     """Load ``--resume_from_checkpoint`` (both networks and optimisers, EMA, RNG states); returns the epoch to start in
     and the batches of it already trained on."""
-    if not run.args.resume_from_checkpoint:
-        return 0, 0
-    path = latest_checkpoint(run.args.output_dir) if run.args.resume_from_checkpoint == "latest" else Path(run.args.resume_from_checkpoint)
-    if path is None:
-        run.accelerator.print(f"No checkpoint in {run.args.output_dir} to resume from: starting a new run.")
-        return 0, 0
-    run.accelerator.print(f"Resuming from {path}")
-    run.accelerator.load_state(str(path))
-    run.step = checkpoint_step(path)
+    run.step = resume_step(run.args, run.accelerator)
     return run.step // run.updates_per_epoch, (run.step % run.updates_per_epoch) * run.args.discriminator_steps
 
 
@@ -169,10 +140,7 @@ def after_step(run: Run, epoch: int, progress: tqdm) -> bool:
     progress.update(1)
     progress.set_postfix(loss_d=f"{run.losses[0]:.3f}", loss_g=f"{run.losses[1]:.3f}")
     accelerator.log({"loss_discriminator": run.losses[0], "loss_generator": run.losses[1], "epoch": epoch}, step=run.step)
-    if run.step % args.checkpointing_steps == 0:
-        if accelerator.is_main_process:
-            rotate_checkpoints(Path(args.output_dir), args.checkpoints_total_limit)
-        save_checkpoint(accelerator, Path(args.output_dir), run.step)
+    checkpoint_if_due(args, accelerator, run.step)
     if args.validation_steps and run.step % args.validation_steps == 0 and accelerator.is_main_process:
         validate(run)
     if run.step >= run.max_steps:
@@ -199,14 +167,9 @@ def finish(run: Run) -> None:
         args, output_dir = run.args, Path(run.args.output_dir)
         if args.validation_steps and run.step % args.validation_steps:
             validate(run)
-        images_per_second, seconds_per_step = run.stopwatch.rates(run.step)
         generator = bare_model(run.accelerator, run.generator)
         summary = {"steps": run.step, "final_loss_discriminator": run.losses[0], "final_loss_generator": run.losses[1],
-                   "images_seen": run.stopwatch.images, "images_per_second": images_per_second,
-                   "seconds_per_step": seconds_per_step,
-                   "minutes": (run.stopwatch.training_seconds + run.stopwatch.paused_seconds) / 60,
-                   "training_minutes": run.stopwatch.training_seconds / 60,
-                   "generator_parameters_millions": sum(p.numel() for p in generator.parameters()) / 1e6,
+                   **run.stopwatch.figures(run.step), "generator_parameters_millions": sum(p.numel() for p in generator.parameters()) / 1e6,
                    "resolution": args.resolution, "discriminator_head": args.discriminator_head,
                    "mixed_precision": run.accelerator.mixed_precision, "processes": run.accelerator.num_processes,
                    "validation": {k: v for k, v in (run.record or {}).items() if k != "accuracy_per_seed"}}
@@ -220,15 +183,7 @@ def finish(run: Run) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = gan.parse_args(argv)
-    output_dir = Path(args.output_dir)
-    accelerator = setup_accelerator(
-        args.seed, mixed_precision=args.mixed_precision, log_with=None if args.report_to == "none" else args.report_to,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)))
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for folder in remove_partial_saves(output_dir):
-            logger.warning(f"Removed {folder}, left by an interrupted save.")
+    accelerator = start_generator_run(args)
     run = set_up(args, accelerator)
     first_epoch, skip_batches = resume(run)
     run.stopwatch = Stopwatch()

@@ -307,12 +307,14 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     return (per_sample * weights).mean()
 
 
-def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Namespace, vocab: LabelVocabulary) -> ICLEVRPipeline:
+def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Namespace,
+                      vocab: LabelVocabulary | None = None) -> ICLEVRPipeline:
     """The pipeline as it is validated and saved: ``--validation_scheduler`` over the training noise schedule, so the
     saved model's call at ``--validation_inference_steps`` samples as its figures were measured; and the data's
-    vocabulary, so it takes the data's label names."""
+    vocabulary (default i-CLEVR's), so it takes the data's label names."""
     scheduler = SCHEDULERS[args.validation_scheduler].from_config(noise_scheduler.config)
-    return ICLEVRPipeline(unet=unet, scheduler=scheduler, label2id=vocab.label2id, patch_size=args.patch_size)
+    label2id = (vocab or LabelVocabulary()).label2id
+    return ICLEVRPipeline(unet=unet, scheduler=scheduler, label2id=label2id, patch_size=args.patch_size)
 
 
 # --- validation --------------------------------------------------------------------------------------------------
@@ -325,7 +327,8 @@ def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, voc
 
 
 # --- saving ------------------------------------------------------------------------------------------------------
-def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_dir: Path, vocab: LabelVocabulary) -> Path:
+def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_dir: Path,
+                  vocab: LabelVocabulary | None = None) -> Path:
     """Save the final pipeline (EMA weights if used) with the sampler it was validated with, and a copy of
     pipeline_iclevr.py, so it loads as remote code.
 

@@ -8,21 +8,24 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast, set_seed
 from diffusers.optimization import get_scheduler
 
 from iclevr.data import SYNTHETIC_TEST, check_data_source, load_conditions
-from iclevr.io import partial_folder, partial_path, replace_folder
+from iclevr.io import partial_folder, partial_path, remove_partial_saves, replace_folder
 from iclevr.metrics import mean_std, total_misses
 from iclevr.utils import image_grid, multi_process_cpu_launch, slow_bf16_warning
+from pipeline_iclevr import LabelVocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,56 @@ def setup_accelerator(seed: int, **accelerator_kwargs) -> Accelerator:
         logger.warning(warning)
     set_seed(seed)
     return accelerator
+
+
+def start_generator_run(args: argparse.Namespace, **accelerator_kwargs) -> Accelerator:
+    """The Accelerator of a generator trainer's run (`setup_accelerator` with the shared flags: seedable sampler, the
+    tracker under ``--output_dir/--logging_dir``), and the output folder, cleared of what an interrupted save left."""
+    output_dir = Path(args.output_dir)
+    accelerator = setup_accelerator(
+        args.seed, mixed_precision=args.mixed_precision, log_with=None if args.report_to == "none" else args.report_to,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
+        **accelerator_kwargs)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for folder in remove_partial_saves(output_dir):
+            logger.warning(f"Removed {folder}, left by an interrupted save.")
+    return accelerator
+
+
+def start_trackers_and_evaluator(args: argparse.Namespace, accelerator: Accelerator):
+    """The tracker (``--report_to``, the flags as its config, never the Hub token) and, on the main process, the
+    ``--evaluator`` that scores validation; returns the evaluator (None elsewhere or without one)."""
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers(args.tracker_project_name, config={k: str(v) for k, v in vars(args).items() if k != "hub_token"})
+    if not (args.evaluator and accelerator.is_main_process):
+        return None
+    from iclevr.evaluator import Evaluator
+
+    return Evaluator.from_pretrained(args.evaluator, device=accelerator.device)
+
+
+def resume_step(args: argparse.Namespace, accelerator: Accelerator) -> int:
+    """Load ``--resume_from_checkpoint`` (``latest``: the newest complete checkpoint, or a fresh start when there is
+    none) with ``accelerator.load_state``; returns the step it was saved at (0 for a fresh start)."""
+    if not args.resume_from_checkpoint:
+        return 0
+    path = latest_checkpoint(args.output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+    if path is None:
+        accelerator.print(f"No checkpoint in {args.output_dir} to resume from: starting a new run.")
+        return 0
+    accelerator.print(f"Resuming from {path}")
+    accelerator.load_state(str(path))
+    return checkpoint_step(path)
+
+
+def checkpoint_if_due(args: argparse.Namespace, accelerator: Accelerator, step: int) -> None:
+    """Every ``--checkpointing_steps``: rotate to ``--checkpoints_total_limit`` and save one in one piece."""
+    if step % args.checkpointing_steps == 0:
+        if accelerator.is_main_process:
+            rotate_checkpoints(Path(args.output_dir), args.checkpoints_total_limit)
+        save_checkpoint(accelerator, Path(args.output_dir), step)
 
 
 def build_lr_scheduler(name: str, optimizer, warmup_steps: int, total_steps: int, num_processes: int):
@@ -206,6 +259,13 @@ class Stopwatch:
             done = broadcast(done, from_process=0)
         return bool(done.item())
 
+    def figures(self, step: int) -> dict:
+        """The time figures of a run's ``train_summary.json``: images seen, images/s and seconds per step (`rates`),
+        and the minutes in all and in training."""
+        images_per_second, seconds_per_step = self.rates(step)
+        return {"images_seen": self.images, "images_per_second": images_per_second, "seconds_per_step": seconds_per_step,
+                "minutes": (self.training_seconds + self.paused_seconds) / 60, "training_minutes": self.training_seconds / 60}
+
     def rates(self, step: int) -> tuple[float, float | None]:
         """Images per second and seconds per optimiser step since the first step (pauses all fall after it);
         ``(0, None)`` when no step was timed."""
@@ -213,6 +273,28 @@ class Stopwatch:
             return 0.0, None
         timed = max(time.time() - self._first[0] - self.paused_seconds, 1e-9)
         return (self.images - self._first[1]) / timed, timed / (step - self._first[2])
+
+
+# --- a run's state ---------------------------------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class TrainingRun:
+    """What every generator trainer's run holds (each trainer adds its networks and optimisers); ``step`` counts
+    optimiser steps (a GAN's: generator updates)."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    loader: torch.utils.data.DataLoader
+    max_steps: int
+    updates_per_epoch: int
+    vocab: LabelVocabulary
+    evaluator: object = None
+    step: int = 0
+    record: dict | None = None
+    stopwatch: Stopwatch | None = None
+
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.max_steps / self.updates_per_epoch)
 
 
 # --- validation --------------------------------------------------------------------------------------------------
