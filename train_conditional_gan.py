@@ -106,8 +106,9 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, update_gene
         pixels = random_hflip(pixels)
     latent_dim = bare_model(accelerator, run.generator).config.latent_dim
     with accelerator.autocast():
-        fake = run.generator(torch.randn(pixels.shape[0], latent_dim, device=pixels.device), labels)
-        loss_d = gan.discriminator_loss(run.discriminator(pixels, labels), run.discriminator(fake.detach(), labels), labels,
+        with torch.no_grad():  # the discriminator's update needs no gradient through the generator
+            fake = run.generator(torch.randn(pixels.shape[0], latent_dim, device=pixels.device), labels)
+        loss_d = gan.discriminator_loss(run.discriminator(pixels, labels), run.discriminator(fake, labels), labels,
                                         args.aux_loss_weight)
     check_finite(loss_d, "discriminator", run.step)
     accelerator.backward(loss_d)

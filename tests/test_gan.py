@@ -19,9 +19,10 @@ TINY = ["--resolution", "16", "--generator_channels", "16,16,8", "--discriminato
         "--train_batch_size", "4", "--seed", "2", "--report_to", "none"]
 
 
-def _launch(rendered_dir, output_dir, *flags):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_conditional_gan.py"),
+def _launch(rendered_dir, output_dir, *flags, processes=1):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(processes),
+               *(["--multi_gpu"] if processes > 1 else []), "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(ROOT / "train_conditional_gan.py"),
                "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir),
                "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -88,6 +89,15 @@ def test_resume_is_exact_across_an_epoch_boundary(rendered_dir, tmp_path):
         assert f"checkpoint-{stop}" in result.stdout + result.stderr
         resumed = _generator_weights(out)
         assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_two_processes_over_gloo(rendered_dir, tmp_path):
+    """DDP over both networks on CPU: each process trains on its share of every epoch, and one pipeline is saved."""
+    _launch(rendered_dir, tmp_path / "out", "--max_train_steps", "3", "--checkpointing_steps", "2", "--use_ema",
+            "--train_batch_size", "2", processes=2)
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 3 and summary["images_seen"] == 3 * 2 * 2 * 2
+    assert ICLEVRGANPipeline.from_pretrained(tmp_path / "out")(["red sphere"], output_type="np").images.shape == (1, 16, 16, 3)
 
 
 def test_evaluate_pipeline_scores_a_gan_like_a_diffusion_pipeline(trained, tmp_path):
