@@ -7,7 +7,8 @@
    run; else renders its training set (64x64) and trains it once with ``accelerate launch train_evaluator.py``.
 2. **Diffusion model**: a 40-step calibration run of the trainer measures this machine's seconds per step (and
    renders the embedded training set on first use); then ``accelerate launch train_conditional_ddpm.py`` (on a CPU
-   with the project's ``accelerate_config.yaml``, on CUDA one process per GPU) with the trainer's default recipe, its
+   with the project's ``accelerate_config.yaml``, on CUDA one process per GPU) with ``--recipe`` (on a CPU the
+   trainer's default; with CUDA the GPU recipe: 64x64, a larger UNet), its
    schedule sized to what fits ``--train_minutes`` here (written to ``plan.json``), the course accuracy logged during
    training. Mixed precision follows the hardware (``--mixed_precision auto``). The same command after a kill resumes:
    the evaluator is cached, and training continues from its last checkpoint with the planned schedule.
@@ -40,6 +41,11 @@ from iclevr.utils import auto_mixed_precision
 PROJECT_DIR = Path(__file__).resolve().parent
 # What the main job adds to the trainer's defaults: EMA weights (and --mixed_precision, chosen per machine).
 TRAIN_RECIPE = ["--use_ema"]
+# What --recipe gpu adds on top: 64x64 output, a 4-level UNet twice as wide with two layers per level, self-attention
+# below the top level and one cross-attention token per label, a larger batch at a lower rate. A GPU buys the
+# resolution, width and tokens that were too slow on 2 CPU cores (docs/experiments.md, "GPU recipe").
+GPU_RECIPE = ["--resolution", "64", "--block_out_channels", "64,128,256,256", "--layers_per_block", "2",
+              "--attention_levels", "0,1,1,1", "--conditioning", "both", "--train_batch_size", "128", "--learning_rate", "3e-4"]
 # The default recipe's warm-up share of its schedule (200 of 5,000 steps), kept when the schedule is shortened.
 WARMUP_SHARE = 0.04
 # Steps of the calibration run that measures this machine's training speed (the first is excluded as warm-up; 40
@@ -69,7 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Mixed precision of both training stages. auto: bf16 on a GPU that supports it (else fp16) and on "
                              "a CPU with native bf16 (AMX / AVX512-BF16), fp32 on other CPUs (where bf16 is emulated and "
                              "many times slower).")
-    parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py, quoted as one string.")
+    parser.add_argument("--recipe", type=str, default="auto", choices=["auto", "cpu", "gpu"],
+                        help="The diffusion recipe: cpu is the trainer's default (32x32, 3.6M parameters, tuned for a CPU "
+                             "hour); gpu adds 64x64 output and a larger UNet with label tokens (GPU_RECIPE); auto picks gpu "
+                             "where CUDA is available.")
+    parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py (after the recipe's), quoted as one string.")
     args = parser.parse_args(argv)
     if min(args.train_minutes, args.max_train_steps or 1, args.num_seeds, args.validation_steps) <= 0:
         parser.error("--train_minutes, --max_train_steps, --validation_steps and --num_seeds must be positive.")
@@ -79,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--accelerate_config {args.accelerate_config} does not exist.")
     if args.mixed_precision == "auto":
         args.mixed_precision = auto_mixed_precision()
+    if args.recipe == "auto":
+        args.recipe = "gpu" if torch.cuda.is_available() else "cpu"
     for name in ("output_dir", "evaluator", "cache_dir", "accelerate_config"):  # the stages run in the project folder
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
@@ -136,6 +148,11 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
     return folder
 
 
+def recipe_flags(args) -> list[str]:
+    """The trainer flags of ``--recipe`` (then ``--train_args``, which may override any of them)."""
+    return [*TRAIN_RECIPE, *(GPU_RECIPE if args.recipe == "gpu" else []), *shlex.split(args.train_args)]
+
+
 def calibrate(args, cache: Path, out: Path, timings: dict) -> float:
     """Seconds per training step of the recipe on this machine, from a short run of the trainer itself (which also
     renders the embedded data on first use, so that the real run starts training at once)."""
@@ -143,7 +160,7 @@ def calibrate(args, cache: Path, out: Path, timings: dict) -> float:
     shutil.rmtree(folder, ignore_errors=True)  # left by an interrupted job: never resumed, never mixed in
     run_stage("calibrate", launch(args, "train_conditional_ddpm.py") + [
         "--output_dir", str(folder), "--cache_dir", str(cache), "--max_train_steps", str(CALIBRATION_STEPS),
-        "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE, *shlex.split(args.train_args),
+        "--mixed_precision", args.mixed_precision, *recipe_flags(args),
         "--lr_warmup_steps", "1"], timings)  # the rate does not change the speed; this only quiets the warm-up warning
     seconds = json.loads((folder / "train_summary.json").read_text())["seconds_per_step"]
     shutil.rmtree(folder)
@@ -162,7 +179,7 @@ def plan_training(args, cache: Path, out: Path, timings: dict) -> dict:
     """The diffusion schedule. A job stopped during training (its plan and a checkpoint are in ``out``) resumes with
     the schedule it planned, uncalibrated; otherwise a calibration run sizes it, and the plan is written first."""
     path = out / "plan.json"
-    request = {key: getattr(args, key) for key in ("train_minutes", "max_train_steps", "train_args", "mixed_precision")}
+    request = {key: getattr(args, key) for key in ("train_minutes", "max_train_steps", "recipe", "train_args", "mixed_precision")}
     if path.is_file() and latest_checkpoint(out / "pipeline") is not None:
         plan = json.loads(path.read_text())
         if plan["request"] != request:
@@ -199,14 +216,14 @@ def main(argv: list[str] | None = None) -> dict:
     run_stage("train diffusion model", launch(args, "train_conditional_ddpm.py") + [
         "--output_dir", str(pipeline), "--cache_dir", str(cache), "--evaluator", str(evaluator),
         "--validation_steps", str(args.validation_steps), "--max_train_steps", str(plan["max_train_steps"]),
-        "--max_train_minutes", f"{args.train_minutes:g}", "--mixed_precision", args.mixed_precision, *TRAIN_RECIPE,
+        "--max_train_minutes", f"{args.train_minutes:g}", "--mixed_precision", args.mixed_precision,
         "--validation_conditions_json", str(COURSE_TEST), "--resume_from_checkpoint", "latest",
-        *shlex.split(args.train_args), *plan["warmup_flags"]], timings)
+        *recipe_flags(args), *plan["warmup_flags"]], timings)
     run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
                          "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     summary = {"wall_seconds": round(time.time() - start, 1), "stage_seconds": timings, "evaluator": str(evaluator),
-               "mixed_precision": args.mixed_precision,
+               "mixed_precision": args.mixed_precision, "recipe": args.recipe,
                "train_minutes_budget": args.train_minutes, "calibrated_seconds_per_step": plan["calibrated_seconds_per_step"],
                "max_train_steps": plan["max_train_steps"],
                "accuracy": {name: result["accuracy"] for name, result in metrics["sets"].items()},

@@ -8,6 +8,7 @@ import torch
 
 import iclevr.utils as iclevr_utils
 import main_job
+from iclevr import ddpm
 from iclevr.data import COURSE_TEST
 from iclevr.evaluator import build_evaluator
 
@@ -113,6 +114,22 @@ def test_the_stages_launch_on_the_device_at_hand(monkeypatch, cuda, gpus, expect
     assert command[3:-1] == expected and command[-1] == str(main_job.PROJECT_DIR / "train_conditional_ddpm.py")
     own = main_job.parse_args(["--accelerate_config", str(main_job.PROJECT_DIR / "accelerate_config.yaml")])
     assert main_job.launch(own, "train_evaluator.py")[3:5] == ["--config_file", own.accelerate_config]
+
+
+@pytest.mark.parametrize("cuda, flag, recipe", [(False, [], "cpu"), (True, [], "gpu"), (True, ["--recipe", "cpu"], "cpu"),
+                                                (False, ["--recipe", "gpu"], "gpu")])
+def test_the_recipe_follows_the_device(monkeypatch, cuda, flag, recipe):
+    """auto: the GPU recipe (64x64, the larger UNet) where CUDA is available, the CPU recipe elsewhere; --recipe
+    chooses either anywhere, and --train_args comes last, so it overrides the recipe."""
+    monkeypatch.setattr(main_job.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(main_job, "auto_mixed_precision", lambda: "bf16")
+    args = main_job.parse_args([*flag, "--train_args", "--learning_rate 1e-3"])
+    flags = main_job.recipe_flags(args)
+    assert args.recipe == recipe and flags[0] == "--use_ema" and flags[-2:] == ["--learning_rate", "1e-3"]
+    assert ("--resolution" in flags and flags[flags.index("--resolution") + 1] == "64") == (recipe == "gpu")
+    parsed = ddpm.parse_args(["--output_dir", "x", *flags])  # the trainer takes the recipe as it stands
+    assert parsed.resolution == (64 if recipe == "gpu" else 32) and parsed.learning_rate == 1e-3
+    assert parsed.conditioning == ("both" if recipe == "gpu" else "class_embedding")
 
 
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
