@@ -1,5 +1,5 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
-"""Evaluate a trained `ICLEVRPipeline` with the evaluator and write a report.
+"""Evaluate a trained `ICLEVRPipeline` (or a GAN's `ICLEVRGANPipeline`) with the evaluator and write a report.
 
     python evaluate_pipeline.py --pipeline outputs/iclevr-ddpm --evaluator outputs/evaluator --num_seeds 3
 
@@ -9,7 +9,9 @@ For each condition set it generates one image per condition per seed (batched, s
 grid with 8 images per row, and scores every seed with the course metric and exact-set accuracy (mean ± std over
 seeds, and by number of objects). Beside the model it scores three reference rows per set: rendered images of the
 same conditions (the ceiling), empty floors and pure noise. It also draws the denoising process of one condition.
-``--sweep`` adds a table of accuracy and seconds per image over schedulers x steps x guidance scales, and a plot.
+``--sweep`` adds a table of accuracy and seconds per image over schedulers x steps x guidance scales, and a plot;
+``--eta_study`` and ``--interpolation_study`` the DDIM eta grid and the noise interpolation strip; ``--best_of N``
+samples N candidates per condition and keeps the one the model's own lift score ranks first (`iclevr.sampling`).
 Writes ``metrics.json`` and ``report.md`` to ``--output_dir``.
 """
 
@@ -29,7 +31,16 @@ from PIL import Image, ImageDraw
 from iclevr.data import COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.metrics import mean_std, total_misses
-from iclevr.sampling import SCHEDULERS, generate, initial_noise, is_one_step, load_pipeline, score, slerp
+from iclevr.sampling import (
+    SCHEDULERS,
+    generate,
+    generate_best_of,
+    initial_noise,
+    is_one_step,
+    load_pipeline,
+    score,
+    slerp,
+)
 from iclevr.utils import display_scale, image_grid
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS
 
@@ -62,10 +73,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interpolation_study", action="store_true",
                         help="Also interpolate between two initial noises per condition (spherically, and linearly for "
                              f"contrast) at {INTERPOLATION_POINTS} points: a strip for one condition and the accuracy at each point.")
+    parser.add_argument("--best_of", type=int, default=1,
+                        help="Sample N candidates per condition and keep the one the model's own lift score ranks first "
+                             "(CompLift; the evaluator never ranks): extra sampling compute, reported in s/image. 1: off.")
+    parser.add_argument("--lift_timesteps", type=int, default=8, help="Noise levels the lift score averages over (--best_of).")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device.")
     args = parser.parse_args(argv)
-    if args.num_seeds < 1 or args.num_inference_steps < 1 or args.batch_size < 1:
-        parser.error("--num_seeds, --num_inference_steps and --batch_size must be positive.")
+    if min(args.num_seeds, args.num_inference_steps, args.batch_size, args.best_of, args.lift_timesteps) < 1:
+        parser.error("--num_seeds, --num_inference_steps, --batch_size, --best_of and --lift_timesteps must be positive.")
     for name in args.sweep_schedulers.split(","):
         if name not in SCHEDULERS:
             parser.error(f"--sweep_schedulers: unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}.")
@@ -83,7 +98,11 @@ def evaluate_set(pipe, evaluator, name, conditions, args, out: Path) -> dict:
     """Generate and score one condition set over the seeds; save the first seed's images and grid."""
     runs = []
     for k in range(args.num_seeds):
-        images, seconds = generate(pipe, conditions, args.seed + k, args.batch_size, **sampling_kwargs(args))
+        if args.best_of > 1:
+            images, seconds = generate_best_of(pipe, conditions, args.seed + k, args.batch_size, args.best_of,
+                                               args.lift_timesteps, **sampling_kwargs(args))
+        else:
+            images, seconds = generate(pipe, conditions, args.seed + k, args.batch_size, **sampling_kwargs(args))
         runs.append((score(evaluator, images, conditions), seconds))
         if k == 0:
             folder = out / "images" / name
@@ -213,6 +232,9 @@ def reference(references: dict, kind: str) -> str:
 def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies: dict) -> None:
     sampling = (f"Sampler {args.sampler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}" if not args.one_step
                 else "A GAN generator (one forward pass: no sampler, steps or guidance)")
+    if args.best_of > 1:
+        sampling += (f", best of {args.best_of} candidates per condition by the model's lift score ({args.lift_timesteps} "
+                     "noise levels; s/image includes every candidate and the scoring)")
     lines = [f"# Evaluation of `{args.pipeline}`", "",
              f"{sampling}, {args.num_seeds} seeds; evaluator `{args.evaluator}`. Condition sets: "
              + ", ".join(f"`{path}`" for path in args.conditions_json) + ".", "",
@@ -263,8 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.pipeline, args.scheduler, args.device)
     args.one_step = is_one_step(pipe)
-    if args.one_step and (args.sweep or args.eta_study):
-        raise ValueError(f"{args.pipeline} is a GAN generator: it has no sampler to sweep and no DDIM eta; drop --sweep and --eta_study.")
+    if args.one_step and (args.sweep or args.eta_study or args.best_of > 1):
+        raise ValueError(f"{args.pipeline} is a GAN generator: it has no sampler to sweep, no DDIM eta and no denoising lift "
+                         "to rank by; drop --sweep, --eta_study and --best_of.")
     args.sampler = "one-step GAN generator" if args.one_step else type(pipe.scheduler).__name__  # named in the report and metrics.json
     evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
     if evaluator.vocab.labels != pipe.vocab.labels:

@@ -1,14 +1,16 @@
 import json
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from diffusers import DDIMScheduler
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
 from PIL import Image
 
 from evaluate_pipeline import main, parse_args
 from iclevr.evaluator import build_evaluator
-from pipeline_iclevr import ICLEVRPipeline
+from pipeline_iclevr import ICLEVRPipeline, LabelVocabulary
 
 from .test_pipeline import tiny_unet
 
@@ -104,3 +106,66 @@ def test_eta_and_interpolation_studies_in_the_report(saved, tmp_path):
     assert "## DDIM eta" in report and "![eta](eta.png)" in report and "| 0.5 |" in report
     assert "## Noise interpolation" in report and "| slerp |" in report and "| lerp |" in report
     assert "Sampler DPMSolverMultistepScheduler" in report and metrics["args"]["sampler"] == "DPMSolverMultistepScheduler"
+
+
+class _KnowsOneLabel(torch.nn.Module):
+    """A stand-in denoiser (x0-prediction) that recovers the clean image exactly when its condition holds ``label`` and
+    predicts zeros otherwise: the lift of ``label`` is then the null error, every other label's lift 0."""
+
+    def __init__(self, clean, label):
+        super().__init__()
+        self.clean, self.label = clean, label
+        self.config = SimpleNamespace(class_embed_type="projection", projection_class_embeddings_input_dim=24,
+                                      encoder_hid_dim_type=None)
+        self.dtype = torch.float32
+
+    def forward(self, sample, timestep, class_labels=None, encoder_hidden_states=None):
+        knows = class_labels[:, self.label, None, None, None] > 0
+        return SimpleNamespace(sample=torch.where(knows, self.clean.expand_as(sample), torch.zeros_like(sample)))
+
+
+def test_lift_scores_measure_what_the_model_gains_from_each_label():
+    from iclevr.sampling import lift_scores
+
+    vocab = LabelVocabulary()
+    image = torch.rand(1, 3, 8, 8)
+    pipe = SimpleNamespace(unet=_KnowsOneLabel(image * 2 - 1, vocab.index("red sphere")), _execution_device="cpu",
+                           scheduler=DDPMScheduler(num_train_timesteps=100, prediction_type="sample"),
+                           config=SimpleNamespace(patch_size=1))
+    conditions = vocab.encode_batch([["red sphere", "cyan cube"], ["cyan cube"]])
+    lifts = lift_scores(pipe, image.expand(2, -1, -1, -1), conditions, num_timesteps=4)
+    null_error = ((image * 2 - 1) ** 2).mean()
+    assert lifts[0, vocab.index("red sphere")] == pytest.approx(null_error.item(), rel=1e-5)
+    assert lifts[0, vocab.index("cyan cube")] == 0 and lifts[1, vocab.index("cyan cube")] == 0
+    assert lifts.isnan().sum() == 2 * 24 - 3  # labels outside a condition have no lift
+
+
+def test_best_of_keeps_the_candidate_whose_weakest_label_lifts_most(monkeypatch):
+    import iclevr.sampling as sampling
+
+    conditions = [["red sphere"], ["gray cube", "blue cube"]]
+    pipe = SimpleNamespace(vocab=LabelVocabulary())
+    # candidate k is filled with k / 10; its lifts: row 0 likes candidate 2, row 1's weakest label is best in candidate 1
+    monkeypatch.setattr(sampling, "generate", lambda pipe, conds, seed, batch, **kw: (
+        np.full((len(conds), 4, 4, 3), (seed // 1_000_000) / 10, dtype=np.float32), 0.0))
+    wanted = {0: 2, 1: 1}
+
+    def lifts(pipe, pixels, multi_hot, num_timesteps, seed):
+        k = round(pixels[0, 0, 0, 0].item() * 10)
+        out = torch.full(multi_hot.shape, float("nan"))
+        for row in range(multi_hot.shape[0]):
+            for label in multi_hot[row].nonzero().flatten().tolist():
+                out[row, label] = (1.0 if k == wanted[row] else 0.0) + (5.0 if label == 2 else 0.0)  # label 2 never weakest
+        return out
+
+    monkeypatch.setattr(sampling, "lift_scores", lifts)
+    images, seconds = sampling.generate_best_of(pipe, conditions, seed=0, batch_size=8, best_of=3)
+    assert images[0, 0, 0, 0] == pytest.approx(0.2) and images[1, 0, 0, 0] == pytest.approx(0.1) and seconds >= 0
+
+
+def test_best_of_in_the_report(saved, tmp_path):
+    metrics = main(["--pipeline", str(saved / "pipe"), "--evaluator", str(saved / "evaluator"), "--conditions_json",
+                    str(saved / "mini.json"), "--output_dir", str(tmp_path), "--num_inference_steps", "2", "--num_seeds", "1",
+                    "--best_of", "2", "--lift_timesteps", "2"])
+    assert metrics["args"]["best_of"] == 2 and len(metrics["sets"]["mini"]["accuracy"]["values"]) == 1
+    assert "best of 2 candidates per condition by the model's lift score" in (tmp_path / "report.md").read_text()
