@@ -25,7 +25,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from iclevr import ddpm
+from iclevr import ddpm, hub
 from iclevr.data import random_hflip, to_model_input
 from iclevr.training import (
     Stopwatch,
@@ -180,11 +180,11 @@ def finish(run: Run) -> None:
                    "mixed_precision": run.accelerator.mixed_precision, "processes": run.accelerator.num_processes,
                    "validation": {k: v for k, v in (run.record or {}).items() if k != "accuracy_per_seed"}}
         ddpm.save_pipeline(unet, run.ema, run.noise_scheduler, args, output_dir, run.vocab)
-        ddpm.write_model_card(args, summary)
+        ddpm.write_model_card(args, summary, run.vocab)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info(f"Saved the pipeline to {output_dir}: {summary}")
         if args.push_to_hub:
-            logger.info(f"Pushed to https://huggingface.co/{ddpm.push_to_hub(args)}")
+            logger.info(f"Pushed to https://huggingface.co/{hub.push_to_hub(args)}")
     run.accelerator.end_training()
 
 

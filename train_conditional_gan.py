@@ -24,7 +24,7 @@ from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from iclevr import ddpm, gan
+from iclevr import ddpm, gan, hub
 from iclevr.data import random_hflip, to_model_input
 from iclevr.training import (
     Stopwatch,
@@ -162,7 +162,7 @@ def validate(run: Run) -> None:
 
 
 def finish(run: Run) -> None:
-    """Final validation, the pipeline and ``train_summary.json`` (main process), then the Hub."""
+    """Final validation, the pipeline, its model card and ``train_summary.json`` (main process), then the Hub."""
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
         args, output_dir = run.args, Path(run.args.output_dir)
@@ -175,10 +175,11 @@ def finish(run: Run) -> None:
                    "mixed_precision": run.accelerator.mixed_precision, "processes": run.accelerator.num_processes,
                    "validation": {k: v for k, v in (run.record or {}).items() if k != "accuracy_per_seed"}}
         gan.save_pipeline(generator, run.ema, run.train_labels, args, output_dir, run.vocab)
+        gan.write_model_card(args, summary, run.vocab)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         logger.info(f"Saved the pipeline to {output_dir}: {summary}")
         if args.push_to_hub:
-            logger.info(f"Pushed to https://huggingface.co/{ddpm.push_to_hub(args)}")
+            logger.info(f"Pushed to https://huggingface.co/{hub.push_to_hub(args)}")
     run.accelerator.end_training()
 
 

@@ -28,6 +28,7 @@ from iclevr.data import (
     load_dataset_from_args,
     to_model_input,
 )
+from iclevr.hub import write_card
 from iclevr.io import move_into, partial_folder
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
 from iclevr.sampling import SCHEDULERS
@@ -383,23 +384,15 @@ def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_d
     return output_dir
 
 
-# How the model card shows each figure of the training summary (a dict of numbers, also saved as train_summary.json).
-CARD_FIGURES = {
-    "steps": ("steps", "{}"), "final_loss": ("final loss", "{:.4f}"), "images_seen": ("images seen (this run)", "{}"),
-    "images_per_second": ("images/s", "{:.1f}"), "seconds_per_step": ("seconds per step", "{:.3f}"),
-    "minutes": ("minutes", "{:.1f}"), "training_minutes": ("training minutes (validation excluded)", "{:.1f}"),
-    "parameters_millions": ("parameters (millions)", "{:.2f}"), "resolution": ("resolution", "{}"),
-    "mixed_precision": ("mixed precision", "{}"), "processes": ("processes", "{}"),
-}
 CARD_TEMPLATE = """---
 {{ card_data }}
 ---
 
 # {{ title }}
 
-A class-conditional denoising diffusion model for i-CLEVR scenes (1-3 objects, 24 labels = 8 colours x 3 shapes),
-trained with the `train_conditional_ddpm.py` script of iclevr-diffusion. Each image is conditioned on a multi-hot
-label vector embedded by the UNet's projection class embedding; guidance is classifier-free.
+A class-conditional denoising diffusion model for {{ data }}, trained with the `train_conditional_ddpm.py` script of
+iclevr-diffusion. Each image is conditioned on a multi-hot label vector embedded by the UNet's projection class
+embedding; guidance is classifier-free.
 
 ## Usage
 
@@ -407,7 +400,7 @@ label vector embedded by the UNet's projection class embedding; guidance is clas
 from diffusers import DiffusionPipeline
 
 pipe = DiffusionPipeline.from_pretrained("{{ repo }}", trust_remote_code=True)  # or pipeline_iclevr.ICLEVRPipeline
-images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps={{ steps }}, guidance_scale={{ guidance }}).images
+images = pipe({{ example }}, num_inference_steps={{ steps }}, guidance_scale={{ guidance }}).images
 ```
 
 The pipeline ships with the sampler its accuracy was measured with ({{ sampler }}, {{ steps }} steps).
@@ -424,57 +417,9 @@ The pipeline ships with the sampler its accuracy was measured with ({{ sampler }
 """
 
 
-def card_rows(summary: dict) -> list[str]:
-    """Markdown table rows of a training summary: its figures, then the last validation's."""
-    rows = [f"| {label} | {fmt.format(summary[key])} |" for key, (label, fmt) in CARD_FIGURES.items()
-            if summary.get(key) is not None]
-    for key, value in summary.get("validation", {}).items():
-        if key != "step":
-            rows.append(f"| validation {key} | {value:.4f} |" if isinstance(value, float) else f"| validation {key} | {value} |")
-    return rows
-
-
-def write_model_card(args, summary: dict) -> None:
-    """README.md built with huggingface_hub's `ModelCard`: Hub metadata (library, tags, ``inference: false``, the
-    dataset, ``model-index`` with the last validation's accuracy), how to load the pipeline, samples and figures."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    validation = summary.get("validation", {})
-    sampler_name = SCHEDULERS[args.validation_scheduler].__name__
-    sampler = f"{sampler_name}, guidance {args.validation_guidance_scale:g}"
-    eval_results = None
-    if "accuracy" in validation:
-        conditions = Path(validation["conditions_json"]).name
-        eval_results = [EvalResult(
-            task_type="unconditional-image-generation", dataset_type="i-clevr", dataset_name=f"i-CLEVR {conditions}",
-            metric_type="accuracy", metric_value=round(validation["accuracy"], 4),
-            metric_name=f"course accuracy ({sampler}, {args.validation_inference_steps} steps, "
-                        f"{args.validation_num_seeds} seed(s))")]
-    title = args.hub_model_id or "i-CLEVR class-conditional DDPM"
-    data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="unconditional-image-generation",
-                         tags=["diffusers", "class-conditional", "ddpm", "i-clevr"], datasets=["i-clevr"],
-                         model_name=title, eval_results=eval_results, inference=False)
-    accuracy = ""
-    if eval_results:
-        spread = f" ± {validation['accuracy_std']:.3f}" if "accuracy_std" in validation else ""
-        accuracy = (f"## Accuracy\n\n{validation['accuracy']:.3f}{spread} on `{conditions}` (the course metric, "
-                    f"{args.validation_num_seeds} sampling seed(s)), {sampler}, {args.validation_inference_steps} steps.\n\n")
-    samples = "![samples](samples.png)\n" if (Path(args.output_dir) / "samples.png").is_file() else ""
-    card = ModelCard.from_template(data, template_str=CARD_TEMPLATE, title=title, repo=args.hub_model_id or args.output_dir,
-                                   steps=args.validation_inference_steps, guidance=args.validation_guidance_scale,
-                                   sampler=sampler_name, accuracy=accuracy, samples=samples, figures="\n".join(card_rows(summary)))
-    card.save(Path(args.output_dir) / "README.md")
-
-
-HUB_IGNORE = ["checkpoint-*", "logs/*", "validation/*", "*.partial/*"]  # the pipeline and its card, nothing of the run
-
-
-def push_to_hub(args) -> str:
-    """Create the Hub repository and upload the saved pipeline folder (checkpoints and logs excluded)."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=args.hub_token)
-    repo_id = api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo).repo_id
-    api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload ICLEVRPipeline",
-                      ignore_patterns=list(HUB_IGNORE))  # upload_folder extends the list it is given
-    return repo_id
+def write_model_card(args, summary: dict, vocab: LabelVocabulary | None = None) -> None:
+    """The diffusion pipeline's README.md (`iclevr.hub.write_card`), its accuracy measured with the validation sampler."""
+    sampler = SCHEDULERS[args.validation_scheduler].__name__
+    write_card(args, summary, vocab or LabelVocabulary(), CARD_TEMPLATE, "class-conditional DDPM", "ddpm",
+               f"{sampler}, guidance {args.validation_guidance_scale:g}, {args.validation_inference_steps} steps",
+               steps=args.validation_inference_steps, guidance=args.validation_guidance_scale, sampler=sampler)

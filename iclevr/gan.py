@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from iclevr.ddpm import add_training_data_args
+from iclevr.hub import write_card
 from iclevr.io import move_into, partial_folder
 from iclevr.training import add_length_args, add_precision_ema_args, add_run_args, check_run_args, int_list
 from iclevr.utils import ema_weights
@@ -207,3 +208,40 @@ def save_pipeline(generator, ema, train_labels: torch.Tensor, args: argparse.Nam
         pipeline.save_pretrained(partial, safe_serialization=True)
     move_into(partial, output_dir, last="model_index.json")
     return output_dir
+
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+A conditional GAN for {{ data }}, trained with the `train_conditional_gan.py` script of iclevr-diffusion as a
+baseline for its diffusion models: a BigGAN-style generator (conditional BatchNorm) against a spectral-norm
+discriminator ({{ head }} head), hinge loss. Each image is conditioned on a multi-hot label vector.
+
+## Usage
+
+```python
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{{ repo }}", trust_remote_code=True)  # or pipeline_iclevr_gan.ICLEVRGANPipeline
+images = pipe({{ example }}).images  # one forward pass: no sampler, steps or guidance
+```
+
+{{ accuracy }}
+## Samples
+
+{{ samples }}
+## Training
+
+| figure | value |
+| --- | --- |
+{{ figures }}
+"""
+
+
+def write_model_card(args, summary: dict, vocab: LabelVocabulary) -> None:
+    """The GAN pipeline's README.md (`iclevr.hub.write_card`)."""
+    write_card(args, summary, vocab, CARD_TEMPLATE, "conditional GAN", "gan", "one-step GAN generator",
+               head=args.discriminator_head)

@@ -56,6 +56,13 @@ def test_launch_saves_a_generator_pipeline(trained):
     summary = json.loads((trained / "train_summary.json").read_text())
     # a step is a generator update on one batch after two discriminator updates on two batches
     assert summary["steps"] == 4 and summary["images_seen"] == 4 * 2 * 4 and summary["discriminator_head"] == "both"
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(trained / "README.md")
+    (result,) = card.data.eval_results
+    assert "gan" in card.data.tags and card.data.inference is False and card.data.datasets == ["i-clevr"]
+    assert result.metric_value == round(records[-1]["accuracy"], 4) and "one-step GAN generator" in result.metric_name
+    assert "# i-CLEVR conditional GAN" in card.text and "(both head)" in card.text and "| final generator loss |" in card.text
     pipe = ICLEVRGANPipeline.from_pretrained(trained)
     images = pipe([["red sphere"], ["gray cube", "blue cylinder"]], output_type="np").images
     assert images.shape == (2, 16, 16, 3) and images.min() >= 0 and images.max() <= 1

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 import iclevr.io
-from iclevr import ddpm
+from iclevr import ddpm, hub
 from iclevr.data import SYNTHETIC_TEST, dataset_to_tensors
 from iclevr.training import latest_checkpoint
 from pipeline_iclevr import ICLEVRPipeline, unet_condition_kwargs
@@ -340,7 +340,7 @@ def test_push_to_hub_uploads_the_pipeline_only_and_keeps_the_token_out(trained, 
     shutil.copytree(trained, out)
     args = ddpm.parse_args([*TINY, "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "user/iclevr-ddpm",
                             "--hub_token", "hf_SECRET123", "--hub_private_repo"])
-    assert ddpm.push_to_hub(args) == "user/iclevr-ddpm"
+    assert hub.push_to_hub(args) == "user/iclevr-ddpm"
     assert calls["create"] == ("user/iclevr-ddpm", True, "hf_SECRET123")
     uploaded = sorted(op.path_in_repo for op in calls["commit"]["operations"])
     assert uploaded == ["README.md", "model_index.json", "pipeline_iclevr.py", "samples.png", "scheduler/scheduler_config.json",

@@ -159,5 +159,8 @@ def test_digits_end_to_end(tmp_path):
     assert set(result["references"]) == {"noise"} and result["misses"]["colour"] == result["misses"]["shape"] == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "| conditions |" in report and "n/a" in report
+    card = (tmp_path / "ddpm" / "README.md").read_text()
+    assert "images with 10 labels (zero, one, two, three, four, five, ...)" in card and '[["zero"], ["nine"]]' in card
+    assert "i-clevr" not in card.lower().split("---")[1]  # no i-CLEVR dataset or tag in the metadata
     record = json.loads((tmp_path / "ddpm" / "validation" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 3 and "accuracy" not in record  # no --evaluator: a grid, no score

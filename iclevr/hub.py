@@ -1,0 +1,85 @@
+# Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
+"""Publishing a trained pipeline: its model card, built with huggingface_hub's `ModelCard` (Hub metadata, how to load
+it, the accuracy as a ``model-index`` entry, samples and the training figures), and the upload of the folder without
+anything of the run. Shared by the diffusion and the GAN trainer, each with its own card template."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline_iclevr import LABELS, LabelVocabulary
+
+# How the model card shows each figure of the training summary (a dict of numbers, also saved as train_summary.json).
+CARD_FIGURES = {
+    "steps": ("steps", "{}"), "final_loss": ("final loss", "{:.4f}"),
+    "final_loss_discriminator": ("final discriminator loss", "{:.4f}"),
+    "final_loss_generator": ("final generator loss", "{:.4f}"), "images_seen": ("images seen (this run)", "{}"),
+    "images_per_second": ("images/s", "{:.1f}"), "seconds_per_step": ("seconds per step", "{:.3f}"),
+    "minutes": ("minutes", "{:.1f}"), "training_minutes": ("training minutes (validation excluded)", "{:.1f}"),
+    "parameters_millions": ("parameters (millions)", "{:.2f}"),
+    "generator_parameters_millions": ("generator parameters (millions)", "{:.2f}"),
+    "discriminator_head": ("discriminator head", "{}"), "resolution": ("resolution", "{}"),
+    "mixed_precision": ("mixed precision", "{}"), "processes": ("processes", "{}"),
+}
+HUB_IGNORE = ["checkpoint-*", "logs/*", "validation/*", "*.partial/*"]  # the pipeline and its card, nothing of the run
+
+
+def card_rows(summary: dict) -> list[str]:
+    """Markdown table rows of a training summary: its figures, then the last validation's."""
+    rows = [f"| {label} | {fmt.format(summary[key])} |" for key, (label, fmt) in CARD_FIGURES.items()
+            if summary.get(key) is not None]
+    for key, value in summary.get("validation", {}).items():
+        if key != "step":
+            rows.append(f"| validation {key} | {value:.4f} |" if isinstance(value, float) else f"| validation {key} | {value} |")
+    return rows
+
+
+def describe_data(vocab: LabelVocabulary) -> tuple[str, str, list[str]]:
+    """What a card says the model draws, an example ``labels`` argument, and the Hub ``datasets`` entry."""
+    if vocab.labels == LABELS:
+        return ("i-CLEVR scenes (1-3 objects, 24 labels = 8 colours x 3 shapes)",
+                '[["red sphere", "cyan cube"], ["gray cylinder"]]', ["i-clevr"])
+    shown = ", ".join(vocab.labels[:6]) + (", ..." if len(vocab) > 6 else "")
+    return f"images with {len(vocab)} labels ({shown})", json.dumps([[vocab.labels[0]], [vocab.labels[-1]]]), []
+
+
+def write_card(args, summary: dict, vocab: LabelVocabulary, template: str, kind: str, tag: str, sampling: str, **fields) -> None:
+    """``--output_dir/README.md``: ``template`` (a `ModelCard` template) filled with the title, the data, an example
+    call, the last validation's accuracy (measured with ``sampling``) and the training figures; the Hub metadata carry
+    the library, tags, ``inference: false``, the dataset and a ``model-index`` entry of that accuracy."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    data, example, datasets = describe_data(vocab)
+    validation = summary.get("validation", {})
+    seeds = f"{args.validation_num_seeds} seed(s)"
+    eval_results, accuracy = None, ""
+    if "accuracy" in validation:
+        conditions = Path(validation["conditions_json"]).name
+        eval_results = [EvalResult(
+            task_type="unconditional-image-generation", dataset_type=datasets[0] if datasets else "imagefolder",
+            dataset_name=f"{'i-CLEVR ' if datasets else ''}{conditions}", metric_type="accuracy",
+            metric_value=round(validation["accuracy"], 4), metric_name=f"course accuracy ({sampling}, {seeds})")]
+        spread = f" ± {validation['accuracy_std']:.3f}" if "accuracy_std" in validation else ""
+        accuracy = (f"## Accuracy\n\n{validation['accuracy']:.3f}{spread} on `{conditions}` (the course metric, {seeds}), "
+                    f"{sampling}.\n\n")
+    title = args.hub_model_id or f"{'i-CLEVR ' if datasets else ''}{kind}"
+    card_data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="unconditional-image-generation",
+                              tags=["diffusers", "class-conditional", tag, *datasets], datasets=datasets or None,
+                              model_name=title, eval_results=eval_results, inference=False)
+    samples = "![samples](samples.png)\n" if (Path(args.output_dir) / "samples.png").is_file() else ""
+    card = ModelCard.from_template(card_data, template_str=template, title=title, repo=args.hub_model_id or args.output_dir,
+                                   data=data, example=example, accuracy=accuracy, samples=samples,
+                                   figures="\n".join(card_rows(summary)), **fields)
+    card.save(Path(args.output_dir) / "README.md")
+
+
+def push_to_hub(args) -> str:
+    """Create the Hub repository and upload the saved pipeline folder (checkpoints and logs excluded)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=args.hub_token)
+    repo_id = api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo).repo_id
+    api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload the pipeline",
+                      ignore_patterns=list(HUB_IGNORE))  # upload_folder extends the list it is given
+    return repo_id
