@@ -13,7 +13,6 @@ budget) in `iclevr.training`. This file is the training loop: set-up → resume 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,14 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from iclevr import ddpm, hub
+from iclevr import ddpm
 from iclevr.data import random_hflip, to_model_input
 from iclevr.training import (
     Stopwatch,
     TrainingRun,
     build_lr_scheduler,
     checkpoint_if_due,
+    publish,
     resume_step,
     start_generator_run,
     start_trackers_and_evaluator,
@@ -175,16 +175,11 @@ def finish(run: Run) -> None:
         unet = bare_model(run.accelerator, run.unet).to(memory_format=torch.contiguous_format)
         if args.validation_steps and run.step % args.validation_steps:
             validate(run, unet)
-        summary = {"steps": run.step, "final_loss": run.loss, **run.stopwatch.figures(run.step),
-                   "parameters_millions": sum(p.numel() for p in unet.parameters()) / 1e6, "resolution": args.resolution,
-                   "mixed_precision": run.accelerator.mixed_precision, "processes": run.accelerator.num_processes,
-                   "validation": {k: v for k, v in (run.record or {}).items() if k != "accuracy_per_seed"}}
+        summary = run.summary({"final_loss": run.loss}, {"parameters_millions": sum(p.numel() for p in unet.parameters()) / 1e6,
+                                                         "resolution": args.resolution})
         ddpm.save_pipeline(unet, run.ema, run.noise_scheduler, args, output_dir, run.vocab)
         ddpm.write_model_card(args, summary, run.vocab)
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        logger.info(f"Saved the pipeline to {output_dir}: {summary}")
-        if args.push_to_hub:
-            logger.info(f"Pushed to https://huggingface.co/{hub.push_to_hub(args)}")
+        publish(args, summary)
     run.accelerator.end_training()
 
 

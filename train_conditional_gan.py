@@ -14,7 +14,6 @@ update every ``--discriminator_steps``) → finish. A step is a generator update
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +23,13 @@ from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from iclevr import ddpm, gan, hub
+from iclevr import ddpm, gan
 from iclevr.data import random_hflip, to_model_input
 from iclevr.training import (
     Stopwatch,
     TrainingRun,
     checkpoint_if_due,
+    publish,
     resume_step,
     start_generator_run,
     start_trackers_and_evaluator,
@@ -169,17 +169,12 @@ def finish(run: Run) -> None:
         if args.validation_steps and run.step % args.validation_steps:
             validate(run)
         generator = bare_model(run.accelerator, run.generator)
-        summary = {"steps": run.step, "final_loss_discriminator": run.losses[0], "final_loss_generator": run.losses[1],
-                   **run.stopwatch.figures(run.step), "generator_parameters_millions": sum(p.numel() for p in generator.parameters()) / 1e6,
-                   "resolution": args.resolution, "discriminator_head": args.discriminator_head,
-                   "mixed_precision": run.accelerator.mixed_precision, "processes": run.accelerator.num_processes,
-                   "validation": {k: v for k, v in (run.record or {}).items() if k != "accuracy_per_seed"}}
+        summary = run.summary({"final_loss_discriminator": run.losses[0], "final_loss_generator": run.losses[1]},
+                              {"generator_parameters_millions": sum(p.numel() for p in generator.parameters()) / 1e6,
+                               "resolution": args.resolution, "discriminator_head": args.discriminator_head})
         gan.save_pipeline(generator, run.ema, run.train_labels, args, output_dir, run.vocab)
         gan.write_model_card(args, summary, run.vocab)
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        logger.info(f"Saved the pipeline to {output_dir}: {summary}")
-        if args.push_to_hub:
-            logger.info(f"Pushed to https://huggingface.co/{hub.push_to_hub(args)}")
+        publish(args, summary)
     run.accelerator.end_training()
 
 

@@ -296,6 +296,25 @@ class TrainingRun:
     def num_epochs(self) -> int:
         return math.ceil(self.max_steps / self.updates_per_epoch)
 
+    def summary(self, losses: dict, model: dict) -> dict:
+        """``train_summary.json``: steps, the final ``losses``, the time figures, the trainer's ``model`` figures, the
+        precision, the process count and the last validation (without its per-seed list)."""
+        return {"steps": self.step, **losses, **self.stopwatch.figures(self.step), **model,
+                "mixed_precision": self.accelerator.mixed_precision, "processes": self.accelerator.num_processes,
+                "validation": {k: v for k, v in (self.record or {}).items() if k != "accuracy_per_seed"}}
+
+
+def publish(args: argparse.Namespace, summary: dict) -> None:
+    """After the pipeline and its card are saved: ``train_summary.json``, a log line, and with ``--push_to_hub`` the
+    upload (`iclevr.hub.push_to_hub`)."""
+    output_dir = Path(args.output_dir)
+    (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    logger.info(f"Saved the pipeline to {output_dir}: {summary}")
+    if args.push_to_hub:
+        from iclevr.hub import push_to_hub
+
+        logger.info(f"Pushed to https://huggingface.co/{push_to_hub(args)}")
+
 
 # --- validation --------------------------------------------------------------------------------------------------
 @torch.no_grad()
