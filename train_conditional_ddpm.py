@@ -52,8 +52,6 @@ class Run(TrainingRun):
     lr_scheduler: object
     noise_scheduler: DDPMScheduler
     floor: torch.Tensor | None
-    label_head: torch.nn.Module | None = None
-    mid_block: dict | None = None
     loss: float = float("nan")
 
 
@@ -67,11 +65,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     if args.use_ema:  # foreach: one fused update over all weight tensors instead of hundreds of small ops
         ema = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
                        power=args.ema_power, foreach=True, model_cls=UNet2DConditionModel, model_config=unet.config)
-    label_head, mid_block = None, None
-    if args.label_head_weight:  # built after the UNet and EMA, so without it the seed draws exactly as before
-        label_head, mid_block = ddpm.LabelHead(unet.config.block_out_channels[-1], len(vocab)), ddpm.capture_mid_block(unet)
-    parameters = [*unet.parameters(), *(label_head.parameters() if label_head is not None else [])]
-    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     loader = ddpm.build_dataloader(dataset, args)
     floor = ddpm.mean_image(dataset.tensors[0]).to(accelerator.device) if args.foreground_weight > 0 else None
@@ -85,8 +79,6 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     lr_scheduler = build_lr_scheduler(args.lr_scheduler, optimizer, args.lr_warmup_steps, max_steps, accelerator.num_processes)
     unet = unet.to(memory_format=memory_format(args))  # before DDP wraps it, so gradient buckets match the layout
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    if label_head is not None:  # prepared, so it trains under DDP and its weights go into every checkpoint
-        label_head = accelerator.prepare(label_head)
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
@@ -95,7 +87,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
                 f"{args.gradient_accumulation_steps}, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
     return Run(args=args, accelerator=accelerator, loader=loader, max_steps=max_steps, updates_per_epoch=updates_per_epoch,
                vocab=vocab, evaluator=evaluator, unet=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
-               noise_scheduler=noise_scheduler, floor=floor, label_head=label_head, mid_block=mid_block)
+               noise_scheduler=noise_scheduler, floor=floor)
 
 
 def memory_format(args: argparse.Namespace) -> torch.memory_format:
@@ -120,12 +112,12 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> None:
             pixels, weights = flipped[:, :3], (None if weights is None else flipped[:, 3:])
         pixels = pixels.contiguous(memory_format=memory_format(args))
         with accelerator.autocast():
-            loss = ddpm.diffusion_loss(run.unet, run.noise_scheduler, pixels, labels, args, weights, run.label_head, run.mid_block)
+            loss = ddpm.diffusion_loss(run.unet, run.noise_scheduler, pixels, labels, args, weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"Non-finite loss {loss.item()} at step {run.step}; stopping before any weight is written.")
         accelerator.backward(loss)
         if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_([p for group in run.optimizer.param_groups for p in group["params"]], args.max_grad_norm)
+            accelerator.clip_grad_norm_(run.unet.parameters(), args.max_grad_norm)
         run.optimizer.step()
         run.lr_scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)

@@ -103,10 +103,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     diffusion.add_argument("--logit_std", type=float, default=1.0, help="Standard deviation of the logit-normal timestep density.")
     diffusion.add_argument("--mode_scale", type=float, default=1.29, help="Scale of the 'mode' timestep density (SD3's value).")
     diffusion.add_argument("--condition_dropout", type=float, default=0.1, help="Probability of replacing the condition by the null (all-zero) one, for classifier-free guidance.")
-    diffusion.add_argument("--label_head_weight", type=float, default=0.0,
-                           help="Weight of an auxiliary loss: a label classifier on the UNet's middle block reads the labels "
-                                "from x_t where the condition was dropped (BCE; joint diffusion / U-REPA). 0 = off; the "
-                                "head is trained only, never saved with the pipeline.")
     diffusion.add_argument("--foreground_weight", type=float, default=4.0, help="Extra loss weight on pixels where the clean image departs from the floor (the training set's mean image): weight = 1 + W * departure. 0 = plain MSE.")
 
     optim = parser.add_argument_group("optimisation")
@@ -159,8 +155,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             parser.error(f"--{name} must be positive.")
     if args.conditioning != "class_embedding" and not any(args.attention_levels):
         parser.error(f"--conditioning {args.conditioning} needs at least one attention level (--attention_levels) to cross-attend.")
-    if args.foreground_weight < 0 or args.snr_gamma < 0 or args.label_head_weight < 0:
-        parser.error("--foreground_weight, --snr_gamma and --label_head_weight must be >= 0 (0 turns each off).")
+    if args.foreground_weight < 0 or args.snr_gamma < 0:
+        parser.error("--foreground_weight and --snr_gamma must be >= 0 (0 turns each off).")
     if not 0.0 <= args.condition_dropout < 1.0:
         parser.error("--condition_dropout must be in [0, 1).")
     check_run_args(parser, args)
@@ -287,38 +283,8 @@ def sample_timesteps(args: argparse.Namespace, batch_size: int, num_timesteps: i
     return (u * num_timesteps).long().clamp(0, num_timesteps - 1)
 
 
-class LabelHead(torch.nn.Module):
-    """A noise-aware label classifier on the UNet's middle block (``--label_head_weight``): its output features
-    ``(B, C, h, w)``, normalised, pooled and projected to label logits. `capture_mid_block` feeds it."""
-
-    def __init__(self, channels: int, num_labels: int):
-        super().__init__()
-        self.norm = torch.nn.GroupNorm(math.gcd(32, channels), channels)
-        self.proj = torch.nn.Linear(channels, num_labels)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.silu(self.norm(features.float())).mean(dim=(2, 3)))
-
-
-def capture_mid_block(unet) -> dict:
-    """Keep the output of the UNet's middle block of every forward in the returned dict (``"features"``)."""
-    store = {}
-    unet.mid_block.register_forward_hook(lambda module, inputs, output: store.__setitem__("features", output))
-    return store
-
-
-def label_head_loss(head: LabelHead, features: torch.Tensor, conditions: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-    """BCE of the head's logits against the labels on the rows whose condition was dropped, where the UNet saw no
-    label and the features hold only what x_t shows (elsewhere the head could read the labels back from the condition
-    embedding). Every row passes through the head, weighted 0 or 1, so each process has gradients for it under DDP."""
-    per_row = F.binary_cross_entropy_with_logits(head(features), conditions.float(), reduction="none").mean(1)
-    return (per_row * dropped).sum() / dropped.sum().clamp(min=1)
-
-
-def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weights=None, label_head=None,
-                   mid_block: dict | None = None) -> torch.Tensor:
-    """One denoising loss: random timesteps, condition dropout for CFG, optional pixel and min-SNR-gamma weighting, and
-    with ``label_head`` (fed by ``mid_block``, `capture_mid_block`'s store) the auxiliary label loss."""
+def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weights=None) -> torch.Tensor:
+    """One denoising loss: random timesteps, condition dropout for CFG, optional pixel and min-SNR-gamma weighting."""
     noise = torch.randn_like(pixels)
     timesteps = sample_timesteps(args, pixels.shape[0], noise_scheduler.config.num_train_timesteps, pixels.device)
     noisy = noise_scheduler.add_noise(pixels, noise, timesteps)
@@ -334,14 +300,12 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     if pixel_weights is not None:
         error = error * pixel_weights
     per_sample = error.mean(dim=(1, 2, 3))
-    if args.snr_gamma:
-        snr = compute_snr(noise_scheduler, timesteps)
-        clipped = torch.clamp(snr, max=args.snr_gamma)
-        per_sample = per_sample * {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[args.prediction_type]
-    loss = per_sample.mean()
-    if label_head is not None:
-        loss = loss + args.label_head_weight * label_head_loss(label_head, mid_block["features"], conditions, 1 - keep[:, 0])
-    return loss
+    if not args.snr_gamma:
+        return per_sample.mean()
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(snr, max=args.snr_gamma)
+    weights = {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[args.prediction_type]
+    return (per_sample * weights).mean()
 
 
 def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Namespace,

@@ -494,28 +494,3 @@ def test_runs_sharing_a_cache_render_the_embedded_set_once(tmp_path, monkeypatch
     datasets = run_side_by_side(lambda: ddpm.load_training_data(args, accelerator))
     assert len(renders) == 1
     assert datasets[0]["file_name"] == datasets[1]["file_name"] and len(datasets[0]) == 12
-
-
-def test_label_head_trains_checkpoints_and_resumes_exactly(rendered_dir, tmp_path):
-    """--label_head_weight: the head trains beside the UNet, is saved in every checkpoint (not in the pipeline), and a
-    resumed run ends with the weights of the uninterrupted one."""
-    flags = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--label_head_weight", "1", "--condition_dropout", "0.5"]
-    _launch(rendered_dir, tmp_path / "straight", *flags)
-    head = load_file(tmp_path / "straight" / "checkpoint-2" / "model_1.safetensors")
-    assert set(head) == {"norm.weight", "norm.bias", "proj.weight", "proj.bias"} and head["proj.weight"].shape == (24, 16)
-    assert not any(key.startswith(("proj.", "norm.")) for key in _weights(tmp_path / "straight"))  # not in the pipeline
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(tmp_path / "straight" / "checkpoint-2", resumed / "checkpoint-2")
-    _launch(rendered_dir, resumed, *flags, "--resume_from_checkpoint", "latest")
-    expected, actual = _weights(tmp_path / "straight"), _weights(resumed)
-    assert all(torch.equal(expected[key], actual[key]) for key in expected)
-
-
-def test_label_head_loss_reads_only_the_rows_without_a_condition():
-    torch.manual_seed(0)
-    head = ddpm.LabelHead(16, 24)
-    features, labels = torch.randn(3, 16, 4, 4), (torch.rand(3, 24) < 0.2).float()
-    assert ddpm.label_head_loss(head, features, labels, torch.zeros(3)).item() == 0
-    row = torch.nn.functional.binary_cross_entropy_with_logits(head(features[1:2]), labels[1:2]).item()
-    assert ddpm.label_head_loss(head, features, labels, torch.tensor([0.0, 1.0, 0.0])).item() == pytest.approx(row, rel=1e-6)
