@@ -431,13 +431,7 @@ class ICLEVRPipeline(DiffusionPipeline):
                 outputs = callback_on_step_end(self, i, t, {"latents": latents})  # the only tensor input
                 latents = (outputs or {}).get("latents", latents)
 
-        result = latents
-        if output_type != "latent":
-            result = (latents.float() / 2 + 0.5).clamp(0, 1).cpu()
-        if output_type in ("np", "pil"):
-            result = result.permute(0, 2, 3, 1).numpy()
-        if output_type == "pil":
-            result = self.numpy_to_pil(result)
+        result = latents if output_type == "latent" else postprocess_images(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (result,)
@@ -504,6 +498,15 @@ def ship_source(pipeline: DiffusionPipeline, save_directory: str | os.PathLike, 
     config = json.loads(index.read_text())
     config["_class_name"] = [module.stem, type(pipeline).__name__]
     index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def postprocess_images(samples: torch.Tensor, output_type: str):
+    """Samples ``(B, 3, H, W)`` in [-1, 1] as a pipeline returns them: ``"pt"`` ``(B, 3, H, W)`` in [0, 1] on the CPU,
+    ``"np"`` ``(B, H, W, 3)``, or ``"pil"`` images."""
+    result = (samples.float() / 2 + 0.5).clamp(0, 1).cpu()
+    if output_type in ("np", "pil"):
+        result = result.permute(0, 2, 3, 1).numpy()
+    return DiffusionPipeline.numpy_to_pil(result) if output_type == "pil" else result
 
 
 def encode_conditions(vocab: LabelVocabulary, labels, num_images_per_prompt: int = 1) -> torch.Tensor:

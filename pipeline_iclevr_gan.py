@@ -26,6 +26,7 @@ try:  # as remote code: a module of diffusers' package of dynamic modules, besid
         DEFAULT_LABEL2ID,
         LabelVocabulary,
         encode_conditions,
+        postprocess_images,
         read_class_name_as_own,
         ship_source,
     )
@@ -34,6 +35,7 @@ except ImportError:  # in the repository or an installed package, where pipeline
         DEFAULT_LABEL2ID,
         LabelVocabulary,
         encode_conditions,
+        postprocess_images,
         read_class_name_as_own,
         ship_source,
     )
@@ -191,10 +193,6 @@ class ICLEVRGANPipeline(DiffusionPipeline):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         images = self.generator(latents.to(device=device, dtype=dtype), conditions.to(device=device, dtype=dtype))
-        result = (images.float() / 2 + 0.5).clamp(0, 1).cpu()
-        if output_type in ("np", "pil"):
-            result = result.permute(0, 2, 3, 1).numpy()
-        if output_type == "pil":
-            result = self.numpy_to_pil(result)
+        result = postprocess_images(images, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=result) if return_dict else (result,)

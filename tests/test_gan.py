@@ -2,7 +2,6 @@
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,17 @@ from iclevr.sampling import initial_noise, load_pipeline
 from pipeline_iclevr import LabelVocabulary
 from pipeline_iclevr_gan import ConditionalGenerator, ICLEVRGANPipeline
 
+from .conftest import accelerate_launch
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--resolution", "16", "--generator_channels", "16,16,8", "--discriminator_channels", "8,16", "--latent_dim", "8",
         "--train_batch_size", "4", "--seed", "2", "--report_to", "none"]
 
 
 def _launch(rendered_dir, output_dir, *flags, processes=1):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(processes),
-               *(["--multi_gpu"] if processes > 1 else []), "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "train_conditional_gan.py"),
-               "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir),
-               "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
+    command = accelerate_launch(ROOT / "train_conditional_gan.py", processes) + [
+        "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir), "--cache_dir", str(output_dir.parent / "cache"),
+        *TINY, *flags]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -2,7 +2,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from iclevr.data import SYNTHETIC_TEST, dataset_to_tensors
 from iclevr.training import latest_checkpoint
 from pipeline_iclevr import ICLEVRPipeline, unet_condition_kwargs
 
-from .conftest import run_side_by_side
+from .conftest import accelerate_launch, run_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "4",
@@ -25,12 +24,9 @@ TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_
 
 
 def _command(rendered_dir, output_dir, *flags, processes=1, dynamo="no"):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", dynamo, "--num_processes", str(processes)]
-    if processes > 1:
-        command.append("--multi_gpu")
-    return command + [str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir",
-                      str(output_dir), "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
+    return accelerate_launch(ROOT / "train_conditional_ddpm.py", processes, dynamo) + [
+        "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir), "--cache_dir", str(output_dir.parent / "cache"),
+        *TINY, *flags]
 
 
 def _launch(rendered_dir, output_dir, *flags, processes=1, dynamo="no", timeout=300):

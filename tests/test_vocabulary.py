@@ -21,6 +21,8 @@ from iclevr.digits import DIGIT_NAMES, write_digits_dataset
 from iclevr.evaluator import Evaluator, build_evaluator, sanity_report
 from pipeline_iclevr import LABELS, ICLEVRPipeline, LabelVocabulary
 
+from .conftest import accelerate_launch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -133,8 +135,7 @@ def test_digits_end_to_end(tmp_path):
     """The same trainer, an evaluator trained the same way, and the report, on 60 digits with their own 10 labels."""
     data = write_digits_dataset(tmp_path / "digits", resolution=16, conditions_per_label=1, limit=60)
     common = ["--train_data_dir", str(data), "--cache_dir", str(tmp_path / "cache"), "--report_to", "none"]
-    _run("-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "train_conditional_ddpm.py", *common, "--output_dir", str(tmp_path / "ddpm"),
+    _run(*accelerate_launch("train_conditional_ddpm.py")[1:], *common, "--output_dir", str(tmp_path / "ddpm"),
          "--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "8",
          "--max_train_steps", "3", "--lr_warmup_steps", "1", "--validation_steps", "3", "--validation_inference_steps", "2",
          "--validation_conditions_json", str(data / "conditions.json"))
