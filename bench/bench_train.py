@@ -15,9 +15,18 @@ side by side in one run after warm-up steps. Rows:
 ``--scaling`` adds a grid of resolution (32, 64, and 64 through a patch-2 space-to-depth stem) x batch for the
 default recipe (images/s and ms per step; bf16 where the CPU
 has native bf16, as the main job chooses, else fp32).
+
+``--processes`` runs the trainer itself (``accelerate launch``, the default recipe, EMA, the main job's precision)
+one after the other: one process with every core (the project's config) against one process per core over gloo
+(one thread each), at the same global batch and at twice it, beside one process at twice the batch (so a gain
+of the larger global batch is not taken for one of the processes); images/s from each run's ``train_summary.json``.
 """
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -83,6 +92,27 @@ def cycle_tensors(images, labels, batch_size):
             yield to_model_input(images[index]), labels[index]
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trainer_rate(folder: Path, out: Path, processes: int, batch: int, steps: int, resolution: int) -> float:
+    """Images/s of ``steps`` steps of the trainer on ``folder``: one process with every core (the project's config),
+    or ``processes`` processes over gloo with one thread each."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    if processes == 1:
+        launch += ["--config_file", str(ROOT / "accelerate_config.yaml")]
+    else:
+        launch += ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--dynamo_backend", "no"]
+    env = os.environ | ({"OMP_NUM_THREADS": "1"} if processes > 1 else {})
+    command = launch + [str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(folder), "--cache_dir", str(out / "cache"),
+                        "--output_dir", str(out / f"run-{processes}x{batch}"), "--resolution", str(resolution),
+                        "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--lr_warmup_steps", "1",
+                        "--use_ema", "--mixed_precision", "bf16" if cpu_has_native_bf16() else "no", "--report_to", "none",
+                        "--checkpointing_steps", str(10 * steps)]
+    subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
+    return json.loads((out / f"run-{processes}x{batch}" / "train_summary.json").read_text())["images_per_second"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolution", type=int, default=32, help="Training resolution of the comparison.")
@@ -91,6 +121,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps per row.")
     parser.add_argument("--compile", action="store_true", help="Add a torch.compile row (compiling takes minutes on CPU).")
     parser.add_argument("--scaling", action="store_true", help="Add the resolution x batch grid of the default recipe.")
+    parser.add_argument("--processes", action="store_true",
+                        help="Add the trainer's own throughput: 1 process x every core against 1 process per core over gloo.")
     parser.add_argument("--model_args", type=str, default="", help="Extra train_conditional_ddpm.py model flags, e.g. '--conditioning both'.")
     args = parser.parse_args()
     print(f"{hardware_line()}; resolution {args.resolution}, batch {args.train_batch_size}")
@@ -135,6 +167,16 @@ def main() -> None:
                     step = make_step(step_args, bf16=cpu_has_native_bf16(), channels_last=False, compile_model=False, foreach=True)
                     rate = measure_throughput(step, cycle_tensors(scaled_images, scaled_labels, batch), args.warmup, max(5, args.steps // 3))
                     print(f"{resolution:>10} {patch:>6} {batch:>6} {rate:>9.1f} {1000 * batch / rate:>8.0f}", flush=True)
+        if args.processes:
+            cores, batch = os.cpu_count() or 1, args.train_batch_size
+            print(f"\ntrainer (accelerate launch), {max(20, args.steps)} steps each; global batch = processes x batch")
+            print(f"{'processes x threads':>20} {'batch':>6} {'global':>7} {'images/s':>9} {'vs 1 process':>13}")
+            base = trainer_rate(folder, Path(tmp), 1, batch, max(20, args.steps), args.resolution)
+            print(f"{'1 x ' + str(cores):>20} {batch:>6} {batch:>7} {base:>9.1f} {1.0:>12.2f}x", flush=True)
+            for processes, per_process in ((cores, batch // cores), (1, batch * cores), (cores, batch)):
+                rate = trainer_rate(folder, Path(tmp), processes, per_process, max(20, args.steps), args.resolution)
+                layout = f"{processes} x {cores // processes}"
+                print(f"{layout:>20} {per_process:>6} {per_process * processes:>7} {rate:>9.1f} {rate / base:>12.2f}x", flush=True)
 
 
 if __name__ == "__main__":
