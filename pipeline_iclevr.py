@@ -333,14 +333,10 @@ class ICLEVRPipeline(DiffusionPipeline):
     def check_inputs(self, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape):
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
         if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
-        if latents is not None and tuple(latents.shape) != tuple(shape):
-            raise ValueError(f"latents must have shape {tuple(shape)} (batch, channels, height, width), got {tuple(latents.shape)}.")
+        check_sampling_inputs(num_images_per_prompt, output_type, latents, shape, ("pil", "np", "pt", "latent"),
+                              "batch, channels, height, width")
 
     def prepare_extra_step_kwargs(self, generator, eta):
         """``eta`` and ``generator`` for schedulers whose ``step`` takes them (DDIM takes eta; DDPM a generator)."""
@@ -498,6 +494,17 @@ def ship_source(pipeline: DiffusionPipeline, save_directory: str | os.PathLike, 
     config = json.loads(index.read_text())
     config["_class_name"] = [module.stem, type(pipeline).__name__]
     index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def check_sampling_inputs(num_images_per_prompt, output_type, latents, shape, output_types: Sequence[str], layout: str) -> None:
+    """The checks every pipeline's ``check_inputs`` shares: images per condition, the output type, the latents' shape."""
+    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
+    if output_type not in output_types:
+        names = ", ".join(repr(name) for name in output_types[:-1])
+        raise ValueError(f"output_type must be {names} or {output_types[-1]!r}, got {output_type!r}.")
+    if latents is not None and tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents must have shape {tuple(shape)} ({layout}), got {tuple(latents.shape)}.")
 
 
 def postprocess_images(samples: torch.Tensor, output_type: str):

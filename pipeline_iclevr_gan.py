@@ -25,6 +25,7 @@ try:  # as remote code: a module of diffusers' package of dynamic modules, besid
     from .pipeline_iclevr import (
         DEFAULT_LABEL2ID,
         LabelVocabulary,
+        check_sampling_inputs,
         encode_conditions,
         postprocess_images,
         read_class_name_as_own,
@@ -34,6 +35,7 @@ except ImportError:  # in the repository or an installed package, where pipeline
     from pipeline_iclevr import (
         DEFAULT_LABEL2ID,
         LabelVocabulary,
+        check_sampling_inputs,
         encode_conditions,
         postprocess_images,
         read_class_name_as_own,
@@ -165,12 +167,7 @@ class ICLEVRGANPipeline(DiffusionPipeline):
         return encode_conditions(self.vocab, labels, num_images_per_prompt)
 
     def check_inputs(self, num_images_per_prompt, output_type, latents, shape):
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        if latents is not None and tuple(latents.shape) != tuple(shape):
-            raise ValueError(f"latents must have shape {tuple(shape)} (batch, latent_dim), got {tuple(latents.shape)}.")
+        check_sampling_inputs(num_images_per_prompt, output_type, latents, shape, ("pil", "np", "pt"), "batch, latent_dim")
 
     @torch.no_grad()
     def __call__(self, labels, generator: torch.Generator | list[torch.Generator] | None = None,

@@ -30,6 +30,7 @@ from iclevr.training import (
     Stopwatch,
     TrainingRun,
     build_lr_scheduler,
+    check_finite,
     checkpoint_if_due,
     publish,
     resume_step,
@@ -113,8 +114,7 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor) -> None:
         pixels = pixels.contiguous(memory_format=memory_format(args))
         with accelerator.autocast():
             loss = ddpm.diffusion_loss(run.unet, run.noise_scheduler, pixels, labels, args, weights)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"Non-finite loss {loss.item()} at step {run.step}; stopping before any weight is written.")
+        check_finite(loss, run.step)
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(run.unet.parameters(), args.max_grad_norm)
@@ -139,17 +139,10 @@ def after_step(run: Run, epoch: int, progress: tqdm) -> bool:
     progress.set_postfix(loss=f"{run.loss:.4f}", lr=f"{lr:.2e}")
     accelerator.log({"loss": run.loss, "lr": lr, "epoch": epoch}, step=run.step)
     checkpoint_if_due(args, accelerator, run.step)
-    if args.validation_steps and run.step % args.validation_steps == 0 and accelerator.is_main_process:
+    if run.validation_due():
         validate(run, bare_model(accelerator, run.unet))
-    if run.step >= run.max_steps:
-        return True
-    if run.stopwatch.out_of_time(accelerator, args.max_train_minutes):
-        logger.warning(f"--max_train_minutes {args.max_train_minutes:g} spent at step {run.step} of {run.max_steps}: the "
-                       f"learning-rate schedule stops at {lr:.2e}, not at its end. Fewer --max_train_steps fit this machine "
-                       "(main_job.py sizes them by a calibration run).")
-        run.max_steps = run.step
-        return True
-    return False
+    return run.stop_here(f": the learning-rate schedule stops at {lr:.2e}, not at its end. Fewer --max_train_steps fit "
+                         "this machine (main_job.py sizes them by a calibration run).")
 
 
 def validate(run: Run, unet: torch.nn.Module) -> None:
@@ -165,7 +158,7 @@ def finish(run: Run) -> None:
     if run.accelerator.is_main_process:
         args, output_dir = run.args, Path(run.args.output_dir)
         unet = bare_model(run.accelerator, run.unet).to(memory_format=torch.contiguous_format)
-        if args.validation_steps and run.step % args.validation_steps:
+        if run.validation_due(final=True):
             validate(run, unet)
         summary = run.summary({"final_loss": run.loss}, {"parameters_millions": sum(p.numel() for p in unet.parameters()) / 1e6,
                                                          "resolution": args.resolution})

@@ -28,6 +28,7 @@ from iclevr.data import random_hflip, to_model_input
 from iclevr.training import (
     Stopwatch,
     TrainingRun,
+    check_finite,
     checkpoint_if_due,
     publish,
     resume_step,
@@ -110,7 +111,7 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, update_gene
             fake = run.generator(torch.randn(pixels.shape[0], latent_dim, device=pixels.device), labels)
         loss_d = gan.discriminator_loss(run.discriminator(pixels, labels), run.discriminator(fake, labels), labels,
                                         args.aux_loss_weight)
-    check_finite(loss_d, "discriminator", run.step)
+    check_finite(loss_d, run.step, "discriminator")
     accelerator.backward(loss_d)
     run.discriminator_optimizer.step()
     run.discriminator_optimizer.zero_grad(set_to_none=True)
@@ -118,7 +119,7 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, update_gene
         with accelerator.autocast():
             fake = run.generator(torch.randn(pixels.shape[0], latent_dim, device=pixels.device), labels)
             loss_g = gan.generator_loss(run.discriminator(fake, labels), labels, args.aux_loss_weight)
-        check_finite(loss_g, "generator", run.step)
+        check_finite(loss_g, run.step, "generator")
         accelerator.backward(loss_g)
         run.generator_optimizer.step()
         run.generator_optimizer.zero_grad(set_to_none=True)
@@ -130,11 +131,6 @@ def train_step(run: Run, images: torch.Tensor, labels: torch.Tensor, update_gene
     run.stopwatch.count(images.shape[0] * accelerator.num_processes, run.step)
 
 
-def check_finite(loss: torch.Tensor, network: str, step: int) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"Non-finite {network} loss {loss.item()} at step {step}; stopping before any weight is written.")
-
-
 def after_step(run: Run, epoch: int, progress: tqdm) -> bool:
     """Log, checkpoint and validate after a generator update; returns whether training should stop here."""
     args, accelerator = run.args, run.accelerator
@@ -142,15 +138,9 @@ def after_step(run: Run, epoch: int, progress: tqdm) -> bool:
     progress.set_postfix(loss_d=f"{run.losses[0]:.3f}", loss_g=f"{run.losses[1]:.3f}")
     accelerator.log({"loss_discriminator": run.losses[0], "loss_generator": run.losses[1], "epoch": epoch}, step=run.step)
     checkpoint_if_due(args, accelerator, run.step)
-    if args.validation_steps and run.step % args.validation_steps == 0 and accelerator.is_main_process:
+    if run.validation_due():
         validate(run)
-    if run.step >= run.max_steps:
-        return True
-    if run.stopwatch.out_of_time(accelerator, args.max_train_minutes):
-        logger.warning(f"--max_train_minutes {args.max_train_minutes:g} spent at step {run.step} of {run.max_steps}.")
-        run.max_steps = run.step
-        return True
-    return False
+    return run.stop_here()
 
 
 def validate(run: Run) -> None:
@@ -166,7 +156,7 @@ def finish(run: Run) -> None:
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
         args, output_dir = run.args, Path(run.args.output_dir)
-        if args.validation_steps and run.step % args.validation_steps:
+        if run.validation_due(final=True):
             validate(run)
         generator = bare_model(run.accelerator, run.generator)
         summary = run.summary({"final_loss_discriminator": run.losses[0], "final_loss_generator": run.losses[1]},

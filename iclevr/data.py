@@ -111,9 +111,10 @@ def load_conditions(path: str | os.PathLike, vocab: LabelVocabulary | None = Non
     return conditions
 
 
-def check_objects_json(path: str | os.PathLike) -> None:
-    """Check a user's objects.json against the built-in vocabulary (raises `ValueError` on any mismatch)."""
-    data = read_json(path, "objects.json")
+def check_objects_json(path: str | os.PathLike, data: Any = None) -> None:
+    """Check a user's objects.json (``data``: its contents, when already read) against the built-in vocabulary (raises
+    `ValueError` on any mismatch)."""
+    data = read_json(path, "objects.json") if data is None else data
     try:
         validate_objects_json(data)
     except ValueError as error:
@@ -135,7 +136,7 @@ def vocabulary_from_objects_json(path: str | os.PathLike) -> LabelVocabulary:
     if not isinstance(data, dict) or not data or not all(isinstance(name, str) for name in data):
         raise BadDataError(f"{path} must map label names to indices, like the course's objects.json.")
     if _mostly_iclevr(normalize_label_name(name) for name in data):
-        check_objects_json(path)
+        check_objects_json(path, data)
         return LabelVocabulary()
     try:
         return LabelVocabulary({normalize_label_name(name): index for name, index in data.items()})

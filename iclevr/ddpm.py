@@ -29,7 +29,6 @@ from iclevr.data import (
     to_model_input,
 )
 from iclevr.hub import write_card
-from iclevr.io import move_into, partial_folder
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
 from iclevr.sampling import SCHEDULERS
 from iclevr.training import (
@@ -38,6 +37,7 @@ from iclevr.training import (
     add_run_args,
     check_run_args,
     int_list,
+    save_pipeline_folder,
     validate_pipeline,
 )
 from iclevr.utils import ema_weights
@@ -333,19 +333,10 @@ def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_d
     """Save the final pipeline (EMA weights if used) with the sampler it was validated with, and a copy of
     pipeline_iclevr.py, so it loads as remote code.
 
-    The pipeline is written into ``pipeline.partial`` and moved in with ``model_index.json`` last (`iclevr.io.move_into`):
-    a save interrupted at any point leaves either the previous pipeline or a folder that `from_pretrained` refuses,
-    never a mix. Non-finite weights are refused before anything is touched.
+    Written in one piece, non-finite weights refused (`iclevr.training.save_pipeline_folder`).
     """
     with ema_weights(ema, unet):
-        bad = [name for name, p in unet.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise FloatingPointError(f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
-                                     "the checkpoints in the output folder are untouched.")
-        partial = partial_folder(output_dir / "pipeline")
-        sampling_pipeline(unet, noise_scheduler, args, vocab).save_pretrained(partial, safe_serialization=True)
-    move_into(partial, output_dir, last="model_index.json")
-    return output_dir
+        return save_pipeline_folder(sampling_pipeline(unet, noise_scheduler, args, vocab), unet, output_dir)
 
 
 CARD_TEMPLATE = """---

@@ -2,8 +2,8 @@
 """The conditional GAN baseline's parts (``train_conditional_gan.py`` composes them): its flags, the discriminator,
 the hinge losses, and saving the generator as an `ICLEVRGANPipeline`.
 
-The generator is `pipeline_iclevr.ConditionalGenerator` (BigGAN-style, conditional BatchNorm in every block), shipped
-with the pipeline file so a saved GAN loads like a saved DDPM. The discriminator is a spectral-norm ResNet that sees the
+The generator is `pipeline_iclevr_gan.ConditionalGenerator` (BigGAN-style, conditional BatchNorm in every block),
+shipped with its pipeline file so a saved GAN loads like a saved DDPM. The discriminator is a spectral-norm ResNet that sees the
 labels through a projection (Miyato & Koyama 2018: ``D(x, y) = psi(phi(x)) + <embed(y), phi(x)>``, here with the
 multi-hot ``y`` embedded as the sum of its labels' vectors), or through ACGAN's auxiliary classifier, or both.
 """
@@ -21,8 +21,14 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from iclevr.ddpm import add_training_data_args
 from iclevr.hub import write_card
-from iclevr.io import move_into, partial_folder
-from iclevr.training import add_length_args, add_precision_ema_args, add_run_args, check_run_args, int_list
+from iclevr.training import (
+    add_length_args,
+    add_precision_ema_args,
+    add_run_args,
+    check_run_args,
+    int_list,
+    save_pipeline_folder,
+)
 from iclevr.utils import ema_weights
 from pipeline_iclevr import LabelVocabulary
 from pipeline_iclevr_gan import ConditionalGenerator, ICLEVRGANPipeline
@@ -198,16 +204,9 @@ def sampling_pipeline(generator: ConditionalGenerator, ema, train_labels: torch.
 def save_pipeline(generator, ema, train_labels: torch.Tensor, args: argparse.Namespace, output_dir: Path,
                   vocab: LabelVocabulary) -> Path:
     """Save the generator (EMA weights if used, standing BatchNorm statistics) as an `ICLEVRGANPipeline`, written
-    into ``pipeline.partial`` and moved in with ``model_index.json`` last, as the diffusion trainer saves."""
+    in one piece as the diffusion trainer saves (`iclevr.training.save_pipeline_folder`)."""
     with sampling_pipeline(generator, ema, train_labels, args.seed, vocab) as pipeline:
-        bad = [name for name, p in generator.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise FloatingPointError(f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
-                                     "the checkpoints in the output folder are untouched.")
-        partial = partial_folder(output_dir / "pipeline")
-        pipeline.save_pretrained(partial, safe_serialization=True)
-    move_into(partial, output_dir, last="model_index.json")
-    return output_dir
+        return save_pipeline_folder(pipeline, generator, output_dir)
 
 
 CARD_TEMPLATE = """---

@@ -22,7 +22,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broa
 from diffusers.optimization import get_scheduler
 
 from iclevr.data import SYNTHETIC_TEST, check_data_source, load_conditions
-from iclevr.io import partial_folder, partial_path, remove_partial_saves, replace_folder
+from iclevr.io import move_into, partial_folder, partial_path, remove_partial_saves, replace_folder
 from iclevr.metrics import mean_std, total_misses
 from iclevr.utils import image_grid, multi_process_cpu_launch, slow_bf16_warning
 from pipeline_iclevr import LabelVocabulary
@@ -220,6 +220,28 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int) -> Pa
     return final
 
 
+def save_pipeline_folder(pipeline, model: torch.nn.Module, output_dir: Path) -> Path:
+    """Save ``pipeline`` into ``output_dir`` in one piece: written into ``pipeline.partial`` and moved in with
+    ``model_index.json`` last (`iclevr.io.move_into`), so a save interrupted at any point leaves either the previous
+    pipeline or a folder that `from_pretrained` refuses, never a mix. Non-finite weights of ``model`` (the network the
+    pipeline holds) are refused before anything is touched."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise FloatingPointError(f"Refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
+                                 "the checkpoints in the output folder are untouched.")
+    partial = partial_folder(output_dir / "pipeline")
+    pipeline.save_pretrained(partial, safe_serialization=True)
+    move_into(partial, output_dir, last="model_index.json")
+    return output_dir
+
+
+def check_finite(loss: torch.Tensor, step: int, network: str = "") -> None:
+    """Stop a run at a non-finite loss (of ``network``, when there are several) before any weight is written."""
+    if not torch.isfinite(loss):
+        what = f"{network} loss" if network else "loss"
+        raise FloatingPointError(f"Non-finite {what} {loss.item()} at step {step}; stopping before any weight is written.")
+
+
 # --- time --------------------------------------------------------------------------------------------------------
 class Stopwatch:
     """A run's wall time, with pauses (validation) kept out of the training time, and its throughput measured from the
@@ -295,6 +317,27 @@ class TrainingRun:
     @property
     def num_epochs(self) -> int:
         return math.ceil(self.max_steps / self.updates_per_epoch)
+
+    def validation_due(self, final: bool = False) -> bool:
+        """Whether the main process validates now: every ``--validation_steps``, and at the end (``final``) when the
+        last step was not one of those."""
+        every = self.args.validation_steps
+        if final:
+            return bool(every) and self.step % every != 0
+        return bool(every) and self.step % every == 0 and self.accelerator.is_main_process
+
+    def stop_here(self, budget_note: str = ".") -> bool:
+        """Whether training ends after this step: the schedule's last step, or ``--max_train_minutes`` spent (then the
+        schedule ends here, with a warning ending in ``budget_note``)."""
+        if self.step >= self.max_steps:
+            return True
+        if self.stopwatch.out_of_time(self.accelerator, self.args.max_train_minutes):
+            if self.accelerator.is_main_process:  # once, as the trainers' Accelerate loggers log
+                logger.warning(f"--max_train_minutes {self.args.max_train_minutes:g} spent at step {self.step} of "
+                               f"{self.max_steps}{budget_note}")
+            self.max_steps = self.step
+            return True
+        return False
 
     def summary(self, losses: dict, model: dict) -> dict:
         """``train_summary.json``: steps, the final ``losses``, the time figures, the trainer's ``model`` figures, the

@@ -1,4 +1,5 @@
 import json
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -12,6 +13,13 @@ def accelerate_launch(script, processes: int = 1, dynamo: str = "no") -> list[st
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", dynamo, "--num_processes", str(processes)]
     return command + (["--multi_gpu"] if processes > 1 else []) + [str(script)]
+
+
+def run_ok(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command from the repository root; fail the test with the end of its stderr unless it exits 0."""
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def run_side_by_side(work, count: int = 2, timeout: float = 300) -> list:

@@ -13,7 +13,7 @@ from iclevr.sampling import initial_noise, load_pipeline
 from pipeline_iclevr import LabelVocabulary
 from pipeline_iclevr_gan import ConditionalGenerator, ICLEVRGANPipeline
 
-from .conftest import accelerate_launch
+from .conftest import accelerate_launch, run_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--resolution", "16", "--generator_channels", "16,16,8", "--discriminator_channels", "8,16", "--latent_dim", "8",
@@ -24,9 +24,7 @@ def _launch(rendered_dir, output_dir, *flags, processes=1):
     command = accelerate_launch(ROOT / "train_conditional_gan.py", processes) + [
         "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir), "--cache_dir", str(output_dir.parent / "cache"),
         *TINY, *flags]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_ok(command)
 
 
 def _generator_weights(folder):

@@ -16,7 +16,7 @@ from iclevr.data import SYNTHETIC_TEST, dataset_to_tensors
 from iclevr.training import latest_checkpoint
 from pipeline_iclevr import ICLEVRPipeline, unet_condition_kwargs
 
-from .conftest import accelerate_launch, run_side_by_side
+from .conftest import accelerate_launch, run_ok, run_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "4",
@@ -30,10 +30,7 @@ def _command(rendered_dir, output_dir, *flags, processes=1, dynamo="no"):
 
 
 def _launch(rendered_dir, output_dir, *flags, processes=1, dynamo="no", timeout=300):
-    result = subprocess.run(_command(rendered_dir, output_dir, *flags, processes=processes, dynamo=dynamo), cwd=ROOT,
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_ok(_command(rendered_dir, output_dir, *flags, processes=processes, dynamo=dynamo), timeout)
 
 
 def _weights(folder):

@@ -2,7 +2,6 @@
 the metrics and the report; and the digits dataset trained end to end with its own 10 labels."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from iclevr.digits import DIGIT_NAMES, write_digits_dataset
 from iclevr.evaluator import Evaluator, build_evaluator, sanity_report
 from pipeline_iclevr import LABELS, ICLEVRPipeline, LabelVocabulary
 
-from .conftest import accelerate_launch
+from .conftest import accelerate_launch, run_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,9 +125,7 @@ def test_digits_folder(tmp_path):
 
 
 def _run(*command):
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_ok([sys.executable, *command])
 
 
 def test_digits_end_to_end(tmp_path):
