@@ -67,7 +67,7 @@ def test_a_stopped_job_resumes_with_its_plan(tmp_path, capfd):
 
 def test_cached_evaluator_is_reused_without_training(tmp_path, monkeypatch):
     recipe = main_job.EVALUATOR_RECIPE
-    folder = tmp_path / f"evaluator-seed{recipe['seed']}-scenes{recipe['num_scenes']}-epochs{recipe['num_epochs']}"
+    folder = main_job.evaluator_folder(tmp_path, recipe)
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"")
     monkeypatch.setattr(main_job, "run_stage", lambda *a: pytest.fail("nothing should run"))
@@ -134,11 +134,13 @@ def test_the_recipe_follows_the_device(monkeypatch, cuda, flag, recipe):
 
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
     """The first command's path on a fresh machine: no --evaluator, nothing cached (a tiny recipe stands in)."""
-    monkeypatch.setattr(main_job, "EVALUATOR_RECIPE", {"num_scenes": 20, "seed": 1, "num_epochs": 1, "train_batch_size": 8})
+    monkeypatch.setattr(main_job, "EVALUATOR_RECIPE", {"num_scenes": 20, "seed": 1, "num_epochs": 1, "train_batch_size": 8,
+                                                       "flip_average": True})
     args = main_job.parse_args(["--cache_dir", str(tmp_path)])
     timings = {}
     folder = main_job.ensure_evaluator(args, tmp_path, timings)
-    assert folder == tmp_path / "evaluator-seed1-scenes20-epochs1" and (folder / "model.safetensors").is_file()
+    assert folder == tmp_path / "evaluator-seed1-scenes20-epochs1-flip" and (folder / "model.safetensors").is_file()
+    assert json.loads((folder / "config.json").read_text())["flip_average"] is True  # every later score averages flips
     assert set(timings) == {"render evaluator data", "train evaluator"}
     metrics = json.loads((folder / "evaluator_metrics.json").read_text())
     assert metrics["train_images"] + metrics["heldout_images"] == 60
@@ -202,7 +204,7 @@ def test_warmup_shrinks_with_the_schedule():
 def test_jobs_sharing_a_cache_train_the_evaluator_once(tmp_path, monkeypatch):
     """Two jobs started together on one cache: the second waits for the first one's evaluator and reuses it."""
     recipe = main_job.EVALUATOR_RECIPE
-    folder = tmp_path / f"evaluator-seed{recipe['seed']}-scenes{recipe['num_scenes']}-epochs{recipe['num_epochs']}"
+    folder = main_job.evaluator_folder(tmp_path, recipe)
     data = tmp_path / f"evaluator-data-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
     stages = []
 
