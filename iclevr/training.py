@@ -24,7 +24,7 @@ from diffusers.optimization import get_scheduler
 from iclevr.data import SYNTHETIC_TEST, check_data_source, load_conditions
 from iclevr.io import move_into, partial_folder, partial_path, remove_partial_saves, replace_folder
 from iclevr.metrics import mean_std, total_misses
-from iclevr.utils import image_grid, multi_process_cpu_launch, slow_bf16_warning
+from iclevr.utils import auto_dynamo_backend, image_grid, multi_process_cpu_launch, slow_bf16_warning
 from pipeline_iclevr import LabelVocabulary
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ def add_length_args(group) -> None:
 def add_precision_ema_args(group, ema_max_decay: float) -> None:
     """Mixed precision, the seed, and the EMA of the weights (diffusers' `EMAModel` warm-up)."""
     group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
+    group.add_argument("--dynamo_backend", type=str, default="auto", choices=["auto", "no", "inductor"],
+                       help="torch.compile the trained models through Accelerate. auto: the backend `accelerate launch "
+                            "--dynamo_backend` names, else inductor with CUDA (faster there once warmed up) and no on a "
+                            "CPU (not faster there over a run).")
     group.add_argument("--seed", type=int, default=0, help="Random seed; a run with the same seed is reproducible on CPU.")
     group.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights and save it.")
     group.add_argument("--ema_max_decay", type=float, default=ema_max_decay, help="Maximum EMA decay.")
@@ -118,13 +122,17 @@ def setup_accelerator(seed: int, **accelerator_kwargs) -> Accelerator:
 
 def start_generator_run(args: argparse.Namespace, **accelerator_kwargs) -> Accelerator:
     """The Accelerator of a generator trainer's run (`setup_accelerator` with the shared flags: seedable sampler, the
-    tracker under ``--output_dir/--logging_dir``), and the output folder, cleared of what an interrupted save left."""
+    tracker under ``--output_dir/--logging_dir``, ``--dynamo_backend`` resolved), and the output folder, cleared of what
+    an interrupted save left."""
     output_dir = Path(args.output_dir)
+    backend = auto_dynamo_backend() if args.dynamo_backend == "auto" else args.dynamo_backend
     accelerator = setup_accelerator(
         args.seed, mixed_precision=args.mixed_precision, log_with=None if args.report_to == "none" else args.report_to,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)),
-        **accelerator_kwargs)
+        dynamo_backend=backend, **accelerator_kwargs)
+    if backend != "no":
+        accelerator.print(f"torch.compile through Accelerate (dynamo_backend={backend}): the first steps compile the models.")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         for folder in remove_partial_saves(output_dir):

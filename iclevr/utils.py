@@ -104,6 +104,16 @@ def auto_mixed_precision() -> str:
     return "bf16" if cpu_has_native_bf16() else "no"
 
 
+def auto_dynamo_backend() -> str:
+    """The ``--dynamo_backend auto`` choice: what ``accelerate launch --dynamo_backend`` asked for when it is not
+    ``no``; else ``inductor`` with CUDA, where compiled training steps were faster once warmed up, and ``no`` on a CPU,
+    where they were not faster than eager ones over a run (docs/experiments.md, "Compiling the training step")."""
+    launched = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "no").lower()
+    if launched != "no":
+        return launched
+    return "inductor" if torch.cuda.is_available() else "no"
+
+
 def slow_bf16_warning(mixed_precision: str, device: torch.device) -> str | None:
     """The warning for bf16 autocast on a CPU that only emulates bf16 (``None`` when there is nothing to say)."""
     if mixed_precision != "bf16" or device.type != "cpu" or cpu_has_native_bf16():

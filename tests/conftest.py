@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 
-def accelerate_launch(script, processes: int = 1, dynamo: str = "no") -> list[str]:
+def accelerate_launch(script, processes: int = 1) -> list[str]:
     """The command prefix of a test's ``accelerate launch`` of ``script`` on the CPU: ``processes`` processes (over gloo
-    when more than one), no mixed precision, ``dynamo`` as the Dynamo backend."""
+    when more than one), no mixed precision, no Dynamo backend."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", dynamo, "--num_processes", str(processes)]
+               "--dynamo_backend", "no", "--num_processes", str(processes)]
     return command + (["--multi_gpu"] if processes > 1 else []) + [str(script)]
 
 

@@ -23,14 +23,14 @@ TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_
         "--lr_warmup_steps", "1", "--seed", "3"]
 
 
-def _command(rendered_dir, output_dir, *flags, processes=1, dynamo="no"):
-    return accelerate_launch(ROOT / "train_conditional_ddpm.py", processes, dynamo) + [
+def _command(rendered_dir, output_dir, *flags, processes=1):
+    return accelerate_launch(ROOT / "train_conditional_ddpm.py", processes) + [
         "--train_data_dir", str(rendered_dir), "--output_dir", str(output_dir), "--cache_dir", str(output_dir.parent / "cache"),
         *TINY, *flags]
 
 
-def _launch(rendered_dir, output_dir, *flags, processes=1, dynamo="no", timeout=300):
-    return run_ok(_command(rendered_dir, output_dir, *flags, processes=processes, dynamo=dynamo), timeout)
+def _launch(rendered_dir, output_dir, *flags, processes=1, timeout=300):
+    return run_ok(_command(rendered_dir, output_dir, *flags, processes=processes), timeout)
 
 
 def _weights(folder):
@@ -300,14 +300,32 @@ def test_two_processes_train_and_save_once(rendered_dir, tmp_path):
 
 @pytest.mark.slow
 def test_torch_compile_run_saves_portable_checkpoints(rendered_dir, tmp_path):
-    """`accelerate launch --dynamo_backend inductor`: trains, validates and saves the bare model; an eager run resumes it."""
+    """`--dynamo_backend inductor` (the trainer's flag): compiles, trains with EMA, validates and saves the bare model;
+    an eager run resumes it."""
     out = tmp_path / "compiled"
-    _launch(rendered_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "2",
-            "--validation_inference_steps", "2", dynamo="inductor", timeout=900)
+    compiled = _launch(rendered_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "2",
+                       "--validation_inference_steps", "2", "--use_ema", "--dynamo_backend", "inductor", timeout=900)
+    assert "dynamo_backend=inductor" in compiled.stdout + compiled.stderr
     pipeline = ICLEVRPipeline.from_pretrained(out)
     assert set(load_file(out / "checkpoint-2" / "model.safetensors")) == set(pipeline.unet.state_dict())
-    resumed = _launch(rendered_dir, out, "--max_train_steps", "3", "--resume_from_checkpoint", "latest")
+    resumed = _launch(rendered_dir, out, "--max_train_steps", "3", "--resume_from_checkpoint", "latest", "--use_ema",
+                      "--dynamo_backend", "no")
     assert "Resuming from" in resumed.stdout + resumed.stderr and "| steps | 3 |" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("cuda, launched, expected", [(False, None, "no"), (True, None, "inductor"), (True, "NO", "inductor"),
+                                                      (False, "INDUCTOR", "inductor"), (False, "NO", "no")])
+def test_auto_dynamo_backend_follows_the_device_and_the_launcher(monkeypatch, cuda, launched, expected):
+    """auto compiles with CUDA and keeps a CPU eager, unless `accelerate launch --dynamo_backend` asked for a backend."""
+    from iclevr.utils import auto_dynamo_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    if launched is None:
+        monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", launched)
+    assert auto_dynamo_backend() == expected
+    assert ddpm.parse_args(["--output_dir", "x"]).dynamo_backend == "auto"
 
 
 def test_push_to_hub_uploads_the_pipeline_only_and_keeps_the_token_out(trained, tmp_path, monkeypatch):
