@@ -349,9 +349,11 @@ class TrainingRun:
 
     def summary(self, losses: dict, model: dict) -> dict:
         """``train_summary.json``: steps, the final ``losses``, the time figures, the trainer's ``model`` figures, the
-        precision, the process count and the last validation (without its per-seed list)."""
+        precision, the Dynamo backend, the process count and the last validation (without its per-seed list)."""
         return {"steps": self.step, **losses, **self.stopwatch.figures(self.step), **model,
-                "mixed_precision": self.accelerator.mixed_precision, "processes": self.accelerator.num_processes,
+                "mixed_precision": self.accelerator.mixed_precision,
+                "dynamo_backend": self.accelerator.state.dynamo_plugin.backend.value.lower(),
+                "processes": self.accelerator.num_processes,
                 "validation": {k: v for k, v in (self.record or {}).items() if k != "accuracy_per_seed"}}
 
 

@@ -66,6 +66,7 @@ def test_launch_produces_a_pipeline(trained):
     assert list((trained / "logs").rglob("events.out.tfevents.*"))
     summary = json.loads((trained / "train_summary.json").read_text())
     assert summary["steps"] == 6 and summary["seconds_per_step"] > 0 and summary["mixed_precision"] == "no"
+    assert summary["dynamo_backend"] == "no"  # auto on a CPU
     assert summary["images_seen"] == 6 * 4 and summary["validation"]["accuracy"] == records[-1]["accuracy"]
     pipe = ICLEVRPipeline.from_pretrained(trained)
     pipe.set_progress_bar_config(disable=True)
@@ -306,6 +307,7 @@ def test_torch_compile_run_saves_portable_checkpoints(rendered_dir, tmp_path):
     compiled = _launch(rendered_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "2",
                        "--validation_inference_steps", "2", "--use_ema", "--dynamo_backend", "inductor", timeout=900)
     assert "dynamo_backend=inductor" in compiled.stdout + compiled.stderr
+    assert json.loads((out / "train_summary.json").read_text())["dynamo_backend"] == "inductor"
     pipeline = ICLEVRPipeline.from_pretrained(out)
     assert set(load_file(out / "checkpoint-2" / "model.safetensors")) == set(pipeline.unet.state_dict())
     resumed = _launch(rendered_dir, out, "--max_train_steps", "3", "--resume_from_checkpoint", "latest", "--use_ema",
