@@ -20,6 +20,10 @@ has native bf16, as the main job chooses, else fp32).
 one after the other: one process with every core (the project's config) against one process per core over gloo
 (one thread each), at the same global batch and at twice it, beside one process at twice the batch (so a gain
 of the larger global batch is not taken for one of the processes); images/s from each run's ``train_summary.json``.
+
+``--dynamo`` runs the trainer eager and with ``--dynamo_backend inductor``: images/s once warmed up (from the first
+optimiser step on, as the trainer counts them), the minutes each run took, and after how many minutes of training
+compiling has paid for its warm-up.
 """
 
 import argparse
@@ -95,22 +99,24 @@ def cycle_tensors(images, labels, batch_size):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trainer_rate(folder: Path, out: Path, processes: int, batch: int, steps: int, resolution: int) -> float:
-    """Images/s of ``steps`` steps of the trainer on ``folder``: one process with every core (the project's config),
-    or ``processes`` processes over gloo with one thread each."""
+def trainer_run(folder: Path, out: Path, processes: int, batch: int, steps: int, resolution: int, dynamo: str = "no") -> dict:
+    """``train_summary.json`` of ``steps`` steps of the trainer on ``folder``: one process with every core (the
+    project's config), or ``processes`` processes over gloo with one thread each; ``dynamo`` is its
+    ``--dynamo_backend``."""
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
     if processes == 1:
         launch += ["--config_file", str(ROOT / "accelerate_config.yaml")]
     else:
         launch += ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--dynamo_backend", "no"]
     env = os.environ | ({"OMP_NUM_THREADS": "1"} if processes > 1 else {})
+    run = out / f"run-{processes}x{batch}-{dynamo}"
     command = launch + [str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(folder), "--cache_dir", str(out / "cache"),
-                        "--output_dir", str(out / f"run-{processes}x{batch}"), "--resolution", str(resolution),
+                        "--output_dir", str(run), "--resolution", str(resolution),
                         "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--lr_warmup_steps", "1",
                         "--use_ema", "--mixed_precision", "bf16" if cpu_has_native_bf16() else "no", "--report_to", "none",
-                        "--checkpointing_steps", str(10 * steps)]
+                        "--checkpointing_steps", str(10 * steps), "--dynamo_backend", dynamo]
     subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
-    return json.loads((out / f"run-{processes}x{batch}" / "train_summary.json").read_text())["images_per_second"]
+    return json.loads((run / "train_summary.json").read_text())
 
 
 def main() -> None:
@@ -123,6 +129,9 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="Add the resolution x batch grid of the default recipe.")
     parser.add_argument("--processes", action="store_true",
                         help="Add the trainer's own throughput: 1 process x every core against 1 process per core over gloo.")
+    parser.add_argument("--dynamo", action="store_true",
+                        help="Add the trainer's own run eager against --dynamo_backend inductor: images/s once warmed up, and the "
+                             "minutes of training after which compiling has paid for its warm-up.")
     parser.add_argument("--model_args", type=str, default="", help="Extra train_conditional_ddpm.py model flags, e.g. '--conditioning both'.")
     args = parser.parse_args()
     print(f"{hardware_line()}; resolution {args.resolution}, batch {args.train_batch_size}")
@@ -171,13 +180,34 @@ def main() -> None:
             cores, batch = os.cpu_count() or 1, args.train_batch_size
             print(f"\ntrainer (accelerate launch), {max(20, args.steps)} steps each; global batch = processes x batch")
             print(f"{'processes x threads':>20} {'batch':>6} {'global':>7} {'images/s':>9} {'vs 1 process':>13}")
-            base = trainer_rate(folder, Path(tmp), 1, batch, max(20, args.steps), args.resolution)
+            base = trainer_run(folder, Path(tmp), 1, batch, max(20, args.steps), args.resolution)["images_per_second"]
             print(f"{'1 x ' + str(cores):>20} {batch:>6} {batch:>7} {base:>9.1f} {1.0:>12.2f}x", flush=True)
             for processes, per_process in ((cores, batch // cores), (1, batch * cores), (cores, batch)):
-                rate = trainer_rate(folder, Path(tmp), processes, per_process, max(20, args.steps), args.resolution)
+                rate = trainer_run(folder, Path(tmp), processes, per_process, max(20, args.steps), args.resolution)["images_per_second"]
                 layout = f"{processes} x {cores // processes}"
                 print(f"{layout:>20} {per_process:>6} {per_process * processes:>7} {rate:>9.1f} {rate / base:>12.2f}x", flush=True)
+        if args.dynamo:
+            steps = max(40, args.steps)
+            print(f"\ntrainer (accelerate launch, one process with every core), {steps} steps each")
+            print(f"{'dynamo_backend':>15} {'images/s':>9} {'vs eager':>9} {'minutes':>8}")
+            eager, compiled = (trainer_run(folder, Path(tmp), 1, args.train_batch_size, steps, args.resolution, dynamo)
+                               for dynamo in ("no", "inductor"))
+            for name, run in (("no", eager), ("inductor", compiled)):
+                rate = run["images_per_second"]
+                print(f"{name:>15} {rate:>9.1f} {rate / eager['images_per_second']:>8.2f}x {run['training_minutes']:>8.2f}", flush=True)
+            print(break_even(eager, compiled, steps))
 
+
+def break_even(eager: dict, compiled: dict, steps: int) -> str:
+    """When compiling pays, from the two runs' ``train_summary.json``: its warm-up (the compiled run's time beyond its
+    steps at its own warmed-up rate, less the same overhead of the eager run) against the share of each step it saves."""
+    overhead = {name: 60 * run["training_minutes"] - steps * run["seconds_per_step"] for name, run in (("no", eager), ("inductor", compiled))}
+    warmup = overhead["inductor"] - overhead["no"]
+    saved = 1 - compiled["seconds_per_step"] / eager["seconds_per_step"]
+    if saved <= 0:
+        return f"compiling does not pay here: {compiled['seconds_per_step']:.3f} s/step against {eager['seconds_per_step']:.3f} eager"
+    return (f"compile warm-up {warmup:.0f} s; {100 * saved:.1f} % of each step saved; compiling pays after "
+            f"{warmup / saved / 60:.1f} minutes of training")
 
 if __name__ == "__main__":
     main()
