@@ -209,5 +209,6 @@ def break_even(eager: dict, compiled: dict, steps: int) -> str:
     return (f"compile warm-up {warmup:.0f} s; {100 * saved:.1f} % of each step saved; compiling pays after "
             f"{warmup / saved / 60:.1f} minutes of training")
 
+
 if __name__ == "__main__":
     main()
