@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--adam_beta2", type=float, default=0.999, help="Adam beta2 of both networks.")
     optim.add_argument("--discriminator_steps", type=int, default=2,
                        help="Discriminator updates per generator update, each on its own batch (SNGAN uses 5; 2 fits a CPU hour).")
-    add_precision_ema_args(optim, ema_max_decay=0.999)
+    add_precision_ema_args(optim, ema_max_decay=0.999, compiles=False)
 
     run = parser.add_argument_group("run")
     add_run_args(run, output_dir="outputs/iclevr-gan", project_name="train_conditional_gan")

@@ -48,13 +48,15 @@ def add_length_args(group) -> None:
                        help="Stop after this much training wall time (validation excluded), then save as usual: a fixed time budget.")
 
 
-def add_precision_ema_args(group, ema_max_decay: float) -> None:
-    """Mixed precision, the seed, and the EMA of the weights (diffusers' `EMAModel` warm-up)."""
+def add_precision_ema_args(group, ema_max_decay: float, compiles: bool = True) -> None:
+    """Mixed precision, the Dynamo backend (when the trainer's models ``compiles``), the seed, and the EMA of the
+    weights (diffusers' `EMAModel` warm-up)."""
     group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
-    group.add_argument("--dynamo_backend", type=str, default="auto", choices=["auto", "no", "inductor"],
-                       help="torch.compile the trained models through Accelerate. auto: the backend `accelerate launch "
-                            "--dynamo_backend` names, else inductor with CUDA (1.3x the images/s of eager on an H200) and "
-                            "no on a CPU (slower there in fp32; a CPU's bf16 gain is not yet measured in the trainer).")
+    if compiles:
+        group.add_argument("--dynamo_backend", type=str, default="auto", choices=["auto", "no", "inductor"],
+                           help="torch.compile the trained models through Accelerate. auto: the backend `accelerate launch "
+                                "--dynamo_backend` names, else inductor with CUDA (1.3x the images/s of eager on an H200) and "
+                                "no on a CPU (slower there in fp32; a CPU's bf16 gain is not yet measured in the trainer).")
     group.add_argument("--seed", type=int, default=0, help="Random seed; a run with the same seed is reproducible on CPU.")
     group.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights and save it.")
     group.add_argument("--ema_max_decay", type=float, default=ema_max_decay, help="Maximum EMA decay.")
@@ -125,7 +127,10 @@ def start_generator_run(args: argparse.Namespace, **accelerator_kwargs) -> Accel
     tracker under ``--output_dir/--logging_dir``, ``--dynamo_backend`` resolved), and the output folder, cleared of what
     an interrupted save left."""
     output_dir = Path(args.output_dir)
-    backend = auto_dynamo_backend() if args.dynamo_backend == "auto" else args.dynamo_backend
+    # A trainer without the flag never compiles, whatever `accelerate launch` says (the GAN's spectral norm updates
+    # its power-iteration vectors in place, which a compiled backward refuses).
+    requested = getattr(args, "dynamo_backend", "no")
+    backend = auto_dynamo_backend() if requested == "auto" else requested
     accelerator = setup_accelerator(
         args.seed, mixed_precision=args.mixed_precision, log_with=None if args.report_to == "none" else args.report_to,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

@@ -77,22 +77,20 @@ def test_saved_generator_loads_as_remote_code_and_samples_alike(trained):
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.slow
-def test_torch_compile_run_trains_both_networks_and_saves_the_bare_generator(rendered_dir, tmp_path):
-    """`--dynamo_backend inductor` (auto's choice with CUDA) compiles the generator and the spectral-norm
-    discriminator; EMA, validation and the saved pipeline use the bare generator, and an eager run resumes it."""
-    out = tmp_path / "compiled"
-    compiled = _launch(rendered_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "2", "--use_ema",
-                       "--validation_steps", "2", "--dynamo_backend", "inductor", timeout=900)
-    assert "dynamo_backend=inductor" in compiled.stdout + compiled.stderr
-    assert json.loads((out / "train_summary.json").read_text())["dynamo_backend"] == "inductor"
-    pipe = ICLEVRGANPipeline.from_pretrained(out)
-    assert set(load_file(out / "checkpoint-2" / "model.safetensors")) == set(pipe.generator.state_dict())
-    assert pipe([["red sphere"]], generator=torch.Generator().manual_seed(0), output_type="np").images.shape == (1, 16, 16, 3)
-    resumed = _launch(rendered_dir, out, "--max_train_steps", "3", "--use_ema", "--resume_from_checkpoint", "latest",
-                      "--dynamo_backend", "no")
-    assert "checkpoint-2" in resumed.stdout + resumed.stderr
-    assert json.loads((out / "train_summary.json").read_text())["steps"] == 3
+def test_the_gan_trainer_never_compiles(tmp_path, monkeypatch):
+    """Compiled, the discriminator's spectral norm fails in backward (in-place power iteration), so the GAN trainer has
+    no --dynamo_backend and stays eager even under `accelerate launch --dynamo_backend inductor`."""
+    from iclevr.training import start_generator_run
+
+    args = gan.parse_args(["--output_dir", str(tmp_path / "out"), "--report_to", "none"])
+    assert not hasattr(args, "dynamo_backend")
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    try:
+        assert start_generator_run(args).state.dynamo_plugin.backend.value == "NO"
+    finally:  # later in-process Accelerators start from a clean state
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_resume_is_exact_across_an_epoch_boundary(rendered_dir, tmp_path):
