@@ -55,8 +55,8 @@ def add_precision_ema_args(group, ema_max_decay: float, compiles: bool = True) -
     if compiles:
         group.add_argument("--dynamo_backend", type=str, default="auto", choices=["auto", "no", "inductor"],
                            help="torch.compile the trained models through Accelerate. auto: the backend `accelerate launch "
-                                "--dynamo_backend` names, else inductor with CUDA (1.3x the images/s of eager on an H200) and "
-                                "no on a CPU (slower there in fp32; a CPU's bf16 gain is not yet measured in the trainer).")
+                                "--dynamo_backend` names, else inductor with CUDA, where compiled steps were faster, and no on "
+                                "a CPU, where they were not shown to pay (docs/experiments.md).")
     group.add_argument("--seed", type=int, default=0, help="Random seed; a run with the same seed is reproducible on CPU.")
     group.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights and save it.")
     group.add_argument("--ema_max_decay", type=float, default=ema_max_decay, help="Maximum EMA decay.")
