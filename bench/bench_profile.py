@@ -19,11 +19,10 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from torch.profiler import ProfilerActivity, profile, record_function
-from torch.utils.flop_counter import FlopCounterMode
 
 from iclevr import ddpm
 from iclevr.data import to_model_input
-from iclevr.utils import cpu_has_native_bf16, hardware_line
+from iclevr.utils import cpu_has_native_bf16, hardware_line, training_flops
 
 # First match wins; matched against the lower-cased op name.
 KINDS = (
@@ -99,13 +98,13 @@ def main() -> None:
     step, unet, scheduler, images, labels, floor = make_step(train_args, bf16)
     for _ in range(args.warmup):
         step()
-    with FlopCounterMode(display=False) as counter:  # one forward + backward, as the step runs it
+    def loss():  # one forward, as the step runs it
         pixels = to_model_input(images)
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            loss = ddpm.diffusion_loss(unet, scheduler, pixels, labels, train_args, ddpm.foreground_weights(pixels, floor, 4.0))
-        loss.backward()
+            return ddpm.diffusion_loss(unet, scheduler, pixels, labels, train_args, ddpm.foreground_weights(pixels, floor, 4.0))
+
+    flops = training_flops(loss)
     unet.zero_grad(set_to_none=True)
-    flops = counter.get_total_flops()
 
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

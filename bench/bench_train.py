@@ -21,6 +21,11 @@ one after the other: one process with every core (the project's config) against 
 (one thread each), at the same global batch and at twice it, beside one process at twice the batch (so a gain
 of the larger global batch is not taken for one of the processes); images/s from each run's ``train_summary.json``.
 
+``--shapes`` measures the default recipe's step (bf16 where the CPU has it natively, else fp32) against the model
+shapes and precisions the profile points at (``bench/bench_profile.py``): no attention level, the attention level
+or GroupNorm in fp32 inside bf16 autocast, wider levels. Interleaved rounds, so drift of the machine hits every row
+alike; images/s (the median round), GFLOP per image (``torch.utils.flop_counter``) and the GFLOP/s achieved.
+
 ``--dynamo`` runs the trainer eager and with ``--dynamo_backend inductor``: images/s once warmed up (from the first
 optimiser step on, as the trainer counts them), the minutes each run took, and after how many minutes of training
 compiling has paid for its warm-up.
@@ -29,21 +34,25 @@ compiling has paid for its warm-up.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 from iclevr import ddpm
 from iclevr.data import dataset_to_tensors, load_train_dataset, to_model_input
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
-from iclevr.utils import cpu_has_native_bf16, hardware_line, measure_throughput
+from iclevr.utils import cpu_has_native_bf16, hardware_line, measure_throughput, training_flops
 
 
 class PngDataset(torch.utils.data.Dataset):
@@ -61,9 +70,39 @@ class PngDataset(torch.utils.data.Dataset):
         return pixels, self.labels[self.names[i]]
 
 
-def make_step(args, bf16: bool, channels_last: bool, compile_model: bool, foreach: bool):
+class Fp32Attention:
+    """An attention processor run in fp32 with autocast off: the CPU's bf16 flash-attention backward is slow."""
+
+    def __init__(self):
+        self.processor = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, *args, **kwargs):
+        kwargs = {key: value.float() if torch.is_tensor(value) and value.is_floating_point() else value for key, value in kwargs.items()}
+        with torch.autocast("cpu", enabled=False):
+            return self.processor(attn, hidden_states.float(), *args, **kwargs).to(hidden_states.dtype)
+
+
+def fp32_group_norm(norm: torch.nn.GroupNorm, hidden_states: torch.Tensor) -> torch.Tensor:
+    """GroupNorm in fp32 with autocast off, returned in the input's dtype (so only the normalisation changes)."""
+    with torch.autocast("cpu", enabled=False):
+        return F.group_norm(hidden_states.float(), norm.num_groups, norm.weight, norm.bias, norm.eps).to(hidden_states.dtype)
+
+
+def in_fp32(unet: torch.nn.Module, part: str) -> None:
+    """Run ``part`` ("attention" or "group_norm") of ``unet`` in fp32 inside bf16 autocast."""
+    if part == "attention":
+        unet.set_attn_processor(Fp32Attention())
+        return
+    for module in unet.modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            module.forward = types.MethodType(fp32_group_norm, module)
+
+
+def make_step(args, bf16: bool, channels_last: bool, compile_model: bool, foreach: bool, fp32_part: str | None = None):
     torch.manual_seed(0)
     unet = ddpm.build_model(args)
+    if fp32_part:
+        in_fp32(unet, fp32_part)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     unet = unet.to(memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=foreach)
@@ -129,6 +168,9 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="Add the resolution x batch grid of the default recipe.")
     parser.add_argument("--processes", action="store_true",
                         help="Add the trainer's own throughput: 1 process x every core against 1 process per core over gloo.")
+    parser.add_argument("--shapes", action="store_true",
+                        help="Add model shapes and precisions against the default step: no attention, fp32 attention or "
+                             "GroupNorm inside bf16 autocast, wider levels (images/s, GFLOP per image, GFLOP/s).")
     parser.add_argument("--dynamo", action="store_true",
                         help="Add the trainer's own run eager against --dynamo_backend inductor: images/s once warmed up, and the "
                              "minutes of training after which compiling has paid for its warm-up.")
@@ -176,6 +218,8 @@ def main() -> None:
                     step = make_step(step_args, bf16=cpu_has_native_bf16(), channels_last=False, compile_model=False, foreach=True)
                     rate = measure_throughput(step, cycle_tensors(scaled_images, scaled_labels, batch), args.warmup, max(5, args.steps // 3))
                     print(f"{resolution:>10} {patch:>6} {batch:>6} {rate:>9.1f} {1000 * batch / rate:>8.0f}", flush=True)
+        if args.shapes:
+            shapes(args, images, labels)
         if args.processes:
             cores, batch = os.cpu_count() or 1, args.train_batch_size
             print(f"\ntrainer (accelerate launch), {max(20, args.steps)} steps each; global batch = processes x batch")
@@ -196,6 +240,54 @@ def main() -> None:
                 rate = run["images_per_second"]
                 print(f"{name:>15} {rate:>9.1f} {rate / eager['images_per_second']:>8.2f}x {run['training_minutes']:>8.2f}", flush=True)
             print(break_even(eager, compiled, steps))
+
+
+# (row, extra model flags, the part run in fp32 inside bf16 autocast); the first row is the default every ratio is against.
+SHAPES = (
+    ("the default (32,64,128; attention at 8x8)", "", None),
+    ("no attention level (--attention_levels 0,0,0)", "--attention_levels 0,0,0", None),
+    ("attention in fp32 inside bf16 autocast", "", "attention"),
+    ("GroupNorm in fp32 inside bf16 autocast", "", "group_norm"),
+    ("wider (--block_out_channels 64,128,128)", "--block_out_channels 64,128,128", None),
+    ("wider (--block_out_channels 64,128,256)", "--block_out_channels 64,128,256", None),
+)
+
+
+def flops_per_image(args, bf16: bool, fp32_part: str | None, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Forward + backward FLOPs per training image of the model ``args`` describe, as the bench's step runs it."""
+    unet = ddpm.build_model(args).train()
+    if fp32_part:
+        in_fp32(unet, fp32_part)
+    scheduler, pixels = ddpm.build_noise_scheduler(args), to_model_input(images)
+
+    def loss():
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            return ddpm.diffusion_loss(unet, scheduler, pixels, labels, args)
+
+    return training_flops(loss) / images.shape[0]
+
+
+def shapes(args, images: torch.Tensor, labels: torch.Tensor, rounds: int = 3) -> None:
+    """The ``--shapes`` table: each row's step built once, then timed in ``rounds`` interleaved rounds."""
+    bf16 = cpu_has_native_bf16()
+    rows = [row for row in SHAPES if bf16 or row[2] is None]  # without bf16 autocast an fp32 part changes nothing
+    steps, flops = {}, {}
+    for name, flags, fp32_part in rows:
+        step_args = ddpm.parse_args(["--resolution", str(args.resolution), *args.model_args.split(), *flags.split()])
+        steps[name] = make_step(step_args, bf16=bf16, channels_last=False, compile_model=False, foreach=True, fp32_part=fp32_part)
+        flops[name] = flops_per_image(step_args, bf16, fp32_part, images[: args.train_batch_size], labels[: args.train_batch_size])
+    rates = {name: [] for name in steps}
+    for round_index in range(rounds):
+        for name, step in steps.items():
+            warmup = args.warmup if round_index == 0 else 1
+            rates[name].append(measure_throughput(step, cycle_tensors(images, labels, args.train_batch_size), warmup, max(5, args.steps // rounds)))
+    print(f"\nmodel shapes and precisions ({'bf16 autocast' if bf16 else 'fp32'}), {rounds} interleaved rounds of "
+          f"{max(5, args.steps // rounds)} steps")
+    print(f"{'row':<48} {'images/s':>9} {'vs default':>11} {'GFLOP/image':>12} {'GFLOP/s':>8}")
+    base = statistics.median(rates[rows[0][0]])
+    for name in steps:
+        rate = statistics.median(rates[name])
+        print(f"{name:<48} {rate:>9.1f} {rate / base:>10.2f}x {flops[name] / 1e9:>12.2f} {flops[name] * rate / 1e9:>8.0f}", flush=True)
 
 
 def break_even(eager: dict, compiled: dict, steps: int) -> str:

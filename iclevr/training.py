@@ -56,7 +56,7 @@ def add_precision_ema_args(group, ema_max_decay: float, compiles: bool = True) -
         group.add_argument("--dynamo_backend", type=str, default="auto", choices=["auto", "no", "inductor"],
                            help="torch.compile the trained models through Accelerate. auto: the backend `accelerate launch "
                                 "--dynamo_backend` names, else inductor with CUDA, where compiled steps were faster, and no on "
-                                "a CPU, where the few % they save barely repay the compile within an hour (docs/experiments.md).")
+                                "a CPU, where the few per cent they save barely repay the compile within an hour (docs/experiments.md).")
     group.add_argument("--seed", type=int, default=0, help="Random seed; a run with the same seed is reproducible on CPU.")
     group.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights and save it.")
     group.add_argument("--ema_max_decay", type=float, default=ema_max_decay, help="Maximum EMA decay.")

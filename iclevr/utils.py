@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import is_compiled_module
 from PIL import Image, ImageDraw
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def display_scale(size: int, target: int = 96) -> int:
@@ -128,6 +129,14 @@ def hardware_line() -> str:
     """What the benches print first, so that their figures say which CPU (and whether it has native bf16) made them."""
     return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
             f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
+
+
+def training_flops(loss: Callable[[], torch.Tensor]) -> int:
+    """FLOPs of one forward and backward pass: ``loss()`` and its backward under ``torch.utils.flop_counter`` (the
+    gradients it leaves are the caller's to clear)."""
+    with FlopCounterMode(display=False) as counter:
+        loss().backward()
+    return counter.get_total_flops()
 
 
 def measure_throughput(step: Callable, batches: Iterable[tuple], warmup: int, steps: int) -> float:

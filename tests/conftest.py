@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +14,16 @@ def accelerate_launch(script, processes: int = 1) -> list[str]:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
                "--dynamo_backend", "no", "--num_processes", str(processes)]
     return command + (["--multi_gpu"] if processes > 1 else []) + [str(script)]
+
+
+def load_script(relative: str):
+    """A script or bench of the repository (``"bench/bench_train.py"``), imported as a module: entry points do no
+    work at import time, so a test can call their functions."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_ok(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
