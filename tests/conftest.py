@@ -22,6 +22,7 @@ def load_script(relative: str):
     path = Path(__file__).resolve().parents[1] / relative
     spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
