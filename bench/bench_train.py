@@ -98,11 +98,17 @@ def in_fp32(unet: torch.nn.Module, part: str) -> None:
             module.forward = types.MethodType(fp32_group_norm, module)
 
 
-def make_step(args, bf16: bool, channels_last: bool, compile_model: bool, foreach: bool, fp32_part: str | None = None):
-    torch.manual_seed(0)
+def bench_unet(args, fp32_part: str | None = None) -> torch.nn.Module:
+    """The trainer's model for ``args``, with ``fp32_part`` (if any) run in fp32 inside bf16 autocast."""
     unet = ddpm.build_model(args)
     if fp32_part:
         in_fp32(unet, fp32_part)
+    return unet
+
+
+def make_step(args, bf16: bool, channels_last: bool, compile_model: bool, foreach: bool, fp32_part: str | None = None):
+    torch.manual_seed(0)
+    unet = bench_unet(args, fp32_part)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     unet = unet.to(memory_format=memory_format).train()
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4, foreach=foreach)
@@ -255,9 +261,7 @@ SHAPES = (
 
 def flops_per_image(args, bf16: bool, fp32_part: str | None, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Forward + backward FLOPs per training image of the model ``args`` describe, as the bench's step runs it."""
-    unet = ddpm.build_model(args).train()
-    if fp32_part:
-        in_fp32(unet, fp32_part)
+    unet = bench_unet(args, fp32_part).train()
     scheduler, pixels = ddpm.build_noise_scheduler(args), to_model_input(images)
 
     def loss():

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import iclevr.utils
+from iclevr import ddpm
 from iclevr.utils import measure_throughput
 
 from .conftest import load_script
@@ -48,8 +49,6 @@ TINY_MODEL = ["--resolution", "16", "--block_out_channels", "8,16", "--attention
 def test_the_shapes_bench_runs_one_part_in_fp32_inside_bf16_autocast(part):
     """Only that part changes precision: it hands back the dtype it was given, so the rest of the model runs as
     before, and the model's output stays what the default computes (to bf16 rounding)."""
-    from iclevr import ddpm
-
     bench = load_script("bench/bench_train.py")
     args = ddpm.parse_args(TINY_MODEL)
     torch.manual_seed(0)
@@ -75,8 +74,6 @@ def test_the_shapes_bench_runs_one_part_in_fp32_inside_bf16_autocast(part):
 def test_the_shapes_bench_counts_more_flops_for_a_wider_model():
     """The FLOP count is the forward + backward of the real step: a model twice as wide costs about four times as
     much (convolutions scale with the square of the width), and removing attention costs less."""
-    from iclevr import ddpm
-
     bench = load_script("bench/bench_train.py")
     images, labels = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8), torch.zeros(4, 24)
     base = bench.flops_per_image(ddpm.parse_args(TINY_MODEL), False, None, images, labels)

@@ -80,12 +80,12 @@ def test_saved_generator_loads_as_remote_code_and_samples_alike(trained):
 def test_the_gan_trainer_never_compiles(tmp_path, monkeypatch):
     """Compiled, the discriminator's spectral norm fails in backward (in-place power iteration), so the GAN trainer has
     no --dynamo_backend and stays eager even under `accelerate launch --dynamo_backend inductor`."""
+    from accelerate.state import AcceleratorState
+
     from iclevr.training import start_generator_run
 
     args = gan.parse_args(["--output_dir", str(tmp_path / "out"), "--report_to", "none"])
     assert not hasattr(args, "dynamo_backend")
-    from accelerate.state import AcceleratorState
-
     monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
     try:
         assert start_generator_run(args).state.dynamo_plugin.backend.value == "NO"
