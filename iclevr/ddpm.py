@@ -95,10 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     diffusion.add_argument("--snr_gamma", type=float, default=0.0,
                            help="Min-SNR-gamma loss weighting (0 = off: with x0-prediction every noise level then weighs the "
                                 "same in image space, so the high-noise steps that decide layout and colour are trained).")
-    diffusion.add_argument("--weighting_scheme", type=str, default="none", choices=["none", "logit_normal", "mode"],
+    diffusion.add_argument("--weighting_scheme", type=str, default="logit_normal", choices=["none", "logit_normal", "mode"],
                            help="How training timesteps are drawn (diffusers' compute_density_for_timestep_sampling): none = "
-                                "uniform; logit_normal and mode favour the middle noise levels, where layout and binding "
-                                "are decided.")
+                                "uniform; logit_normal (the default) and mode favour the middle noise levels, where layout "
+                                "and binding are decided: logit-normal beat uniform over a full CPU hour.")
     diffusion.add_argument("--logit_mean", type=float, default=0.0, help="Mean of the logit-normal timestep density.")
     diffusion.add_argument("--logit_std", type=float, default=1.0, help="Standard deviation of the logit-normal timestep density.")
     diffusion.add_argument("--mode_scale", type=float, default=1.29, help="Scale of the 'mode' timestep density (SD3's value).")

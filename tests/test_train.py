@@ -422,8 +422,8 @@ def test_the_noise_schedule_shift_moves_every_log_snr_and_is_saved(tmp_path):
 
 
 def test_timestep_densities_favour_the_middle_noise_levels(tmp_path):
-    """Uniform timesteps by default (the recipe's draws, unchanged); logit-normal and 'mode' put more of them in the
-    middle third of the schedule than the uniform third."""
+    """Logit-normal timesteps by default; logit-normal and 'mode' put more of them in the middle third of the
+    schedule than the uniform third, and `none` draws exactly torch's uniform integers."""
     counts = {}
     for scheme in ("none", "logit_normal", "mode"):
         args = ddpm.parse_args(["--output_dir", str(tmp_path), "--weighting_scheme", scheme])
@@ -431,8 +431,9 @@ def test_timestep_densities_favour_the_middle_noise_levels(tmp_path):
         t = ddpm.sample_timesteps(args, 20_000, 1000, "cpu")
         assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
         counts[scheme] = ((t >= 333) & (t < 667)).float().mean().item()
+    assert ddpm.parse_args(["--output_dir", str(tmp_path)]).weighting_scheme == "logit_normal"
     torch.manual_seed(0)
-    drawn = ddpm.sample_timesteps(ddpm.parse_args(["--output_dir", str(tmp_path)]), 64, 1000, "cpu")
+    drawn = ddpm.sample_timesteps(ddpm.parse_args(["--output_dir", str(tmp_path), "--weighting_scheme", "none"]), 64, 1000, "cpu")
     torch.manual_seed(0)
     assert torch.equal(drawn, torch.randint(0, 1000, (64,)))
     assert counts["none"] == pytest.approx(1 / 3, abs=0.02)
