@@ -130,6 +130,8 @@ def test_the_recipe_follows_the_device(monkeypatch, cuda, flag, recipe):
     parsed = ddpm.parse_args(["--output_dir", "x", *flags])  # the trainer takes the recipe as it stands
     assert parsed.resolution == (64 if recipe == "gpu" else 32) and parsed.learning_rate == 1e-3
     assert parsed.conditioning == ("both" if recipe == "gpu" else "class_embedding")
+    # The CPU recipe takes the trainer's logit-normal timesteps; the GPU recipe keeps the uniform ones it was run with.
+    assert parsed.weighting_scheme == ("none" if recipe == "gpu" else "logit_normal")
 
 
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
