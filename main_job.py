@@ -3,8 +3,9 @@
 
     python main_job.py --output_dir outputs/main
 
-1. **Evaluator**: ``--evaluator`` if given; else the one cached in ``<cache_dir>/evaluator-<recipe>`` from an earlier
-   run; else renders its training set (64x64) and trains it once with ``accelerate launch train_evaluator.py``.
+1. **Evaluator**: ``--evaluator`` if given; else the one shipped in ``pretrained/evaluator`` (trained with
+   ``EVALUATOR_RECIPE``); with ``--retrain_evaluator``, the one cached in ``<cache_dir>/evaluator-<recipe>`` from an
+   earlier run, else it renders its training set (64x64) and trains it once with ``accelerate launch train_evaluator.py``.
 2. **Diffusion model**: a 40-step calibration run of the trainer measures this machine's seconds per step (and
    renders the embedded training set on first use); then ``accelerate launch train_conditional_ddpm.py`` (on a CPU
    with the project's ``accelerate_config.yaml``, on CUDA one process per GPU) with ``--recipe`` (on a CPU the
@@ -56,13 +57,21 @@ CALIBRATION_STEPS = 40
 # The evaluator trained when none is given: evaluator run 5 (90,000 rendered 64x64 images, 9 epochs, each image
 # scored with its mirror image), the cheapest recipe measured to reach both targets, held-out accuracy 0.99 and
 # exact-set 0.95 on 3-object scenes (6 epochs reach the first only; docs/experiments.md, "Evaluator runs").
-EVALUATOR_RECIPE = {"num_scenes": 30000, "seed": 1, "num_epochs": 9, "train_batch_size": 128, "flip_average": True}
+# Saved in half precision, which halves the shipped file and keeps both targets (pretrained/README.md).
+EVALUATOR_RECIPE = {"num_scenes": 30000, "seed": 1, "num_epochs": 9, "train_batch_size": 128, "flip_average": True,
+                    "save_dtype": "float16"}
+# The evaluator trained with EVALUATOR_RECIPE that ships with the repository, so that a first run trains none.
+SHIPPED_EVALUATOR = PROJECT_DIR / "pretrained" / "evaluator"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Render, train the evaluator (once), train the diffusion model, report.")
     parser.add_argument("--output_dir", type=str, default="outputs/main", help="Where the pipeline and report go.")
-    parser.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth (else cached/trained).")
+    parser.add_argument("--evaluator", type=str, default=None,
+                        help="Evaluator folder or course checkpoint.pth (default: the shipped pretrained/evaluator).")
+    parser.add_argument("--retrain_evaluator", action="store_true",
+                        help="Train the evaluator with the shipped one's recipe instead of using it (cached for later runs; "
+                             "about 35 minutes on 2 native-bf16 cores, two hours on AVX2-only ones).")
     parser.add_argument("--cache_dir", type=str, default=None, help="Rendered data and the trained evaluator are cached here.")
     parser.add_argument("--train_minutes", type=float, default=57.0,
                         help="Wall-time budget of diffusion training (validation excluded); a first run's evaluator adds to "
@@ -88,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--train_minutes, --max_train_steps, --validation_steps and --num_seeds must be positive.")
     if args.evaluator and not Path(args.evaluator).exists():
         parser.error(f"--evaluator {args.evaluator} does not exist.")
+    if args.evaluator and args.retrain_evaluator:
+        parser.error("--evaluator and --retrain_evaluator are exclusive: give your evaluator, or have one trained.")
     if args.accelerate_config and not Path(args.accelerate_config).is_file():
         parser.error(f"--accelerate_config {args.accelerate_config} does not exist.")
     if args.mixed_precision == "auto":
@@ -127,9 +138,16 @@ def launch(args, script: str) -> list[str]:
 
 
 def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
-    """The given evaluator, or the cached one, or a freshly trained one (cached for the next run)."""
+    """The given evaluator, else the shipped one; with ``--retrain_evaluator`` the cached one or a freshly trained one
+    (cached for the next run)."""
     if args.evaluator:
         return Path(args.evaluator)
+    if not args.retrain_evaluator:
+        if not (SHIPPED_EVALUATOR / "model.safetensors").is_file():
+            raise SystemExit(f"The shipped evaluator {SHIPPED_EVALUATOR} is missing: restore it (git checkout -- pretrained), "
+                             "give --evaluator DIR, or train one with --retrain_evaluator.")
+        print(f"Using the shipped evaluator {SHIPPED_EVALUATOR}")
+        return SHIPPED_EVALUATOR
     recipe = EVALUATOR_RECIPE
     folder = evaluator_folder(cache, recipe)
     cache.mkdir(parents=True, exist_ok=True)
@@ -147,7 +165,7 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
         run_stage("train evaluator", launch(args, "train_evaluator.py") + [
             "--train_data_dir", str(data), "--cache_dir", str(cache), "--output_dir", str(folder),
             "--num_epochs", str(recipe["num_epochs"]), "--train_batch_size", str(recipe["train_batch_size"]),
-            "--mixed_precision", args.mixed_precision, "--report_to", "none",
+            "--mixed_precision", args.mixed_precision, "--report_to", "none", "--save_dtype", recipe.get("save_dtype", "float32"),
             *(["--flip_average"] if recipe.get("flip_average") else [])], timings)
     return folder
 
@@ -156,7 +174,8 @@ def evaluator_folder(cache: Path, recipe: dict) -> Path:
     """The cache folder of the evaluator an ``EVALUATOR_RECIPE`` trains: named by every setting that changes it, so a
     changed recipe trains a new one instead of reusing an evaluator trained another way."""
     name = f"evaluator-seed{recipe['seed']}-scenes{recipe['num_scenes']}-epochs{recipe['num_epochs']}"
-    return cache / (name + ("-flip" if recipe.get("flip_average") else ""))
+    name += "-flip" if recipe.get("flip_average") else ""
+    return cache / (name + ("-fp16" if recipe.get("save_dtype") == "float16" else ""))
 
 
 def recipe_flags(args) -> list[str]:

@@ -2,7 +2,8 @@
 """`ICLEVRPipeline`: class-conditional image generation for i-CLEVR, and the i-CLEVR label vocabulary.
 
 This file is copied into every saved model so the Hub can load it as remote code, so it may import only
-the standard library, torch and diffusers. It owns label encoding; every other module imports it from here.
+the standard library, torch and diffusers (with huggingface_hub, which diffusers requires). It owns label reading
+(`LabelVocabulary.read`); every other module imports it from here.
 
     >>> pipe = ICLEVRPipeline.from_pretrained("outputs/iclevr-ddpm")
     >>> images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=25, guidance_scale=2.0).images
@@ -23,9 +24,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import math
+import numbers
+import operator
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -33,12 +38,16 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import logging
+from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import create_repo
 
 COLORS = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES = ("cube", "sphere", "cylinder")
 LABELS = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
 DEFAULT_LABEL2ID = {name: i for i, name in enumerate(LABELS)}  # the course's objects.json
+logger = logging.get_logger(__name__)
 # The guidance every entry point samples with unless told otherwise (chosen on a validation set, not on test.json).
 DEFAULT_GUIDANCE_SCALE = 2.0
 
@@ -61,13 +70,15 @@ class LabelVocabulary:
             The label → index map: canonical names (see `normalize_label_name`) and indices ``0..N-1``, each once.
             Defaults to i-CLEVR's 24 labels in the course's `objects.json` order.
 
-    Accepted forms of one *condition*:
-        - a list of label names (case-, space- and underscore-insensitive), e.g. ``["red sphere", "cyan cube"]``;
-        - a list of label indices, e.g. ``[9, 6]``;
-        - a multi-hot `torch.Tensor` of shape ``(N,)`` holding only 0 and 1.
+    Every label input goes through one reader, [`~LabelVocabulary.read`]. A *condition* (the labels of one image) is:
+        - a list of label names (case-, space- and underscore-insensitive), e.g. ``["red sphere", "cyan cube"]``, or a
+          bare name ``"red sphere"`` for a condition of one label;
+        - a list of integer label indices (Python or numpy integers), e.g. ``[9, 6]``;
+        - a multi-hot row of shape ``(N,)`` holding only 0 and 1 (a `torch.Tensor` or a numpy array).
 
-    A condition must hold at least one label and no label twice. The all-zero vector (the classifier-free
-    guidance null condition) is built with [`~LabelVocabulary.null_condition`], never by `encode`.
+    A batch is a list of conditions or a ``(batch, N)`` multi-hot tensor or array. A condition must hold at least one
+    label and no label twice. The all-zero vector (the classifier-free guidance null condition) is built with
+    [`~LabelVocabulary.null_condition`], never read from user input.
     """
 
     def __init__(self, label2id: Mapping[str, int] | None = None):
@@ -83,7 +94,50 @@ class LabelVocabulary:
     def __repr__(self) -> str:
         return f"LabelVocabulary({len(self)} labels: {', '.join(self.labels)})"
 
-    # --- single conditions -------------------------------------------------------------------------------
+    # --- the reader ----------------------------------------------------------------------------------------------
+    def read(self, labels) -> torch.Tensor:
+        """Multi-hot float32 rows ``(batch, N)`` of one condition or a batch of them (see the class docstring).
+
+        A flat list of label names and indices is one condition; a list holding lists or multi-hot rows is a batch.
+        Every error names the condition and the label at fault, and says how to write it instead.
+        """
+        if is_array(labels):
+            rows = torch.as_tensor(labels)
+            if rows.ndim not in (1, 2):
+                raise ValueError(f"Multi-hot labels must be one row ({len(self)},) or a batch (batch, {len(self)}), got "
+                                 f"shape {tuple(rows.shape)}.")
+            if rows.ndim == 1:
+                return self._multi_hot_row(rows, "The condition")[None]
+            if rows.shape[0] == 0:
+                raise ValueError("No condition given: the batch of multi-hot rows is empty.")
+            return torch.stack([self._multi_hot_row(row, f"Condition {i}") for i, row in enumerate(rows)])
+        if isinstance(labels, str):
+            labels = [labels]
+        if isinstance(labels, Mapping) or not isinstance(labels, Iterable):
+            raise ValueError(f"labels must be a condition (a list of label names or indices, or a multi-hot row) or a "
+                             f"list of conditions, got {describe_input(labels)}; e.g. [['red sphere', 'cyan cube'], ['gray cube']].")
+        items = list(labels)
+        if not items:
+            raise ValueError("No condition given: labels is empty. Give one condition, e.g. ['red sphere'], or a list "
+                             "of them; every image needs at least one label.")
+        if all(is_scalar(item) for item in items):  # one condition
+            return self._condition_row(items, "The condition")[None]
+        rows = []
+        for i, item in enumerate(items):
+            where = f"Condition {i}"
+            if is_scalar(item):
+                raise ValueError(f"{where} is the bare label {item!r} in a list of conditions: write [{item!r}] for a "
+                                 "condition of that one label.")
+            if is_array(item):
+                rows.append(self._multi_hot_row(torch.as_tensor(item), where))
+            elif isinstance(item, Iterable) and not isinstance(item, Mapping):
+                rows.append(self._condition_row(list(item), where))
+            else:
+                raise ValueError(f"{where} is {describe_input(item)}: a condition is a list of label names or indices, "
+                                 "or a multi-hot row.")
+        return torch.stack(rows)
+
+    # --- single conditions -------------------------------------------------------------------------------------------
     def index(self, name: str) -> int:
         """Index of one label name; an unknown name raises `ValueError` listing the closest valid names."""
         key = normalize_label_name(name)
@@ -98,44 +152,28 @@ class LabelVocabulary:
             )
         raise ValueError(f"Unknown label {name!r}.{hint} Valid labels are: {', '.join(self.labels)}.")
 
-    def indices(self, condition: Condition) -> list[int]:
-        """Sorted label indices of one condition (names, indices or a multi-hot tensor)."""
-        if isinstance(condition, torch.Tensor):
-            return self._indices_from_multi_hot(condition)
-        if isinstance(condition, str):
-            raise ValueError(
-                f"A condition is a list of labels, got the bare string {condition!r}; write [{condition!r}]."
-            )
-        if not isinstance(condition, Iterable):
-            raise ValueError(f"A condition must be a list of label names or indices, got {type(condition).__name__}.")
-        items = list(condition)
-        if not items:
-            raise ValueError(
-                "Empty condition: every image needs at least one label. (The classifier-free guidance null "
-                "condition is LabelVocabulary.null_condition(), not an empty list.)"
-            )
-        ids = [self._item_index(item) for item in items]
-        duplicates = sorted({self.labels[i] for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ValueError(f"Duplicate label(s) {duplicates} in condition {items!r}: each label may appear once.")
-        return sorted(ids)
-
     def encode(self, condition: Condition) -> torch.Tensor:
-        """Multi-hot float32 tensor of shape ``(N,)`` for one condition."""
-        vector = torch.zeros(len(self), dtype=torch.float32)
-        vector[self.indices(condition)] = 1.0
-        return vector
+        """Multi-hot float32 tensor of shape ``(N,)`` for one condition (`read`)."""
+        rows = self.read(condition)
+        if rows.shape[0] != 1:
+            raise ValueError(f"Expected one condition, got a batch of {rows.shape[0]}; read batches with read().")
+        return rows[0]
 
-    def decode(self, multi_hot: torch.Tensor) -> list[str]:
-        """Label names (in vocabulary order) of one multi-hot vector."""
-        return [self.labels[i] for i in self._indices_from_multi_hot(multi_hot)]
+    def indices(self, condition: Condition) -> list[int]:
+        """Sorted label indices of one condition."""
+        return self.encode(condition).nonzero().flatten().tolist()
 
     def names(self, condition: Condition) -> list[str]:
-        """Canonical label names of one condition, in the order given (indices and tensors in vocabulary order)."""
-        if isinstance(condition, torch.Tensor):
-            return self.decode(condition)
-        self.indices(condition)  # validates: empty, duplicates, unknown names
-        return [self.labels[self._item_index(item)] for item in condition]
+        """Canonical label names of one condition, in the order given (multi-hot rows in vocabulary order)."""
+        self.encode(condition)  # validates: empty, duplicates, unknown names
+        if is_array(condition):
+            return self.decode(torch.as_tensor(condition))
+        items = [condition] if isinstance(condition, str) else list(condition)
+        return [self.labels[self._label_index(item, "The condition")] for item in items]
+
+    def decode(self, multi_hot: torch.Tensor) -> list[str]:
+        """Label names (in vocabulary order) of one multi-hot row."""
+        return [self.labels[i] for i in self._multi_hot_row(multi_hot, "The condition").nonzero().flatten().tolist()]
 
     def null_condition(self, batch_size: int | None = None) -> torch.Tensor:
         """The all-zero condition used for classifier-free guidance (shape ``(N,)`` or ``(batch_size, N)``)."""
@@ -144,72 +182,73 @@ class LabelVocabulary:
 
     # --- batches -------------------------------------------------------------------------------------------
     def encode_batch(self, conditions: Sequence[Condition] | torch.Tensor) -> torch.Tensor:
-        """Multi-hot float32 tensor of shape ``(batch, N)`` from a list of conditions or a ``(batch, N)`` tensor."""
-        if isinstance(conditions, torch.Tensor):
-            if conditions.ndim != 2:
-                raise ValueError(
-                    f"A batch of multi-hot conditions must have shape (batch, {len(self)}), got {tuple(conditions.shape)}."
-                )
-            for row in range(conditions.shape[0]):
-                self._indices_from_multi_hot(conditions[row], where=f" (row {row})")
-            return conditions.to(torch.float32).clone()
-        if isinstance(conditions, str) or not isinstance(conditions, Iterable):
-            raise ValueError(
-                f"A batch of conditions must be a list of conditions (e.g. [['red sphere'], ['cyan cube']]), "
-                f"got {conditions!r}."
-            )
-        conditions = list(conditions)
-        if not conditions:
-            raise ValueError("Empty batch: give at least one condition.")
-        rows = []
-        for row, condition in enumerate(conditions):
-            if isinstance(condition, (str, int)):
-                raise ValueError(
-                    f"Batch item {row} is the single label {condition!r}, not a condition; a batch is a list of "
-                    f"label lists, e.g. [[{condition!r}]]. For one condition use encode()."
-                )
-            try:
-                rows.append(self.encode(condition))
-            except ValueError as error:
-                raise ValueError(f"Condition {row}: {error}") from None
-        return torch.stack(rows)
+        """Multi-hot float32 tensor of shape ``(batch, N)`` (`read`)."""
+        return self.read(conditions)
 
     def decode_batch(self, multi_hot: torch.Tensor) -> list[list[str]]:
         """Label names of each row of a ``(batch, N)`` multi-hot tensor."""
-        if not isinstance(multi_hot, torch.Tensor) or multi_hot.ndim != 2:
-            raise ValueError(f"decode_batch expects a (batch, {len(self)}) tensor, got {describe_input(multi_hot)}.")
-        return [self.decode(row) for row in multi_hot]
+        if not is_array(multi_hot) or torch.as_tensor(multi_hot).ndim != 2:
+            raise ValueError(f"decode_batch expects a (batch, {len(self)}) multi-hot tensor, got {describe_input(multi_hot)}.")
+        return [self.decode(row) for row in torch.as_tensor(multi_hot)]
 
     # --- helpers -------------------------------------------------------------------------------------------
-    def _item_index(self, item) -> int:
+    def _condition_row(self, items: list, where: str) -> torch.Tensor:
+        if not items:
+            raise ValueError(f"{where} is empty: every image needs at least one label. (The classifier-free guidance "
+                             "null condition is LabelVocabulary.null_condition(), not an empty list.)")
+        ids = [self._label_index(item, where) for item in items]
+        duplicates = sorted({self.labels[i] for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"{where} {items!r} holds the label(s) {duplicates} twice: each label may appear once.")
+        row = torch.zeros(len(self), dtype=torch.float32)
+        row[ids] = 1.0
+        return row
+
+    def _label_index(self, item, where: str) -> int:
         if isinstance(item, str):
-            return self.index(item)
-        if isinstance(item, bool) or not isinstance(item, (int, torch.Tensor)) and not hasattr(item, "__index__"):
-            raise ValueError(f"A label must be a name or an integer index, got {type(item).__name__} {item!r}.")
-        index = int(item)
+            try:
+                return self.index(item)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+        if is_bool(item) or not hasattr(item, "__index__"):
+            raise ValueError(f"{where} holds the label {item!r} ({type(item).__name__}): a label is a name such as "
+                             f"{self.labels[0]!r} or an integer index 0..{len(self) - 1}.")
+        index = operator.index(item)
         if not 0 <= index < len(self):
-            raise ValueError(f"Label index {index} is out of range: valid indices are 0..{len(self) - 1}.")
+            raise ValueError(f"{where} holds the label index {index}, out of range: valid indices are 0..{len(self) - 1}.")
         return index
 
-    def _indices_from_multi_hot(self, vector: torch.Tensor, where: str = "") -> list[int]:
-        if not isinstance(vector, torch.Tensor):
-            raise ValueError(f"Expected a multi-hot tensor{where}, got {describe_input(vector)}.")
+    def _multi_hot_row(self, vector, where: str) -> torch.Tensor:
+        if not is_array(vector):
+            raise ValueError(f"{where} must be a multi-hot row, got {describe_input(vector)}.")
+        vector = torch.as_tensor(vector)
         if vector.ndim != 1 or vector.shape[0] != len(self):
-            raise ValueError(
-                f"A multi-hot condition{where} must have shape ({len(self)},), got {tuple(vector.shape)}; "
-                "batches go through encode_batch/decode_batch."
-            )
-        values = vector.detach().to(torch.float32)
+            raise ValueError(f"{where} is a multi-hot row of shape {tuple(vector.shape)}; it must have shape ({len(self)},), "
+                             "one 0/1 entry per label. For label indices, give a list such as [9, 6].")
+        values = vector.detach().to(torch.float32).cpu()
         bad = ~((values == 0) | (values == 1))
         if bad.any():
-            raise ValueError(
-                f"A multi-hot condition{where} may hold only 0 and 1, got {values[bad].unique().tolist()} at "
-                f"position(s) {bad.nonzero().flatten().tolist()}."
-            )
-        ids = values.nonzero().flatten().tolist()
-        if not ids:
-            raise ValueError(f"Empty condition{where}: the multi-hot vector is all zeros.")
-        return ids
+            found = ", ".join(dict.fromkeys(f"{v:g}" for v in values[bad].tolist()))  # distinct, NaN once
+            raise ValueError(f"{where} is a multi-hot row that may hold only 0 and 1, got [{found}] at label(s) "
+                             f"{[self.labels[i] for i in bad.nonzero().flatten().tolist()][:5]}.")
+        if not values.any():
+            raise ValueError(f"{where} is an all-zero multi-hot row: every image needs at least one label.")
+        return values
+
+
+def is_array(value) -> bool:
+    """A tensor or a numpy array (anything with ``__array__`` and a shape), not a 0-d scalar."""
+    return (isinstance(value, torch.Tensor) or hasattr(value, "__array__")) and len(getattr(value, "shape", ())) > 0
+
+
+def is_bool(value) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"
+
+
+def is_scalar(value) -> bool:
+    """One label as given: a name, an integer, or a value mistaken for one (a float, a bool, a 0-d tensor)."""
+    return isinstance(value, (str, int, float)) or is_bool(value) or (hasattr(value, "__index__") and not is_array(value)) \
+        or (hasattr(value, "shape") and len(value.shape) == 0)
 
 
 def check_label_map(label2id: Mapping[str, int]) -> None:
@@ -223,28 +262,6 @@ def check_label_map(label2id: Mapping[str, int]) -> None:
     indices = list(label2id.values())
     if any(isinstance(i, bool) or not isinstance(i, int) for i in indices) or sorted(indices) != list(range(len(indices))):
         raise ValueError(f"Label indices must be the integers 0..{len(label2id) - 1}, each used once; got {indices}.")
-
-
-def validate_objects_json(label2id: Mapping[str, int]) -> None:
-    """Check a user's `objects.json` mapping against the course vocabulary; raise `ValueError` naming every mismatch."""
-    if not isinstance(label2id, Mapping):
-        raise ValueError(f"objects.json must map label names to indices, got {type(label2id).__name__}.")
-    problems = []
-    for name, index in label2id.items():
-        expected = LABELS.index(name) if name in LABELS else None
-        if expected is None:
-            problems.append(f"unknown label {name!r}")
-        elif index != expected:
-            problems.append(f"{name!r} has index {index!r}, the course order gives {expected}")
-    missing = [name for name in LABELS if name not in label2id]
-    if missing:
-        problems.append(f"missing label(s) {missing}")
-    if problems:
-        raise ValueError(
-            "objects.json does not match the i-CLEVR vocabulary (the course's objects.json order): "
-            + "; ".join(problems)
-            + ". Use the course's objects.json, or omit it to use the built-in vocabulary."
-        )
 
 
 class ICLEVRPipeline(DiffusionPipeline):
@@ -265,18 +282,55 @@ class ICLEVRPipeline(DiffusionPipeline):
             Space-to-depth factor ``p``: the UNet denoises ``(3 p², H / p, W / p)`` tensors, each channel group one
             pixel of a ``p x p`` patch, and the pipeline returns ``H x W`` images (see [`predict`]). With ``p = 2`` a
             32x32 UNet draws 64x64 images at nearly the cost of 32x32 ones.
+        default_num_inference_steps (`int`, *optional*, defaults to 25):
+            The steps a call samples with when it names none: the trainer saves the steps the model was validated with.
+        default_guidance_scale (`float`, *optional*, defaults to 2.0):
+            The guidance a call samples with when it names none: likewise the validated one.
+        max_labels_per_image (`int`, *optional*):
+            The most labels of any training image (3 for i-CLEVR); a call asking for more is sampled with a warning.
     """
 
     model_cpu_offload_seq = "unet"
-    _callback_tensor_inputs = ["latents"]
+    # "prompt_embeds" are the multi-hot rows the UNet is conditioned on (null rows first under guidance), named as in
+    # diffusers' text pipelines so that its guidance callbacks (SDCFGCutoffCallback) work unchanged.
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     # --- saving and loading: a saved folder carries this file and names it in model_index.json -------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs):
         """diffusers' ``save_pretrained``, plus a copy of this file and ``"_class_name": ["pipeline_iclevr",
         "ICLEVRPipeline"]`` in ``model_index.json``, so the folder (or its Hub repository) loads with
-        ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` as well as with this class."""
+        ``DiffusionPipeline.from_pretrained(path, trust_remote_code=True)`` as well as with this class.
+
+        With ``push_to_hub=True`` the folder is uploaded once complete, this file included, with the model card that
+        the trainer wrote into it (``repo_id``, ``token``, ``private``, ``commit_message``, ``create_pr`` as in
+        diffusers); diffusers' own order would upload before the file is copied, and replace the card."""
+        hub = {key: kwargs.pop(key) for key in ("repo_id", "token", "private", "commit_message", "create_pr") if key in kwargs}
         super().save_pretrained(save_directory, **kwargs)
         ship_source(self, save_directory)
+        if push_to_hub:
+            self.upload_saved_folder(save_directory, **hub)
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, create_pr: bool = False, safe_serialization: bool = True,
+                    variant: str | None = None, **kwargs) -> str:
+        """Save into a temporary folder (`save_pretrained`, which ships this file) and upload it. The model card is
+        the one beside the weights this pipeline was loaded from (the trainer's), else diffusers' generic card."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, safe_serialization=safe_serialization, variant=variant)
+            source = Path(self.name_or_path or "") / "README.md"
+            if self.name_or_path and source.is_file():
+                shutil.copy(source, Path(folder) / "README.md")
+            return self.upload_saved_folder(folder, repo_id=repo_id, token=token, private=private,
+                                            commit_message=commit_message, create_pr=create_pr)
+
+    def upload_saved_folder(self, folder: str | os.PathLike, repo_id: str | None = None, token: str | None = None,
+                            private: bool | None = None, commit_message: str | None = None, create_pr: bool = False):
+        """Create the Hub repository and upload a saved folder as it is; a folder without a model card gets
+        diffusers' generic one."""
+        repo_id = create_repo(repo_id or Path(folder).name, exist_ok=True, private=private, token=token).repo_id
+        if not (Path(folder) / "README.md").is_file():
+            populate_model_card(load_or_create_model_card(repo_id, token=token, is_pipeline=True)).save(Path(folder) / "README.md")
+        return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
 
     @classmethod
     def load_config(cls, *args, **kwargs):
@@ -291,12 +345,17 @@ class ICLEVRPipeline(DiffusionPipeline):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        """Whether a step runs the null and the conditional prediction (every ``w`` but 0 and 1, which need one)."""
-        return self._guidance_scale not in (0.0, 1.0)
+        """diffusers' convention: guidance only above 1; ``guidance_scale <= 1`` samples the conditional model alone."""
+        return self._guidance_scale > 1
 
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` from a callback to skip the remaining steps (diffusers' convention)."""
+        return self._interrupt
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -305,7 +364,9 @@ class ICLEVRPipeline(DiffusionPipeline):
         size = (size, size) if isinstance(size, int) else tuple(size)
         return size[0] * self.config.patch_size, size[1] * self.config.patch_size
 
-    def __init__(self, unet, scheduler, label2id: dict[str, int] | None = None, patch_size: int = 1):
+    def __init__(self, unet, scheduler, label2id: dict[str, int] | None = None, patch_size: int = 1,
+                 default_num_inference_steps: int = 25, default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                 max_labels_per_image: int | None = None):
         super().__init__()
         label2id = dict(label2id) if label2id else dict(DEFAULT_LABEL2ID)
         self.vocab = LabelVocabulary(label2id)
@@ -322,21 +383,34 @@ class ICLEVRPipeline(DiffusionPipeline):
                 f"projection_class_embeddings_input_dim={len(self.vocab)} (a global embedding), and/or with "
                 f"encoder_hid_dim={len(self.vocab)} and encoder_hid_dim_type='text_proj' (one cross-attention token per label)."
             )
+        check_sampling_numbers(default_num_inference_steps, default_guidance_scale, 0.0, "default_")
+        if max_labels_per_image is not None and (is_bool(max_labels_per_image) or not isinstance(max_labels_per_image, int)
+                                                 or max_labels_per_image < 1):
+            raise ValueError(f"max_labels_per_image must be a positive integer or None, got {max_labels_per_image!r}.")
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(label2id=label2id, patch_size=patch_size)
+        self.register_to_config(label2id=label2id, patch_size=patch_size, default_num_inference_steps=default_num_inference_steps,
+                                default_guidance_scale=float(default_guidance_scale), max_labels_per_image=max_labels_per_image)
 
     def encode_labels(self, labels, num_images_per_prompt: int = 1) -> torch.Tensor:
-        """Multi-hot conditions ``(batch * num_images_per_prompt, N)`` from one condition or a list of them
-        (`encode_conditions`)."""
+        """Multi-hot conditions ``(batch * num_images_per_prompt, N)`` of one condition or a batch of them
+        (`LabelVocabulary.read`)."""
         return encode_conditions(self.vocab, labels, num_images_per_prompt)
 
-    def check_inputs(self, num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape):
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}.")
+    def check_inputs(self, conditions, num_inference_steps, guidance_scale, eta, num_images_per_prompt, output_type,
+                     generator, latents, callback_on_step_end_tensor_inputs):
+        """Every argument of a call, checked before any work; ``conditions`` are the labels as read ``(batch, N)``."""
+        check_sampling_numbers(num_inference_steps, guidance_scale, eta)
+        batch = conditions.shape[0] * (num_images_per_prompt if isinstance(num_images_per_prompt, int) else 1)
+        shape = (batch, self.unet.config.in_channels // self.config.patch_size**2, *self.image_size)
         check_sampling_inputs(num_images_per_prompt, output_type, latents, shape, ("pil", "np", "pt", "latent"),
-                              "batch, channels, height, width")
+                              "batch, channels, height, width", generator)
+        if not set(callback_on_step_end_tensor_inputs) <= set(self._callback_tensor_inputs):
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only hold {self._callback_tensor_inputs}, got "
+                             f"{callback_on_step_end_tensor_inputs}.")
+        limit = self.config.max_labels_per_image
+        if limit and (conditions.sum(1) > limit).any():
+            logger.warning(f"{int((conditions.sum(1) > limit).sum())} condition(s) ask for more than {limit} labels (up to "
+                           f"{int(conditions.sum(1).max())}), more than any training image held: expect objects missing.")
 
     def prepare_extra_step_kwargs(self, generator, eta):
         """``eta`` and ``generator`` for schedulers whose ``step`` takes them (DDIM takes eta; DDPM a generator)."""
@@ -352,8 +426,8 @@ class ICLEVRPipeline(DiffusionPipeline):
     def __call__(
         self,
         labels,
-        num_inference_steps: int = 25,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         num_images_per_prompt: int = 1,
@@ -366,72 +440,102 @@ class ICLEVRPipeline(DiffusionPipeline):
         r"""Generate images for label conditions.
 
         Args:
-            labels: one condition (``["red sphere", "cyan cube"]``, ``[9, 6]`` or a multi-hot tensor) or a batch
-                (a list of conditions or a ``(batch, N)`` tensor).
-            num_inference_steps (`int`, defaults to 25): denoising steps (the project saves its pipelines with
-                DPM-Solver++, validated at 25).
-            guidance_scale (`float`, defaults to 2.0): classifier-free guidance weight ``w`` in
-                ``eps = eps_null + w * (eps_cond - eps_null)``. ``w = 1`` runs the conditional model alone and
-                ``w = 0`` the null (all-zero) condition alone, in a single pass; any other value runs both in one
-                batched forward.
-            generator (`torch.Generator`, *optional*): for reproducible sampling.
+            labels: one condition (``["red sphere", "cyan cube"]``, ``[9, 6]``, ``"red sphere"`` or a multi-hot row)
+                or a batch (a list of conditions or a ``(batch, N)`` tensor or array); see [`LabelVocabulary`].
+            num_inference_steps (`int`, *optional*): denoising steps; default: the config's
+                ``default_num_inference_steps``, the steps the model was validated with.
+            guidance_scale (`float`, *optional*): classifier-free guidance weight ``w`` in
+                ``eps = eps_null + w * (eps_cond - eps_null)``; default: the config's ``default_guidance_scale``. As in
+                diffusers, ``w <= 1`` runs the conditional model alone, in a single pass; above 1 the null and the
+                conditional prediction run in one batched forward.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): for reproducible sampling; a list
+                holds one generator per image.
             latents (`torch.Tensor`, *optional*): initial noise ``(batch * num_images_per_prompt, 3, H, W)`` in pixel
                 space (``H`` = the UNet's sample size x ``patch_size``).
             num_images_per_prompt (`int`, defaults to 1): images per condition.
-            eta (`float`, defaults to 0.0): DDIM's eta; ignored by schedulers without it.
+            eta (`float`, defaults to 0.0): DDIM's eta in [0, 1]; ignored by schedulers without it.
             output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (``(B, H, W, 3)`` floats in [0, 1]),
                 ``"pt"`` (``(B, 3, H, W)`` in [0, 1]) or ``"latent"`` (the denoised sample as is, in [-1, 1]).
             return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called as
                 ``fn(pipe, step, timestep, callback_kwargs)`` after every step; may return a dict replacing
-                ``latents``, and may change ``pipe._guidance_scale`` for the steps that follow.
-            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): tensors passed in ``callback_kwargs``.
+                ``latents`` or ``prompt_embeds``, change ``pipe._guidance_scale`` for the steps that follow, or set
+                ``pipe._interrupt``. diffusers' ``SDCFGCutoffCallback`` works as in Stable Diffusion: it keeps the
+                last condition row, so use it with one image per call.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): tensors passed in ``callback_kwargs``:
+                ``latents`` (the default) and ``prompt_embeds`` (the multi-hot rows the UNet sees, null rows first
+                under guidance).
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the generated images.
         """
+        num_inference_steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        if not set(tensor_inputs) <= set(self._callback_tensor_inputs):  # latents are all this loop has to share
-            raise ValueError(f"callback_on_step_end_tensor_inputs may only hold {self._callback_tensor_inputs}, got {tensor_inputs}.")
+        conditions = self.encode_labels(labels)
+        self.check_inputs(conditions, num_inference_steps, guidance_scale, eta, num_images_per_prompt, output_type,
+                          generator, latents, tensor_inputs)
         device, dtype = self._execution_device, self.unet.dtype
-        conditions = self.encode_labels(labels, num_images_per_prompt if isinstance(num_images_per_prompt, int) and num_images_per_prompt > 0 else 1)
-        patch = self.config.patch_size
-        shape = (conditions.shape[0], self.unet.config.in_channels // patch**2, *self.image_size)
-        self.check_inputs(num_inference_steps, guidance_scale, num_images_per_prompt, output_type, latents, shape)
-
+        conditions = conditions.repeat_interleave(num_images_per_prompt, dim=0).to(device=device, dtype=dtype)
+        shape = (conditions.shape[0], self.unet.config.in_channels // self.config.patch_size**2, *self.image_size)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
-        conditions = conditions.to(device=device, dtype=dtype)
-        null_conditions = torch.zeros_like(conditions)
-        self._guidance_scale = guidance_scale
+        self._guidance_scale = float(guidance_scale)
+        self._interrupt = False
+        prompt_embeds = torch.cat([torch.zeros_like(conditions), conditions]) if self.do_classifier_free_guidance else conditions
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         for i, t in enumerate(self.progress_bar(timesteps)):
-            if self.do_classifier_free_guidance:  # null and conditional in one batched forward
-                model_input, class_labels = torch.cat([latents, latents]), torch.cat([null_conditions, conditions])
-            else:
-                model_input, class_labels = latents, (conditions if self._guidance_scale == 1.0 else null_conditions)
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            noise_pred = predict(self.unet, model_input, t, class_labels, patch)
-            if self.do_classifier_free_guidance:
+            if self.interrupt:
+                continue
+            guided = self.do_classifier_free_guidance  # a callback may have switched guidance since the last step
+            prompt_embeds = rows_for_step(prompt_embeds, latents.shape[0], guided)
+            model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
+            noise_pred = predict(self.unet, model_input, t, prompt_embeds, self.config.patch_size)
+            if guided:
                 null, cond = noise_pred.chunk(2)
                 noise_pred = null + self._guidance_scale * (cond - null)
             latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
             if callback_on_step_end is not None:
-                outputs = callback_on_step_end(self, i, t, {"latents": latents})  # the only tensor input
-                latents = (outputs or {}).get("latents", latents)
+                shared = {"latents": latents, "prompt_embeds": prompt_embeds}
+                outputs = callback_on_step_end(self, i, t, {name: shared[name] for name in tensor_inputs}) or {}
+                latents = outputs.get("latents", latents)
+                prompt_embeds = outputs.get("prompt_embeds", prompt_embeds)
 
         result = latents if output_type == "latent" else postprocess_images(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (result,)
         return ImagePipelineOutput(images=result)
+
+
+def rows_for_step(prompt_embeds: torch.Tensor, batch: int, guided: bool) -> torch.Tensor:
+    """The condition rows one step feeds the UNet: null rows then conditional ones under guidance (``2 * batch``),
+    the conditional ones alone without; follows a callback that switched guidance or returned other rows."""
+    rows = prompt_embeds.shape[0]
+    if rows == 2 * batch:
+        return prompt_embeds if guided else prompt_embeds[batch:]
+    if rows == batch:
+        return torch.cat([torch.zeros_like(prompt_embeds), prompt_embeds]) if guided else prompt_embeds
+    raise ValueError(f"prompt_embeds holds {rows} condition rows for {batch} images: a step-end callback must return "
+                     f"{batch} rows, or {2 * batch} with guidance (null rows first). SDCFGCutoffCallback keeps one row, so "
+                     "it works with one image per call, as in Stable Diffusion.")
+
+
+def check_sampling_numbers(num_inference_steps, guidance_scale, eta, prefix: str = "") -> None:
+    """Steps a positive integer; guidance a finite number >= 0; eta a finite number in [0, 1] (numpy scalars too)."""
+    if is_bool(num_inference_steps) or not hasattr(num_inference_steps, "__index__") or operator.index(num_inference_steps) < 1:
+        raise ValueError(f"{prefix}num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+    if is_bool(guidance_scale) or not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"{prefix}guidance_scale must be a finite number >= 0 (<= 1: no guidance), got {guidance_scale!r}.")
+    if is_bool(eta) or not isinstance(eta, numbers.Real) or not math.isfinite(eta) or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be a finite number in [0, 1] (0: deterministic DDIM, 1: as stochastic as DDPM), got {eta!r}.")
 
 
 def condition_routes(unet_config, num_labels: int = len(LABELS)) -> list[str]:
@@ -496,13 +600,19 @@ def ship_source(pipeline: DiffusionPipeline, save_directory: str | os.PathLike, 
     index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def check_sampling_inputs(num_images_per_prompt, output_type, latents, shape, output_types: Sequence[str], layout: str) -> None:
-    """The checks every pipeline's ``check_inputs`` shares: images per condition, the output type, the latents' shape."""
-    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+def check_sampling_inputs(num_images_per_prompt, output_type, latents, shape, output_types: Sequence[str], layout: str,
+                          generator=None) -> None:
+    """The checks every pipeline's ``check_inputs`` shares: images per condition, the output type, a generator list's
+    length (one per image, as diffusers asks) and the latents' shape."""
+    if is_bool(num_images_per_prompt) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}.")
     if output_type not in output_types:
         names = ", ".join(repr(name) for name in output_types[:-1])
         raise ValueError(f"output_type must be {names} or {output_types[-1]!r}, got {output_type!r}.")
+    if isinstance(generator, list) and len(generator) != shape[0]:
+        raise ValueError(f"You have passed a list of generators of length {len(generator)}, but requested an effective batch "
+                         f"size of {shape[0]} (conditions x num_images_per_prompt). Make sure the batch size matches the "
+                         "length of the generators.")
     if latents is not None and tuple(latents.shape) != tuple(shape):
         raise ValueError(f"latents must have shape {tuple(shape)} ({layout}), got {tuple(latents.shape)}.")
 
@@ -517,16 +627,9 @@ def postprocess_images(samples: torch.Tensor, output_type: str):
 
 
 def encode_conditions(vocab: LabelVocabulary, labels, num_images_per_prompt: int = 1) -> torch.Tensor:
-    """Multi-hot conditions ``(batch * num_images_per_prompt, N)`` from one condition or a list of them (a pipeline's
-    ``labels`` argument): a condition is a list of label names, a list of indices, or a multi-hot tensor; a batch is a
-    list of conditions or a ``(batch, N)`` tensor."""
-    if isinstance(labels, torch.Tensor):
-        batch = vocab.encode_batch(labels[None] if labels.ndim == 1 else labels)
-    elif isinstance(labels, (list, tuple)) and labels and all(isinstance(x, (str, int)) for x in labels):
-        batch = vocab.encode(labels)[None]  # one condition
-    else:
-        batch = vocab.encode_batch(labels)
-    return batch.repeat_interleave(num_images_per_prompt, dim=0)
+    """Multi-hot conditions ``(batch * num_images_per_prompt, N)`` of a pipeline's ``labels`` argument
+    (`LabelVocabulary.read`)."""
+    return vocab.read(labels).repeat_interleave(num_images_per_prompt, dim=0)
 
 
 def read_class_name_as_own(loaded):

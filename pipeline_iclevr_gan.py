@@ -121,31 +121,33 @@ class ICLEVRGANPipeline(DiffusionPipeline):
     `ICLEVRPipeline`, so that every tool that scores a diffusion pipeline scores a GAN the same way.
 
     Args:
-        generator ([`ConditionalGenerator`]): the trained generator (its EMA weights, when trained with them).
+        gan ([`ConditionalGenerator`]): the GAN's trained generator network (its EMA weights, when trained with them).
+            Named ``gan``, not ``generator``, because ``generator`` is the random-number generator of every diffusers
+            ``__call__``.
         label2id (`dict`, *optional*): the label vocabulary; defaults to i-CLEVR's 24 labels.
     """
 
-    model_cpu_offload_seq = "generator"
+    model_cpu_offload_seq = "gan"
 
-    def __init__(self, generator: ConditionalGenerator, label2id: dict[str, int] | None = None):
+    def __init__(self, gan: ConditionalGenerator, label2id: dict[str, int] | None = None):
         super().__init__()
         label2id = dict(label2id) if label2id else dict(DEFAULT_LABEL2ID)
         self.vocab = LabelVocabulary(label2id)
-        if generator.config.num_labels != len(self.vocab):
-            raise ValueError(f"The generator takes {generator.config.num_labels} labels, the vocabulary has {len(self.vocab)}.")
-        self.register_modules(generator=generator)
+        if gan.config.num_labels != len(self.vocab):
+            raise ValueError(f"The GAN takes {gan.config.num_labels} labels, the vocabulary has {len(self.vocab)}.")
+        self.register_modules(gan=gan)
         self.register_to_config(label2id=label2id)
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return self.generator.config.sample_size, self.generator.config.sample_size
+        return self.gan.config.sample_size, self.gan.config.sample_size
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
         """diffusers' ``save_pretrained`` plus this file and `pipeline_iclevr` (which it imports), at the top (the
-        pipeline class) and in ``generator/`` (its model class), so ``DiffusionPipeline.from_pretrained(path,
+        pipeline class) and in ``gan/`` (its model class), so ``DiffusionPipeline.from_pretrained(path,
         trust_remote_code=True)`` loads the folder."""
         super().save_pretrained(save_directory, **kwargs)
-        ship_source(self, save_directory, component_folders=["generator"])
+        ship_source(self, save_directory, component_folders=["gan"])
 
     @classmethod
     def load_config(cls, *args, **kwargs):
@@ -153,21 +155,22 @@ class ICLEVRGANPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained``, with the generator loaded by this file's class (so loading through this
-        class needs no ``trust_remote_code``)."""
-        if "generator" not in kwargs:
+        """diffusers' ``from_pretrained``, with the GAN loaded by this file's class (so loading through this class
+        needs no ``trust_remote_code``)."""
+        if "gan" not in kwargs:
             folder = Path(pretrained_model_name_or_path)
             if not folder.is_dir():
                 folder = Path(cls.download(pretrained_model_name_or_path, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir")}))
-            kwargs["generator"] = ConditionalGenerator.from_pretrained(folder / "generator", torch_dtype=kwargs.get("torch_dtype"))
+            kwargs["gan"] = ConditionalGenerator.from_pretrained(folder / "gan", torch_dtype=kwargs.get("torch_dtype"))
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def encode_labels(self, labels, num_images_per_prompt: int = 1) -> torch.Tensor:
         """Multi-hot conditions ``(batch * num_images_per_prompt, N)``, as `ICLEVRPipeline` reads them."""
         return encode_conditions(self.vocab, labels, num_images_per_prompt)
 
-    def check_inputs(self, num_images_per_prompt, output_type, latents, shape):
-        check_sampling_inputs(num_images_per_prompt, output_type, latents, shape, ("pil", "np", "pt"), "batch, latent_dim")
+    def check_inputs(self, num_images_per_prompt, output_type, generator, latents, shape):
+        check_sampling_inputs(num_images_per_prompt, output_type, latents, shape, ("pil", "np", "pt"), "batch, latent_dim",
+                              generator)
 
     @torch.no_grad()
     def __call__(self, labels, generator: torch.Generator | list[torch.Generator] | None = None,
@@ -177,19 +180,22 @@ class ICLEVRGANPipeline(DiffusionPipeline):
 
         Args:
             labels: one condition or a batch, as for [`ICLEVRPipeline`].
-            generator (`torch.Generator`, *optional*): for reproducible sampling.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): for reproducible sampling; a list
+                holds one generator per image.
             latents (`torch.Tensor`, *optional*): the noise vectors ``(batch * num_images_per_prompt, latent_dim)``.
             num_images_per_prompt (`int`, defaults to 1): images per condition.
             output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (``(B, H, W, 3)`` in [0, 1]) or ``"pt"``.
             return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
         """
-        conditions = self.encode_labels(labels, num_images_per_prompt if isinstance(num_images_per_prompt, int) and num_images_per_prompt > 0 else 1)
-        shape = (conditions.shape[0], self.generator.config.latent_dim)
-        self.check_inputs(num_images_per_prompt, output_type, latents, shape)
-        device, dtype = self._execution_device, self.generator.dtype
+        conditions = self.encode_labels(labels)
+        images_per_condition = num_images_per_prompt if isinstance(num_images_per_prompt, int) else 1
+        shape = (conditions.shape[0] * images_per_condition, self.gan.config.latent_dim)
+        self.check_inputs(num_images_per_prompt, output_type, generator, latents, shape)
+        conditions = conditions.repeat_interleave(num_images_per_prompt, dim=0)
+        device, dtype = self._execution_device, self.gan.dtype
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        images = self.generator(latents.to(device=device, dtype=dtype), conditions.to(device=device, dtype=dtype))
+        images = self.gan(latents.to(device=device, dtype=dtype), conditions.to(device=device, dtype=dtype))
         result = postprocess_images(images, output_type)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=result) if return_dict else (result,)

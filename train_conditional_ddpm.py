@@ -53,6 +53,7 @@ class Run(TrainingRun):
     lr_scheduler: object
     noise_scheduler: DDPMScheduler
     floor: torch.Tensor | None
+    max_labels_per_image: int
     loss: float = float("nan")
 
 
@@ -88,7 +89,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
                 f"{args.gradient_accumulation_steps}, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
     return Run(args=args, accelerator=accelerator, loader=loader, max_steps=max_steps, updates_per_epoch=updates_per_epoch,
                vocab=vocab, evaluator=evaluator, unet=unet, ema=ema, optimizer=optimizer, lr_scheduler=lr_scheduler,
-               noise_scheduler=noise_scheduler, floor=floor)
+               noise_scheduler=noise_scheduler, floor=floor, max_labels_per_image=int(dataset.tensors[1].sum(1).max()))
 
 
 def memory_format(args: argparse.Namespace) -> torch.memory_format:
@@ -162,7 +163,7 @@ def finish(run: Run) -> None:
             validate(run, unet)
         summary = run.summary({"final_loss": run.loss}, {"parameters_millions": sum(p.numel() for p in unet.parameters()) / 1e6,
                                                          "resolution": args.resolution})
-        ddpm.save_pipeline(unet, run.ema, run.noise_scheduler, args, output_dir, run.vocab)
+        ddpm.save_pipeline(unet, run.ema, run.noise_scheduler, args, output_dir, run.vocab, run.max_labels_per_image)
         ddpm.write_model_card(args, summary, run.vocab)
         publish(args, summary)
     run.accelerator.end_training()

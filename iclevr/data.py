@@ -42,7 +42,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from iclevr.io import read_json
-from pipeline_iclevr import LABELS, LabelVocabulary, normalize_label_name, validate_objects_json
+from iclevr.vocabulary import validate_objects_json
+from pipeline_iclevr import LABELS, LabelVocabulary, normalize_label_name
 
 logger = logging.getLogger(__name__)
 

@@ -309,34 +309,36 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
 
 
 def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Namespace,
-                      vocab: LabelVocabulary | None = None) -> ICLEVRPipeline:
-    """The pipeline as it is validated and saved: ``--validation_scheduler`` over the training noise schedule, so the
-    saved model's call at ``--validation_inference_steps`` samples as its figures were measured; and the data's
-    vocabulary (default i-CLEVR's), so it takes the data's label names."""
+                      vocab: LabelVocabulary | None = None, max_labels_per_image: int | None = None) -> ICLEVRPipeline:
+    """The pipeline as it is validated and saved: ``--validation_scheduler`` over the training noise schedule, and
+    ``--validation_inference_steps`` and ``--validation_guidance_scale`` as the call's defaults, so the saved model's
+    default call samples as its figures were measured; the data's vocabulary (default i-CLEVR's), so it takes the
+    data's label names; and the most labels of a training image, beyond which a call warns."""
     scheduler = SCHEDULERS[args.validation_scheduler].from_config(noise_scheduler.config)
     label2id = (vocab or LabelVocabulary()).label2id
-    return ICLEVRPipeline(unet=unet, scheduler=scheduler, label2id=label2id, patch_size=args.patch_size)
+    return ICLEVRPipeline(unet=unet, scheduler=scheduler, label2id=label2id, patch_size=args.patch_size,
+                          default_num_inference_steps=args.validation_inference_steps,
+                          default_guidance_scale=args.validation_guidance_scale, max_labels_per_image=max_labels_per_image)
 
 
 # --- validation --------------------------------------------------------------------------------------------------
 def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, vocab: LabelVocabulary, evaluator=None) -> dict:
-    """`validate_pipeline` with the EMA weights (if used) and the validation sampler, steps and guidance."""
+    """`validate_pipeline` with the EMA weights (if used) and the pipeline's default call: the validation sampler,
+    steps and guidance."""
     with ema_weights(ema, unet):
-        return validate_pipeline(sampling_pipeline(unet, noise_scheduler, args, vocab), args, accelerator, step, evaluator,
-                                 num_inference_steps=args.validation_inference_steps,
-                                 guidance_scale=args.validation_guidance_scale)
+        return validate_pipeline(sampling_pipeline(unet, noise_scheduler, args, vocab), args, accelerator, step, evaluator)
 
 
 # --- saving ------------------------------------------------------------------------------------------------------
 def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_dir: Path,
-                  vocab: LabelVocabulary | None = None) -> Path:
+                  vocab: LabelVocabulary | None = None, max_labels_per_image: int | None = None) -> Path:
     """Save the final pipeline (EMA weights if used) with the sampler it was validated with, and a copy of
     pipeline_iclevr.py, so it loads as remote code.
 
     Written in one piece, non-finite weights refused (`iclevr.training.save_pipeline_folder`).
     """
     with ema_weights(ema, unet):
-        return save_pipeline_folder(sampling_pipeline(unet, noise_scheduler, args, vocab), unet, output_dir)
+        return save_pipeline_folder(sampling_pipeline(unet, noise_scheduler, args, vocab, max_labels_per_image), unet, output_dir)
 
 
 CARD_TEMPLATE = """---

@@ -27,7 +27,8 @@ from PIL import Image
 
 from iclevr.data import load_rgb_image, random_hflip
 from iclevr.metrics import evaluate_scores
-from pipeline_iclevr import LABELS, LabelVocabulary, describe_input, validate_objects_json
+from iclevr.vocabulary import validate_objects_json
+from pipeline_iclevr import LABELS, LabelVocabulary, describe_input
 
 EVALUATOR_RESOLUTION = 64
 MIN_INPUT_SIZE = 16
@@ -322,7 +323,8 @@ class Evaluator:
             )
         from transformers import ResNetForImageClassification
 
-        return cls(ResNetForImageClassification.from_pretrained(path), device)
+        # A half-precision file (the shipped evaluator's) is scored in float32, as its figures were measured.
+        return cls(ResNetForImageClassification.from_pretrained(path).float(), device)
 
     @torch.no_grad()
     def predict(self, images) -> torch.Tensor:

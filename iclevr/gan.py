@@ -194,7 +194,7 @@ def sampling_pipeline(generator: ConditionalGenerator, ema, train_labels: torch.
         buffers = {name: buffer.clone() for name, buffer in generator.named_buffers()}
         try:
             refresh_batch_norm(generator, train_labels, seed=seed)
-            yield ICLEVRGANPipeline(generator=generator.eval(), label2id=vocab.label2id)
+            yield ICLEVRGANPipeline(gan=generator.eval(), label2id=vocab.label2id)
         finally:
             for name, buffer in generator.named_buffers():
                 buffer.copy_(buffers[name])

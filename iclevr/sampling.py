@@ -71,7 +71,7 @@ def score(evaluator, images: np.ndarray, conditions) -> dict:
 def initial_noise(pipe, count: int, seed: int) -> torch.Tensor:
     """``count`` seeded initial noises, the pipeline's ``latents`` argument: ``(count, 3, H, W)`` in a diffusion
     pipeline's pixel space, ``(count, latent_dim)`` for a GAN."""
-    shape = (pipe.generator.config.latent_dim,) if is_one_step(pipe) else (3, *pipe.image_size)
+    shape = (pipe.gan.config.latent_dim,) if is_one_step(pipe) else (3, *pipe.image_size)
     return torch.randn((count, *shape), generator=torch.Generator().manual_seed(seed))
 
 

@@ -28,7 +28,7 @@ def _launch(rendered_dir, output_dir, *flags, processes=1, timeout=300):
 
 
 def _generator_weights(folder):
-    return load_file(Path(folder) / "generator" / "diffusion_pytorch_model.safetensors")
+    return load_file(Path(folder) / "gan" / "diffusion_pytorch_model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def trained(rendered_dir, tmp_path_factory):
 
 
 def test_launch_saves_a_generator_pipeline(trained):
-    for name in ("model_index.json", "generator/config.json", "generator/diffusion_pytorch_model.safetensors",
-                 "pipeline_iclevr.py", "generator/pipeline_iclevr.py", "samples.png", "train_summary.json"):
+    for name in ("model_index.json", "gan/config.json", "gan/diffusion_pytorch_model.safetensors",
+                 "pipeline_iclevr.py", "gan/pipeline_iclevr.py", "samples.png", "train_summary.json"):
         assert (trained / name).is_file(), name
     assert sorted(p.name for p in trained.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     records = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()]
@@ -224,7 +224,7 @@ def test_sampling_pipeline_restores_the_training_state():
     before = {k: v.clone() for k, v in generator.state_dict().items()}
     rng = torch.get_rng_state()
     with gan.sampling_pipeline(generator, None, labels, seed=0, vocab=LabelVocabulary()) as pipe:
-        assert not pipe.generator.training
+        assert not pipe.gan.training
         stats = {k: v.clone() for k, v in generator.state_dict().items() if "running" in k}
         assert any(not torch.equal(stats[k], before[k]) for k in stats)  # recomputed for sampling
     assert generator.training and torch.equal(torch.get_rng_state(), rng)

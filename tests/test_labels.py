@@ -1,10 +1,12 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from iclevr.data import COURSE_OBJECTS, check_objects_json
-from pipeline_iclevr import COLORS, LABELS, SHAPES, LabelVocabulary, validate_objects_json
+from iclevr.vocabulary import validate_objects_json
+from pipeline_iclevr import COLORS, LABELS, SHAPES, LabelVocabulary
 
 
 @pytest.fixture
@@ -47,25 +49,37 @@ def test_batches(vocab):
 @pytest.mark.parametrize(
     "condition, message",
     [
-        (["red spher"], "Did you mean 'red sphere'"),
+        (["red spher"], "The condition: Unknown i-CLEVR label 'red spher'. Did you mean 'red sphere'"),
         (["pink cube"], "Unknown i-CLEVR label 'pink cube'"),
-        (["red sphere", "Red Sphere"], "Duplicate label"),
-        ([3, 3], "Duplicate label"),
-        ([], "Empty condition"),
-        ([24], "out of range"),
-        ([-1], "out of range"),
-        ([1.0], "must be a name or an integer index"),
-        ([True], "must be a name or an integer index"),
-        ("red sphere", "bare string"),
-        (torch.ones(23), r"must have shape \(24,\)"),
-        (torch.zeros(24), "Empty condition"),
-        (torch.full((24,), 0.5), "may hold only 0 and 1"),
-        (None, "must be a list"),
+        (["red sphere", "Red Sphere"], r"holds the label\(s\) \['red sphere'\] twice"),
+        ([3, 3], r"holds the label\(s\) \['green cube'\] twice"),
+        ([], "No condition given"),
+        ([24], "label index 24, out of range: valid indices are 0..23"),
+        ([-1], "label index -1, out of range"),
+        ([1.0], r"holds the label 1.0 \(float\): a label is a name such as 'gray cube' or an integer index 0..23"),
+        ([True], r"holds the label True \(bool\)"),
+        (torch.ones(23), r"multi-hot row of shape \(23,\); it must have shape \(24,\).*give a list such as \[9, 6\]"),
+        (torch.zeros(24), "all-zero multi-hot row"),
+        (torch.full((24,), 0.5), r"may hold only 0 and 1, got \[0.5\]"),
+        (torch.full((24,), float("nan")), r"may hold only 0 and 1, got \[nan\]"),
+        (None, "labels must be a condition .* got NoneType None"),
+        ({"red sphere": 1}, "labels must be a condition .* got dict"),
     ],
 )
 def test_bad_conditions(vocab, condition, message):
     with pytest.raises(ValueError, match=message):
         vocab.encode(condition)
+
+
+def test_one_reader_takes_every_form_a_user_writes(vocab):
+    """Names, Python and numpy integers, a bare name, multi-hot rows as tensors or numpy arrays: one reader, one answer."""
+    red_sphere = torch.eye(24)[9]
+    for condition in (["red sphere"], "Red Sphere", [9], [np.int64(9)], (np.int32(9),), red_sphere, np.eye(24)[9],
+                      np.eye(24, dtype=np.float32)[9], [torch.tensor(9)]):
+        assert torch.equal(vocab.read(condition), red_sphere[None]), condition
+    batch = vocab.read(np.stack([np.eye(24)[9], np.eye(24)[0]]))
+    assert vocab.decode_batch(batch) == [["red sphere"], ["gray cube"]]
+    assert torch.equal(vocab.read([["red sphere"], np.eye(24)[0], [np.int64(0)]]), torch.stack([red_sphere, torch.eye(24)[0]] * 1 + [torch.eye(24)[0]]))
 
 
 def test_unknown_label_lists_valid_labels(vocab):
@@ -77,12 +91,14 @@ def test_unknown_label_lists_valid_labels(vocab):
 @pytest.mark.parametrize(
     "batch, message",
     [
-        ([], "Empty batch"),
-        ("red sphere", "list of conditions"),
-        (["red sphere", "blue cube"], "single label 'red sphere'"),
+        ([], "No condition given"),
+        ([["red sphere"], "blue cube"], r"Condition 1 is the bare label 'blue cube' in a list of conditions: write \['blue cube'\]"),
         ([["red sphere"], ["blu cube"]], "Condition 1: Unknown i-CLEVR label 'blu cube'"),
-        (torch.ones(2, 3, 24), r"shape \(batch, 24\)"),
-        (torch.stack([torch.eye(24)[0], torch.zeros(24)]), r"Empty condition \(row 1\)"),
+        ([["red sphere"], {"blue cube": 1}], "Condition 1 is dict"),
+        ([["red sphere"], [1.5]], r"Condition 1 holds the label 1.5 \(float\)"),
+        (torch.ones(2, 3, 24), r"one row \(24,\) or a batch \(batch, 24\), got shape \(2, 3, 24\)"),
+        (torch.stack([torch.eye(24)[0], torch.zeros(24)]), "Condition 1 is an all-zero multi-hot row"),
+        (torch.zeros(0, 24), "No condition given"),
     ],
 )
 def test_bad_batches(vocab, batch, message):

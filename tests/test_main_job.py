@@ -5,12 +5,13 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import iclevr.utils as iclevr_utils
 import main_job
 from iclevr import ddpm
 from iclevr.data import COURSE_TEST
-from iclevr.evaluator import build_evaluator
+from iclevr.evaluator import Evaluator, build_evaluator
 
 from .conftest import run_side_by_side
 
@@ -44,7 +45,6 @@ def test_main_job_end_to_end(tmp_path):
 def test_a_stopped_job_resumes_with_its_plan(tmp_path, capfd):
     """The same command after a kill: no new calibration, training continues from the last checkpoint and ends with
     the weights of the uninterrupted job."""
-    from safetensors.torch import load_file
 
     build_evaluator().save_pretrained(tmp_path / "evaluator")
     main_job.main(JOB_FLAGS(tmp_path))
@@ -71,8 +71,19 @@ def test_cached_evaluator_is_reused_without_training(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"")
     monkeypatch.setattr(main_job, "run_stage", lambda *a: pytest.fail("nothing should run"))
-    args = main_job.parse_args(["--cache_dir", str(tmp_path)])
+    args = main_job.parse_args(["--cache_dir", str(tmp_path), "--retrain_evaluator"])
     assert main_job.ensure_evaluator(args, tmp_path, {}) == folder
+
+
+def test_the_shipped_evaluator_is_the_default(tmp_path, monkeypatch):
+    """A first run trains no evaluator: with neither --evaluator nor --retrain_evaluator it scores with the shipped one."""
+    monkeypatch.setattr(main_job, "run_stage", lambda *a: pytest.fail("nothing should run"))
+    args = main_job.parse_args(["--cache_dir", str(tmp_path)])
+    assert main_job.ensure_evaluator(args, tmp_path, {}) == main_job.SHIPPED_EVALUATOR
+    assert (main_job.SHIPPED_EVALUATOR / "model.safetensors").is_file()
+    monkeypatch.setattr(main_job, "SHIPPED_EVALUATOR", tmp_path / "missing")  # a clone without it: one clear line
+    with pytest.raises(SystemExit, match="shipped evaluator .* is missing.*--retrain_evaluator"):
+        main_job.ensure_evaluator(args, tmp_path, {})
 
 
 def test_failed_stage_stops_the_job(tmp_path):
@@ -81,7 +92,8 @@ def test_failed_stage_stops_the_job(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [(["--train_minutes", "0"], "must be positive"),
-                                            (["--evaluator", "/nonexistent"], "does not exist")])
+                                            (["--evaluator", "/nonexistent"], "does not exist"),
+                                            (["--evaluator", ".", "--retrain_evaluator"], "are exclusive")])
 def test_bad_flags(flags, message, capsys):
     with pytest.raises(SystemExit):
         main_job.parse_args(flags)
@@ -137,12 +149,15 @@ def test_the_recipe_follows_the_device(monkeypatch, cuda, flag, recipe):
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
     """The first command's path on a fresh machine: no --evaluator, nothing cached (a tiny recipe stands in)."""
     monkeypatch.setattr(main_job, "EVALUATOR_RECIPE", {"num_scenes": 20, "seed": 1, "num_epochs": 1, "train_batch_size": 8,
-                                                       "flip_average": True})
-    args = main_job.parse_args(["--cache_dir", str(tmp_path)])
+                                                       "flip_average": True, "save_dtype": "float16"})
+    args = main_job.parse_args(["--cache_dir", str(tmp_path), "--retrain_evaluator"])
     timings = {}
     folder = main_job.ensure_evaluator(args, tmp_path, timings)
-    assert folder == tmp_path / "evaluator-seed1-scenes20-epochs1-flip" and (folder / "model.safetensors").is_file()
+    assert folder == tmp_path / "evaluator-seed1-scenes20-epochs1-flip-fp16" and (folder / "model.safetensors").is_file()
     assert json.loads((folder / "config.json").read_text())["flip_average"] is True  # every later score averages flips
+    weights = load_file(folder / "model.safetensors")  # saved as the shipped one is, and scored as saved
+    assert {w.dtype for w in weights.values()} == {torch.float16}
+    assert Evaluator.from_pretrained(folder).model.dtype == torch.float32
     assert set(timings) == {"render evaluator data", "train evaluator"}
     metrics = json.loads((folder / "evaluator_metrics.json").read_text())
     assert metrics["train_images"] + metrics["heldout_images"] == 60
@@ -218,6 +233,6 @@ def test_jobs_sharing_a_cache_train_the_evaluator_once(tmp_path, monkeypatch):
         target.write_text("{}")
 
     monkeypatch.setattr(main_job, "run_stage", slow_stage)
-    args = main_job.parse_args(["--cache_dir", str(tmp_path)])
+    args = main_job.parse_args(["--cache_dir", str(tmp_path), "--retrain_evaluator"])
     assert run_side_by_side(lambda: main_job.ensure_evaluator(args, tmp_path, {}), timeout=60) == [folder, folder]
     assert stages == ["render evaluator data", "train evaluator"]

@@ -56,24 +56,45 @@ def _count_forwards(pipe, guidance_scale, **kwargs):
         return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states, class_labels=class_labels, **kwargs)
 
     pipe.unet.forward = spy
-    _run(pipe, [["red sphere"], ["gray cube", "blue cube"]], num_inference_steps=1, guidance_scale=guidance_scale, **kwargs)
+    _run(pipe, [["red sphere"], ["gray cube", "blue cube"]], **({"num_inference_steps": 1} | kwargs), guidance_scale=guidance_scale)
     pipe.unet.forward = forward
     return calls
 
 
 def test_guidance_formula(pipe):
-    null, cond = _final_latents(pipe, 0.0), _final_latents(pipe, 1.0)
-    # One DDIM step is linear in the noise prediction, so guidance w gives null + w * (cond - null).
+    # One DDIM step is linear in the noise prediction, so guidance w gives null + w * (cond - null): w = 1 is the
+    # conditional model, and w = 2 then fixes the null prediction.
+    cond, two = _final_latents(pipe, 1.0), _final_latents(pipe, 2.0)
+    null = 2 * cond - two
     torch.testing.assert_close(_final_latents(pipe, 3.0), null + 3.0 * (cond - null), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(_final_latents(pipe, 0.5), null + 0.5 * (cond - null), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_final_latents(pipe, np.float32(4.5)), null + 4.5 * (cond - null), atol=1e-4, rtol=1e-4)
 
 
-def test_single_pass_at_guidance_one_and_zero(pipe):
-    one, zero, three = (_count_forwards(pipe, g) for g in (1.0, 0.0, 3.0))
-    assert len(one) == len(zero) == len(three) == 1
-    assert one[0].shape == (2, 24) and one[0].sum() == 3
-    assert zero[0].shape == (2, 24) and zero[0].sum() == 0
+def test_guidance_at_most_one_samples_the_conditional_model_alone(pipe):
+    """diffusers' convention: no guidance at w <= 1, so w = 0 still follows the labels ("red sphere" and "cyan cube"
+    differ) and runs one conditional pass."""
+    one, zero, half, three = (_count_forwards(pipe, g) for g in (1.0, 0.0, 0.5, 3.0))
+    assert len(one) == len(zero) == len(half) == len(three) == 1
+    for calls in (one, zero, half):
+        assert calls[0].shape == (2, 24) and calls[0].sum() == 3
     assert three[0].shape == (4, 24) and three[0][:2].sum() == 0 and three[0][2:].sum() == 3  # one batched forward
+    assert not torch.equal(_run(pipe, [["red sphere"]], guidance_scale=0), _run(pipe, [["cyan cube"]], guidance_scale=0))
+    assert torch.equal(_run(pipe, guidance_scale=0), _run(pipe, guidance_scale=1))
+
+
+def test_the_default_call_is_the_config_s(tmp_path):
+    """Steps and guidance that a call does not name come from the pipeline's config, which the trainer fills with the
+    values the model was validated with; they survive save and load."""
+    pipe = ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(num_train_timesteps=100), default_num_inference_steps=3,
+                          default_guidance_scale=1.0)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path)
+    reloaded = ICLEVRPipeline.from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    forwards = _count_forwards(reloaded, None, num_inference_steps=None)
+    assert reloaded.num_timesteps == 3 and len(forwards) == 3 and forwards[0].shape == (2, 24)  # 3 steps, no guidance
+    with pytest.raises(ValueError, match="default_num_inference_steps must be a positive integer"):
+        ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(), default_num_inference_steps=0)
 
 
 @pytest.mark.parametrize("scheduler_cls", [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler])
@@ -99,6 +120,12 @@ def test_output_types_and_batching(pipe):
 def test_label_forms_agree(pipe):
     names = _run(pipe, [["red sphere", "cyan cube"]])
     assert torch.equal(names, _run(pipe, [[9, 6]]))
+    assert torch.equal(names, _run(pipe, [[np.int64(9), np.int64(6)]]))
+    assert torch.equal(names, pipe(np.eye(24)[[6, 9]].sum(0), num_inference_steps=2, output_type="pt",
+                                   generator=torch.Generator().manual_seed(0)).images)  # a numpy multi-hot row
+    one = _run(pipe, [["red sphere"]])
+    assert torch.equal(one, pipe("red sphere", num_inference_steps=2, output_type="pt",
+                                 generator=torch.Generator().manual_seed(0)).images)  # a bare name: one condition
     assert torch.equal(names, pipe(["red sphere", "cyan cube"], num_inference_steps=2, output_type="pt",
                                    generator=torch.Generator().manual_seed(0)).images)  # one bare condition
     multi_hot = torch.zeros(24)
@@ -126,12 +153,22 @@ def test_half_precision_weights(pipe):
     "kwargs, message",
     [
         ({"labels": [["red spher"]]}, "Did you mean 'red sphere'"),
-        ({"labels": []}, "Empty"),
-        ({"labels": [["red sphere", "red sphere"]]}, "Duplicate"),
-        ({"labels": torch.ones(2, 23)}, r"must have shape \(24,\), got \(23,\)"),
-        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"labels": []}, "No condition given"),
+        ({"labels": [["red sphere", "red sphere"]]}, "twice"),
+        ({"labels": torch.ones(2, 23)}, r"Condition 0 is a multi-hot row of shape \(23,\); it must have shape \(24,\)"),
+        ({"labels": {"red sphere": 1}}, "labels must be a condition"),
+        ({"labels": [1.0]}, r"holds the label 1.0 \(float\)"),
+        ({"labels": torch.full((24,), float("nan"))}, r"may hold only 0 and 1, got \[nan\]"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
+        ({"num_inference_steps": 2.5}, "num_inference_steps must be a positive integer"),
         ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
-        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_scale": -1.0}, "guidance_scale must be a finite number >= 0"),
+        ({"guidance_scale": float("nan")}, "guidance_scale must be a finite number"),
+        ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
+        ({"guidance_scale": "2"}, "guidance_scale must be a finite number"),
+        ({"eta": float("nan")}, "eta must be a finite number in"),
+        ({"eta": 1.5}, r"eta must be a finite number in \[0, 1\]"),
+        ({"generator": [torch.Generator()] * 2}, "list of generators of length 2, but requested an effective batch size of 1"),
         ({"output_type": "jpg"}, "output_type"),
         ({"latents": torch.randn(2, 3, 16, 16)}, r"latents must have shape \(1, 3, 16, 16\)"),
         ({"callback_on_step_end_tensor_inputs": ["noise_pred"]}, "may only hold"),
@@ -283,3 +320,53 @@ def test_predict_maps_each_patch_pixel_to_its_own_channel():
     assert identity.seen.shape == (2, 12, 4, 4)
     torch.testing.assert_close(identity.seen[:, 0::4], sample[:, :, 0::2, 0::2])  # top-left pixel of every patch
     torch.testing.assert_close(identity.seen[:, 3::4], sample[:, :, 1::2, 1::2])  # bottom-right
+
+
+def test_interrupt_skips_the_remaining_steps(pipe):
+    forwards = []
+    real = pipe.unet.forward
+    pipe.unet.forward = lambda sample, *a, **k: forwards.append(sample.shape[0]) or real(sample, *a, **k)
+
+    def stop_after_the_first(p, step, t, kwargs):
+        p._interrupt = True
+        return kwargs
+
+    _run(pipe, num_inference_steps=4, guidance_scale=2.0, callback_on_step_end=stop_after_the_first)
+    pipe.unet.forward = real
+    assert forwards == [2] and pipe.interrupt
+
+
+def test_diffusers_cfg_cutoff_callback_and_prompt_embeds(pipe):
+    """diffusers' own SDCFGCutoffCallback turns guidance off from its step on; a callback can read and replace the
+    condition rows (``prompt_embeds``), which then steer the remaining steps."""
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    forwards = []
+    real = pipe.unet.forward
+    pipe.unet.forward = lambda sample, *a, class_labels=None, **k: forwards.append(class_labels.clone()) or real(sample, *a, class_labels=class_labels, **k)
+    _run(pipe, num_inference_steps=3, guidance_scale=2.0, callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=0))
+    assert [f.shape[0] for f in forwards] == [2, 1, 1] and forwards[1].sum() == 1 and pipe.guidance_scale == 0.0
+    with pytest.raises(ValueError, match="SDCFGCutoffCallback keeps one row, so it works with one image per call"):
+        _run(pipe, [["red sphere"], ["cyan cube"]], num_inference_steps=3, guidance_scale=2.0,
+             callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=0))
+
+    forwards.clear()
+
+    def swap_labels(p, step, t, kwargs):
+        assert set(kwargs) == {"latents", "prompt_embeds"} and kwargs["prompt_embeds"].shape == (2, 24)
+        return {"prompt_embeds": torch.eye(24)[None, 0].repeat(2, 1) * torch.tensor([[0.0], [1.0]])}
+
+    swapped = _run(pipe, num_inference_steps=2, guidance_scale=2.0, callback_on_step_end=swap_labels,
+                   callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    pipe.unet.forward = real
+    assert forwards[1][1].nonzero().flatten().tolist() == [0]  # the second step drew "gray cube"
+    assert not torch.equal(swapped, _run(pipe, num_inference_steps=2, guidance_scale=2.0))
+
+
+def test_more_labels_than_the_training_images_held_are_sampled_with_a_warning(caplog):
+    pipe = ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(num_train_timesteps=100), max_labels_per_image=3)
+    pipe.set_progress_bar_config(disable=True)
+    _run(pipe, [["red sphere", "cyan cube", "gray cube"]])
+    assert "more than 3 labels" not in caplog.text
+    images = _run(pipe, [["red sphere"], list(range(24))])
+    assert images.shape[0] == 2 and "1 condition(s) ask for more than 3 labels (up to 24)" in caplog.text
