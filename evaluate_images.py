@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from iclevr.data import COURSE_TEST, load_conditions
 from iclevr.evaluator import Evaluator, read_image_folder, sanity_report
+from iclevr.labels import COURSE_TEST, load_conditions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from iclevr.data import COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.evaluator import Evaluator, sanity_report
+from iclevr.labels import COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.metrics import mean_std, total_misses
 from iclevr.sampling import (
     SCHEDULERS,

@@ -34,18 +34,18 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from iclevr.data import COURSE_TEST, cache_root
+from iclevr.checkpoints import latest_checkpoint
+from iclevr.data import cache_root
 from iclevr.ddpm import DEFAULT_LR_WARMUP_STEPS
-from iclevr.training import latest_checkpoint
+from iclevr.labels import COURSE_TEST
 from iclevr.utils import auto_mixed_precision
 
 PROJECT_DIR = Path(__file__).resolve().parent
 # What the main job adds to the trainer's defaults: EMA weights (and --mixed_precision, chosen per machine).
 TRAIN_RECIPE = ["--use_ema"]
 # What --recipe gpu adds on top: 64x64 output, a 4-level UNet twice as wide with two layers per level, self-attention
-# below the top level and one cross-attention token per label, a larger batch at a lower rate. A GPU buys the
-# resolution, width and tokens that were too slow on 2 CPU cores (docs/experiments.md, "GPU recipe"). It keeps the
-# uniform timesteps it was written with: logit-normal timesteps won on a CPU but have not been run on a GPU.
+# below the top level and one cross-attention token per label, a larger batch at a lower rate: the resolution, width
+# and tokens a GPU affords (docs/experiments.md, "GPU recipe"), with uniform timesteps.
 GPU_RECIPE = ["--resolution", "64", "--block_out_channels", "64,128,256,256", "--layers_per_block", "2",
               "--attention_levels", "0,1,1,1", "--conditioning", "both", "--train_batch_size", "128", "--learning_rate", "3e-4",
               "--weighting_scheme", "none"]

@@ -48,6 +48,7 @@ SHAPES = ("cube", "sphere", "cylinder")
 LABELS = tuple(f"{color} {shape}" for shape in SHAPES for color in COLORS)
 DEFAULT_LABEL2ID = {name: i for i, name in enumerate(LABELS)}  # the course's objects.json
 logger = logging.get_logger(__name__)
+SINGLE = "The condition"  # how messages name the condition of a call that gives one
 # The guidance every entry point samples with unless told otherwise (chosen on a validation set, not on test.json).
 DEFAULT_GUIDANCE_SCALE = 2.0
 
@@ -107,9 +108,9 @@ class LabelVocabulary:
                 raise ValueError(f"Multi-hot labels must be one row ({len(self)},) or a batch (batch, {len(self)}), got "
                                  f"shape {tuple(rows.shape)}.")
             if rows.ndim == 1:
-                return self._multi_hot_row(rows, "The condition")[None]
+                return self._multi_hot_row(rows, SINGLE)[None]
             if rows.shape[0] == 0:
-                raise ValueError("No condition given: the batch of multi-hot rows is empty.")
+                raise ValueError("The condition is empty: the batch of multi-hot rows has no row.")
             return torch.stack([self._multi_hot_row(row, f"Condition {i}") for i, row in enumerate(rows)])
         if isinstance(labels, str):
             labels = [labels]
@@ -118,10 +119,10 @@ class LabelVocabulary:
                              f"list of conditions, got {describe_input(labels)}; e.g. [['red sphere', 'cyan cube'], ['gray cube']].")
         items = list(labels)
         if not items:
-            raise ValueError("No condition given: labels is empty. Give one condition, e.g. ['red sphere'], or a list "
-                             "of them; every image needs at least one label.")
+            raise ValueError("The condition is empty: every image needs at least one label, e.g. ['red sphere'] (and a "
+                             "batch at least one condition, e.g. [['red sphere'], ['cyan cube']]).")
         if all(is_scalar(item) for item in items):  # one condition
-            return self._condition_row(items, "The condition")[None]
+            return self._condition_row(items, SINGLE)[None]
         rows = []
         for i, item in enumerate(items):
             where = f"Condition {i}"
@@ -169,11 +170,11 @@ class LabelVocabulary:
         if is_array(condition):
             return self.decode(torch.as_tensor(condition))
         items = [condition] if isinstance(condition, str) else list(condition)
-        return [self.labels[self._label_index(item, "The condition")] for item in items]
+        return [self.labels[self._label_index(item, SINGLE)] for item in items]
 
     def decode(self, multi_hot: torch.Tensor) -> list[str]:
         """Label names (in vocabulary order) of one multi-hot row."""
-        return [self.labels[i] for i in self._multi_hot_row(multi_hot, "The condition").nonzero().flatten().tolist()]
+        return [self.labels[i] for i in self._multi_hot_row(multi_hot, SINGLE).nonzero().flatten().tolist()]
 
     def null_condition(self, batch_size: int | None = None) -> torch.Tensor:
         """The all-zero condition used for classifier-free guidance (shape ``(N,)`` or ``(batch_size, N)``)."""
@@ -208,8 +209,8 @@ class LabelVocabulary:
         if isinstance(item, str):
             try:
                 return self.index(item)
-            except ValueError as error:
-                raise ValueError(f"{where}: {error}") from None
+            except ValueError as error:  # a batch names the condition; one condition needs no name
+                raise ValueError(error if where == SINGLE else f"{where}: {error}") from None
         if is_bool(item) or not hasattr(item, "__index__"):
             raise ValueError(f"{where} holds the label {item!r} ({type(item).__name__}): a label is a name such as "
                              f"{self.labels[0]!r} or an integer index 0..{len(self) - 1}.")

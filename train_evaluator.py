@@ -27,14 +27,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from iclevr.data import (
-    add_data_args,
-    dataset_to_tensors,
-    dataset_vocabulary,
-    load_conditions,
-    load_dataset_from_args,
-    split_by_scene,
-)
+from iclevr.data import add_data_args, dataset_to_tensors, load_dataset_from_args, split_by_scene
 from iclevr.evaluator import (
     EVALUATOR_RESOLUTION,
     LOWRES_PROB,
@@ -46,8 +39,10 @@ from iclevr.evaluator import (
     heldout_figures,
     sanity_report,
 )
+from iclevr.flags import int_list
 from iclevr.io import move_into, partial_folder
-from iclevr.training import build_lr_scheduler, int_list, setup_accelerator
+from iclevr.labels import dataset_vocabulary, load_conditions
+from iclevr.run_setup import build_lr_scheduler, setup_accelerator
 from iclevr.utils import bare_model
 
 logger = get_logger(__name__)

@@ -21,7 +21,7 @@ from diffusers.training_utils import EMAModel
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from iclevr import ddpm
-from iclevr.data import to_model_input
+from iclevr.images import to_model_input
 from iclevr.utils import cpu_has_native_bf16, hardware_line, training_flops
 
 # First match wins; matched against the lower-cased op name.

@@ -14,8 +14,8 @@ import time
 import torch
 
 from iclevr import ddpm
-from iclevr.data import COURSE_TEST, load_conditions
 from iclevr.evaluator import Evaluator
+from iclevr.labels import COURSE_TEST, load_conditions
 from iclevr.sampling import generate, load_pipeline, score
 from iclevr.utils import cpu_has_native_bf16
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, unet_condition_kwargs

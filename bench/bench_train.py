@@ -50,7 +50,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 from iclevr import ddpm
-from iclevr.data import dataset_to_tensors, load_train_dataset, to_model_input
+from iclevr.data import dataset_to_tensors, load_train_dataset
+from iclevr.images import to_model_input
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
 from iclevr.utils import cpu_has_native_bf16, hardware_line, measure_throughput, training_flops
 

@@ -20,28 +20,16 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_snr
 from filelock import FileLock
 
-from iclevr.data import (
-    add_data_args,
-    cache_root,
-    dataset_to_tensors,
-    dataset_vocabulary,
-    load_dataset_from_args,
-    to_model_input,
-)
+from iclevr.data import add_data_args, cache_root, dataset_to_tensors, load_dataset_from_args
+from iclevr.flags import add_length_args, add_precision_ema_args, add_run_args, check_run_args, int_list
 from iclevr.hub import write_card
+from iclevr.images import to_model_input
+from iclevr.labels import dataset_vocabulary
+from iclevr.loop import save_pipeline_folder
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
 from iclevr.sampling import SCHEDULERS
-from iclevr.training import (
-    add_length_args,
-    add_precision_ema_args,
-    add_run_args,
-    check_run_args,
-    int_list,
-    save_pipeline_folder,
-    validate_pipeline,
-)
 from iclevr.utils import ema_weights
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS, ICLEVRPipeline, LabelVocabulary, predict
+from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS, ICLEVRPipeline, LabelVocabulary, condition_routes, predict
 
 DEFAULT_LR_WARMUP_STEPS = 200  # the trainer's default warm-up, which main_job.py shortens with a shorter schedule
 
@@ -65,6 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--channels_last", action="store_true", help="Use the channels-last memory format (faster with bf16 on some CPUs; docs/experiments.md).")
 
     model = parser.add_argument_group("model")
+    model.add_argument("--pretrained_model_name_or_path", type=str, default=None,
+                       help="Fine-tune a saved ICLEVRPipeline (folder or Hub id): its UNet and noise schedule, whose resolution, "
+                            "patch size and prediction type replace the flags'; the other model flags are ignored.")
+    model.add_argument("--model_config_name_or_path", type=str, default=None,
+                       help="Build the UNet from this config (a folder holding config.json, or the file) instead of the model "
+                            "flags, and train it from scratch.")
+    model.add_argument("--gradient_checkpointing", action="store_true",
+                       help="Recompute activations in the backward pass: less memory for a larger batch, at more time per step.")
     model.add_argument("--block_out_channels", type=int_list, default=[32, 64, 128], help="UNet channels per level, e.g. 32,64,128.")
     model.add_argument("--patch_size", type=int, default=1,
                        help="Space-to-depth factor: the UNet works at resolution / patch_size on 3 x patch_size² channels, "
@@ -87,8 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     diffusion.add_argument("--ddpm_beta_schedule", type=str, default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2"], help="Noise schedule.")
     diffusion.add_argument("--logsnr_shift", type=float, default=None,
                            help="Added to the noise schedule's log-SNR at every timestep (simple diffusion). Default "
-                                "2 ln(32 / resolution): 0 at 32x32, where the recipe was tuned; more noise at higher "
-                                "resolution, whose neighbouring pixels reveal more of the image at the same noise level.")
+                                "2 ln(32 / resolution): 0 at 32x32, more noise at higher resolution, whose neighbouring "
+                                "pixels reveal more of the image at the same noise level.")
     diffusion.add_argument("--prediction_type", type=str, default="sample", choices=["epsilon", "v_prediction", "sample"],
                            help="What the UNet predicts: the clean image x0 ('sample'), the noise ('epsilon') or v. x0 with "
                                 "an unweighted loss binds the condition fastest.")
@@ -98,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     diffusion.add_argument("--weighting_scheme", type=str, default="logit_normal", choices=["none", "logit_normal", "mode"],
                            help="How training timesteps are drawn (diffusers' compute_density_for_timestep_sampling): none = "
                                 "uniform; logit_normal (the default) and mode favour the middle noise levels, where layout "
-                                "and binding are decided: logit-normal beat uniform over a full CPU hour.")
+                                "and binding are decided, and so train faster.")
     diffusion.add_argument("--logit_mean", type=float, default=0.0, help="Mean of the logit-normal timestep density.")
     diffusion.add_argument("--logit_std", type=float, default=1.0, help="Standard deviation of the logit-normal timestep density.")
     diffusion.add_argument("--mode_scale", type=float, default=1.29, help="Scale of the 'mode' timestep density (SD3's value).")
@@ -134,6 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject impossible combinations before any work starts."""
+    if args.pretrained_model_name_or_path and args.model_config_name_or_path:
+        parser.error("--pretrained_model_name_or_path and --model_config_name_or_path are exclusive: fine-tune saved weights, "
+                     "or train a given architecture from scratch.")
+    if args.pretrained_model_name_or_path:
+        read_pretrained(parser, args)
     levels = len(args.block_out_channels)
     if args.attention_levels is None:
         args.attention_levels = [0] * (levels - 1) + [1]
@@ -162,9 +163,49 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     check_run_args(parser, args)
 
 
+def read_pretrained(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--pretrained_model_name_or_path``'s resolution, patch size and prediction type replace the flags' (its
+    weights fix them); a folder or repository that is no saved ICLEVRPipeline is refused."""
+    path = args.pretrained_model_name_or_path
+    try:
+        index = ICLEVRPipeline.load_config(path)
+        unet = UNet2DConditionModel.load_config(path, subfolder="unet")
+        scheduler = DDPMScheduler.load_config(path, subfolder="scheduler")
+    except (OSError, ValueError) as error:
+        parser.error(f"--pretrained_model_name_or_path {path} is not a saved ICLEVRPipeline (model_index.json, unet/, "
+                     f"scheduler/): {error}")
+    args.patch_size = int(index.get("patch_size", 1))
+    args.resolution = int(unet["sample_size"]) * args.patch_size
+    args.prediction_type = scheduler.get("prediction_type", args.prediction_type)
+
+
 # --- model -------------------------------------------------------------------------------------------------------
 def build_model(args: argparse.Namespace, num_labels: int = len(LABELS)) -> UNet2DConditionModel:
-    """The denoiser: a UNet with self-attention (or, for label tokens, self + cross-attention) at the attention levels.
+    """The denoiser: ``--pretrained_model_name_or_path``'s UNet, or one built from ``--model_config_name_or_path``, or
+    from the model flags (`build_unet`); checked to take ``num_labels`` labels and 3 channels per patch pixel."""
+    if args.pretrained_model_name_or_path:
+        unet = UNet2DConditionModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
+    elif args.model_config_name_or_path:
+        config = Path(args.model_config_name_or_path)
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config.parent if config.is_file() else config))
+    else:
+        unet = build_unet(args, num_labels)
+    source = args.pretrained_model_name_or_path or args.model_config_name_or_path or "the model flags"
+    if not condition_routes(unet.config, num_labels):
+        raise ValueError(f"The UNet of {source} does not take this data's {num_labels} labels (class_embed_type='projection' "
+                         f"with projection_class_embeddings_input_dim={num_labels}, or encoder_hid_dim={num_labels}).")
+    if unet.config.in_channels != 3 * args.patch_size**2 or unet.config.sample_size * args.patch_size != args.resolution:
+        raise ValueError(f"The UNet of {source} takes {unet.config.in_channels} channels at {unet.config.sample_size}x"
+                         f"{unet.config.sample_size}; --resolution {args.resolution} with --patch_size {args.patch_size} needs "
+                         f"{3 * args.patch_size**2} at {args.resolution // args.patch_size}.")
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return unet
+
+
+def build_unet(args: argparse.Namespace, num_labels: int = len(LABELS)) -> UNet2DConditionModel:
+    """A UNet from the model flags, with self-attention (or, for label tokens, self + cross-attention) at the
+    attention levels.
 
     ``class_embedding`` projects the multi-hot condition into the timestep embedding; ``cross_attention`` turns it into
     one token per label (`pipeline_iclevr.label_tokens`) through ``encoder_hid_proj``, attended to by every attention
@@ -198,6 +239,8 @@ def build_model(args: argparse.Namespace, num_labels: int = len(LABELS)) -> UNet
 
 
 def build_noise_scheduler(args: argparse.Namespace) -> DDPMScheduler:
+    if args.pretrained_model_name_or_path:  # the schedule the weights were trained with, whatever the saved sampler
+        return DDPMScheduler.from_pretrained(args.pretrained_model_name_or_path, subfolder="scheduler")
     # Pixels live in [-1, 1], so samplers may clip their x0 estimate there.
     schedule = {"num_train_timesteps": args.ddpm_num_steps, "beta_schedule": args.ddpm_beta_schedule}
     if args.logsnr_shift:  # saved as the scheduler's trained_betas, so every sampler built from its config follows it
@@ -321,21 +364,13 @@ def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Names
                           default_guidance_scale=args.validation_guidance_scale, max_labels_per_image=max_labels_per_image)
 
 
-# --- validation --------------------------------------------------------------------------------------------------
-def log_validation(unet, ema, noise_scheduler, args, accelerator, step: int, vocab: LabelVocabulary, evaluator=None) -> dict:
-    """`validate_pipeline` with the EMA weights (if used) and the pipeline's default call: the validation sampler,
-    steps and guidance."""
-    with ema_weights(ema, unet):
-        return validate_pipeline(sampling_pipeline(unet, noise_scheduler, args, vocab), args, accelerator, step, evaluator)
-
-
 # --- saving ------------------------------------------------------------------------------------------------------
 def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_dir: Path,
                   vocab: LabelVocabulary | None = None, max_labels_per_image: int | None = None) -> Path:
     """Save the final pipeline (EMA weights if used) with the sampler it was validated with, and a copy of
     pipeline_iclevr.py, so it loads as remote code.
 
-    Written in one piece, non-finite weights refused (`iclevr.training.save_pipeline_folder`).
+    Written in one piece, non-finite weights refused (`iclevr.loop.save_pipeline_folder`).
     """
     with ema_weights(ema, unet):
         return save_pipeline_folder(sampling_pipeline(unet, noise_scheduler, args, vocab, max_labels_per_image), unet, output_dir)
@@ -357,10 +392,13 @@ embedding; guidance is classifier-free.
 from diffusers import DiffusionPipeline
 
 pipe = DiffusionPipeline.from_pretrained("{{ repo }}", trust_remote_code=True)  # or pipeline_iclevr.ICLEVRPipeline
-images = pipe({{ example }}, num_inference_steps={{ steps }}, guidance_scale={{ guidance }}).images
+images = pipe({{ example }}).images  # the default call: {{ sampler }}, {{ steps }} steps, guidance {{ guidance }}
 ```
 
-The pipeline ships with the sampler its accuracy was measured with ({{ sampler }}, {{ steps }} steps).
+The default call's sampler, steps and guidance are the pipeline config's (`default_num_inference_steps`,
+`default_guidance_scale`): {% if measured %}the ones its accuracy below was measured with{% else %}the ones it was
+saved with; no accuracy was measured during training{% endif %}. Guidance at or below 1 samples the conditional model
+alone, as in diffusers.
 
 {{ accuracy }}
 ## Samples
@@ -374,9 +412,10 @@ The pipeline ships with the sampler its accuracy was measured with ({{ sampler }
 """
 
 
-def write_model_card(args, summary: dict, vocab: LabelVocabulary | None = None) -> None:
-    """The diffusion pipeline's README.md (`iclevr.hub.write_card`), its accuracy measured with the validation sampler."""
+def write_model_card(args, summary: dict, vocab: LabelVocabulary, folder: Path, samples: bool) -> None:
+    """The diffusion pipeline's README.md in ``folder`` (`iclevr.hub.write_card`), its accuracy measured with the
+    pipeline's default call (the validation sampler, steps and guidance)."""
     sampler = SCHEDULERS[args.validation_scheduler].__name__
-    write_card(args, summary, vocab or LabelVocabulary(), CARD_TEMPLATE, "class-conditional DDPM", "ddpm",
-               f"{sampler}, guidance {args.validation_guidance_scale:g}, {args.validation_inference_steps} steps",
-               steps=args.validation_inference_steps, guidance=args.validation_guidance_scale, sampler=sampler)
+    write_card(args, summary, vocab, CARD_TEMPLATE, "class-conditional DDPM", "ddpm",
+               f"{sampler}, guidance {args.validation_guidance_scale:g}, {args.validation_inference_steps} steps", folder, samples,
+               steps=args.validation_inference_steps, guidance=f"{args.validation_guidance_scale:g}", sampler=sampler)

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from iclevr.data import load_rgb_image, random_hflip
+from iclevr.images import load_rgb_image, random_hflip
+from iclevr.labels import validate_objects_json
 from iclevr.metrics import evaluate_scores
-from iclevr.vocabulary import validate_objects_json
 from pipeline_iclevr import LABELS, LabelVocabulary, describe_input
 
 EVALUATOR_RESOLUTION = 64

@@ -20,15 +20,9 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from iclevr.ddpm import add_training_data_args
+from iclevr.flags import add_length_args, add_precision_ema_args, add_run_args, check_run_args, int_list
 from iclevr.hub import write_card
-from iclevr.training import (
-    add_length_args,
-    add_precision_ema_args,
-    add_run_args,
-    check_run_args,
-    int_list,
-    save_pipeline_folder,
-)
+from iclevr.loop import save_pipeline_folder
 from iclevr.utils import ema_weights
 from pipeline_iclevr import LabelVocabulary
 from pipeline_iclevr_gan import ConditionalGenerator, ICLEVRGANPipeline
@@ -204,7 +198,7 @@ def sampling_pipeline(generator: ConditionalGenerator, ema, train_labels: torch.
 def save_pipeline(generator, ema, train_labels: torch.Tensor, args: argparse.Namespace, output_dir: Path,
                   vocab: LabelVocabulary) -> Path:
     """Save the generator (EMA weights if used, standing BatchNorm statistics) as an `ICLEVRGANPipeline`, written
-    in one piece as the diffusion trainer saves (`iclevr.training.save_pipeline_folder`)."""
+    in one piece as the diffusion trainer saves (`iclevr.loop.save_pipeline_folder`)."""
     with sampling_pipeline(generator, ema, train_labels, args.seed, vocab) as pipeline:
         return save_pipeline_folder(pipeline, generator, output_dir)
 
@@ -240,7 +234,7 @@ images = pipe({{ example }}).images  # one forward pass: no sampler, steps or gu
 """
 
 
-def write_model_card(args, summary: dict, vocab: LabelVocabulary) -> None:
-    """The GAN pipeline's README.md (`iclevr.hub.write_card`)."""
-    write_card(args, summary, vocab, CARD_TEMPLATE, "conditional GAN", "gan", "one-step GAN generator",
+def write_model_card(args, summary: dict, vocab: LabelVocabulary, folder: Path, samples: bool) -> None:
+    """The GAN pipeline's README.md in ``folder`` (`iclevr.hub.write_card`)."""
+    write_card(args, summary, vocab, CARD_TEMPLATE, "conditional GAN", "gan", "one-step GAN generator", folder, samples,
                head=args.discriminator_head)

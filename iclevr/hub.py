@@ -22,6 +22,7 @@ CARD_FIGURES = {
     "discriminator_head": ("discriminator head", "{}"), "resolution": ("resolution", "{}"),
     "mixed_precision": ("mixed precision", "{}"), "processes": ("processes", "{}"),
 }
+PIPELINE_TAG = "text-to-image"
 HUB_IGNORE = ["checkpoint-*", "logs/*", "validation/*", "*.partial/*"]  # the pipeline and its card, nothing of the run
 
 
@@ -30,7 +31,9 @@ def card_rows(summary: dict) -> list[str]:
     rows = [f"| {label} | {fmt.format(summary[key])} |" for key, (label, fmt) in CARD_FIGURES.items()
             if summary.get(key) is not None]
     for key, value in summary.get("validation", {}).items():
-        if key != "step":
+        if key == "conditions_json":  # the file's name: its local path means nothing on the Hub
+            rows.append(f"| validation conditions | `{Path(value).name}` |")
+        elif key != "step":
             rows.append(f"| validation {key} | {value:.4f} |" if isinstance(value, float) else f"| validation {key} | {value} |")
     return rows
 
@@ -44,10 +47,13 @@ def describe_data(vocab: LabelVocabulary) -> tuple[str, str, list[str]]:
     return f"images with {len(vocab)} labels ({shown})", json.dumps([[vocab.labels[0]], [vocab.labels[-1]]]), []
 
 
-def write_card(args, summary: dict, vocab: LabelVocabulary, template: str, kind: str, tag: str, sampling: str, **fields) -> None:
-    """``--output_dir/README.md``: ``template`` (a `ModelCard` template) filled with the title, the data, an example
-    call, the last validation's accuracy (measured with ``sampling``) and the training figures; the Hub metadata carry
-    the library, tags, ``inference: false``, the dataset and a ``model-index`` entry of that accuracy."""
+def write_card(args, summary: dict, vocab: LabelVocabulary, template: str, kind: str, tag: str, sampling: str,
+               folder: Path, samples: bool, **fields) -> None:
+    """``folder/README.md``: ``template`` (a `ModelCard` template) filled with the title, the data, an example call,
+    the last validation's accuracy (measured with ``sampling``), ``samples.png`` when ``samples`` and the training
+    figures; the Hub metadata carry the library, tags, ``inference: false``, the dataset and a ``model-index`` entry
+    of that accuracy. The ``pipeline_tag`` is text-to-image: the Hub has no class-conditional task, and a call takes
+    label names."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     data, example, datasets = describe_data(vocab)
@@ -57,21 +63,29 @@ def write_card(args, summary: dict, vocab: LabelVocabulary, template: str, kind:
     if "accuracy" in validation:
         conditions = Path(validation["conditions_json"]).name
         eval_results = [EvalResult(
-            task_type="unconditional-image-generation", dataset_type=datasets[0] if datasets else "imagefolder",
+            task_type=PIPELINE_TAG, dataset_type=datasets[0] if datasets else "imagefolder",
             dataset_name=f"{'i-CLEVR ' if datasets else ''}{conditions}", metric_type="accuracy",
             metric_value=round(validation["accuracy"], 4), metric_name=f"course accuracy ({sampling}, {seeds})")]
         spread = f" ± {validation['accuracy_std']:.3f}" if "accuracy_std" in validation else ""
         accuracy = (f"## Accuracy\n\n{validation['accuracy']:.3f}{spread} on `{conditions}` (the course metric, {seeds}), "
                     f"{sampling}.\n\n")
     title = args.hub_model_id or f"{'i-CLEVR ' if datasets else ''}{kind}"
-    card_data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag="unconditional-image-generation",
+    card_data = ModelCardData(library_name="diffusers", license="apache-2.0", pipeline_tag=PIPELINE_TAG,
                               tags=["diffusers", "class-conditional", tag, *datasets], datasets=datasets or None,
                               model_name=title, eval_results=eval_results, inference=False)
-    samples = "![samples](samples.png)\n" if (Path(args.output_dir) / "samples.png").is_file() else ""
-    card = ModelCard.from_template(card_data, template_str=template, title=title, repo=args.hub_model_id or args.output_dir,
-                                   data=data, example=example, accuracy=accuracy, samples=samples,
-                                   figures="\n".join(card_rows(summary)), **fields)
-    card.save(Path(args.output_dir) / "README.md")
+    card = ModelCard.from_template(card_data, template_str=template, title=title, repo=card_repo(args),
+                                   data=data, example=example, accuracy=accuracy,
+                                   samples="![samples](samples.png)\n" if samples else "",
+                                   measured=bool(accuracy), figures="\n".join(card_rows(summary)), **fields)
+    card.save(Path(folder) / "README.md")
+
+
+def card_repo(args) -> str:
+    """What the card's usage snippet loads: the Hub repository, else the output folder as given (a relative path), or
+    its name where it was given as an absolute path (which means nothing on another machine)."""
+    if args.hub_model_id:
+        return args.hub_model_id
+    return args.output_dir if not Path(args.output_dir).is_absolute() else Path(args.output_dir).name
 
 
 def push_to_hub(args) -> str:

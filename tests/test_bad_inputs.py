@@ -12,8 +12,9 @@ import evaluate_pipeline
 import main_job
 import render_iclevr
 from iclevr import ddpm
-from iclevr.data import BadDataError, load_conditions, load_train_dataset
+from iclevr.data import load_train_dataset
 from iclevr.evaluator import Evaluator, build_evaluator, read_image_folder
+from iclevr.labels import BadDataError, load_conditions
 from pipeline_iclevr import ICLEVRPipeline, LabelVocabulary
 
 TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8"]
@@ -149,12 +150,12 @@ def pipe():
 
 PIPELINE_CASES = [
     ({"labels": [["red spere"]]}, "Did you mean 'red sphere'"),
-    ({"labels": [[]]}, "Empty condition"),
-    ({"labels": [["red sphere", "red sphere"]]}, "Duplicate label"),
+    ({"labels": [[]]}, "Condition 0 is empty: every image needs at least one label"),
+    ({"labels": [["red sphere", "red sphere"]]}, "holds the label(s) ['red sphere'] twice"),
     ({"labels": [[24]]}, "out of range"),
     ({"labels": torch.ones(1, 23)}, "24"),
     ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
-    ({"guidance_scale": -2.0}, "guidance_scale must be a number >= 0"),
+    ({"guidance_scale": -2.0}, "guidance_scale must be a finite number >= 0"),
     ({"output_type": "jpg"}, "output_type must be 'pil', 'np', 'pt' or 'latent'"),
     ({"latents": torch.randn(1, 3, 8, 8)}, "latents must have shape (1, 3, 16, 16)"),
 ]

@@ -8,21 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from iclevr.data import (
-    COURSE_TEST,
-    COURSE_TRAIN_LABELS,
-    BadDataError,
-    collate_examples,
-    describe,
-    load_conditions,
-    load_train_dataset,
-    parse_train_json,
-    read_json,
-    scene_id,
-    skipped_images,
-    to_model_input,
-    to_uint8_images,
-)
+from iclevr.data import describe, load_train_dataset, read_json, skipped_images
+from iclevr.images import collate_examples, to_model_input, to_uint8_images
+from iclevr.labels import COURSE_TEST, COURSE_TRAIN_LABELS, BadDataError, load_conditions, parse_train_json, scene_id
 from pipeline_iclevr import LabelVocabulary
 
 
@@ -159,8 +147,8 @@ def test_skip_bad_images_reports(bad_folder, tmp_path, caplog):
     "content, message",
     [
         ({"a.png": ["red sphere"], "b.png": ["purple cone"], "c.png": "red sphere"}, "2 entries with invalid labels"),
-        ({"a.png": []}, "a.png: Empty condition"),
-        ({"a.png": ["red sphere", "red sphere"]}, "a.png: Duplicate label"),
+        ({"a.png": []}, "a.png: The condition is empty: every image needs at least one label"),
+        ({"a.png": ["red sphere", "red sphere"]}, r"a.png: The condition \['red sphere', 'red sphere'\] holds the label\(s\) \['red sphere'\] twice"),
         (["red sphere"], "must be a JSON object"),
         ({}, "lists no images"),
     ],

@@ -82,7 +82,7 @@ def test_the_gan_trainer_never_compiles(tmp_path, monkeypatch):
     no --dynamo_backend and stays eager even under `accelerate launch --dynamo_backend inductor`."""
     from accelerate.state import AcceleratorState
 
-    from iclevr.training import start_generator_run
+    from iclevr.run_setup import start_generator_run
 
     args = gan.parse_args(["--output_dir", str(tmp_path / "out"), "--report_to", "none"])
     assert not hasattr(args, "dynamo_backend")
@@ -143,7 +143,7 @@ def _tiny_pipeline(num_labels=24):
     torch.manual_seed(0)
     generator = ConditionalGenerator(num_labels=num_labels, sample_size=8, latent_dim=4, label_embedding_dim=4,
                                      block_out_channels=(8, 4))
-    return ICLEVRGANPipeline(generator=generator.eval())
+    return ICLEVRGANPipeline(gan=generator.eval())
 
 
 def test_pipeline_call_contract():
@@ -162,6 +162,11 @@ def test_pipeline_call_contract():
         pipe([["red sphere"]], output_type="latent")
     with pytest.raises(ValueError, match="Did you mean 'red sphere'"):
         pipe([["red sphear"]])
+    with pytest.raises(ValueError, match="list of generators of length 3, but requested an effective batch size of 2"):
+        pipe([["red sphere"], ["cyan cube"]], generator=[torch.Generator()] * 3)
+    per_image = [torch.Generator().manual_seed(i) for i in range(2)]  # one generator per image, as in diffusers
+    assert pipe([["red sphere"], ["cyan cube"]], generator=per_image, output_type="pt").images.shape == (2, 3, 8, 8)
+    assert not hasattr(pipe, "generator") and pipe.gan is pipe.components["gan"]  # the model is not the RNG's namesake
 
 
 def test_labels_change_the_image():
@@ -173,8 +178,8 @@ def test_labels_change_the_image():
 
 def test_generator_and_vocabulary_must_agree():
     generator = ConditionalGenerator(num_labels=10, sample_size=8, latent_dim=4, label_embedding_dim=4, block_out_channels=(8, 4))
-    with pytest.raises(ValueError, match="takes 10 labels, the vocabulary has 24"):
-        ICLEVRGANPipeline(generator=generator)
+    with pytest.raises(ValueError, match="The GAN takes 10 labels, the vocabulary has 24"):
+        ICLEVRGANPipeline(gan=generator)
     with pytest.raises(ValueError, match="power of two"):
         ConditionalGenerator(sample_size=24, block_out_channels=(8, 8, 8))
 

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 import iclevr.utils as iclevr_utils
 import main_job
 from iclevr import ddpm
-from iclevr.data import COURSE_TEST
 from iclevr.evaluator import Evaluator, build_evaluator
+from iclevr.labels import COURSE_TEST
 
 from .conftest import run_side_by_side
 

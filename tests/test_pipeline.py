@@ -153,7 +153,7 @@ def test_half_precision_weights(pipe):
     "kwargs, message",
     [
         ({"labels": [["red spher"]]}, "Did you mean 'red sphere'"),
-        ({"labels": []}, "No condition given"),
+        ({"labels": []}, "The condition is empty"),
         ({"labels": [["red sphere", "red sphere"]]}, "twice"),
         ({"labels": torch.ones(2, 23)}, r"Condition 0 is a multi-hot row of shape \(23,\); it must have shape \(24,\)"),
         ({"labels": {"red sphere": 1}}, "labels must be a condition"),

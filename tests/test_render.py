@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import iclevr.render.dataset
-from iclevr.data import COURSE_TEST, COURSE_TRAIN_LABELS
+from iclevr.labels import COURSE_TEST, COURSE_TRAIN_LABELS
 from iclevr.render.dataset import MIN_VISIBLE_PIXELS, plan_random_scenes
 from iclevr.render.raycast import render, visible_pixels
 from iclevr.render.scenes import CLEVR_RGB, SceneObject

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 import iclevr.io
 from iclevr import ddpm, hub
-from iclevr.data import SYNTHETIC_TEST, dataset_to_tensors
-from iclevr.training import latest_checkpoint
+from iclevr.checkpoints import latest_checkpoint
+from iclevr.data import dataset_to_tensors
+from iclevr.labels import SYNTHETIC_TEST
 from pipeline_iclevr import ICLEVRPipeline, unet_condition_kwargs
 
 from .conftest import accelerate_launch, run_ok, run_side_by_side
@@ -55,6 +56,18 @@ def test_launch_produces_a_pipeline(trained):
                  "scheduler/scheduler_config.json", "pipeline_iclevr.py", "README.md", "samples.png"):
         assert (trained / name).is_file(), name
     assert sorted(p.name for p in trained.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # rotated
+    # Checkpoints in the diffusers examples' layout: the UNet and its EMA as from_pretrained folders, no pickle.
+    checkpoint = trained / "checkpoint-6"
+    assert {"unet", "unet_ema", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"} <= {p.name for p in checkpoint.iterdir()}
+    assert not list(checkpoint.glob("model*.safetensors")) and not list(checkpoint.glob("custom_checkpoint_*"))
+    from diffusers import UNet2DConditionModel
+    from diffusers.training_utils import EMAModel
+
+    assert UNet2DConditionModel.from_pretrained(checkpoint / "unet").config.sample_size == 16
+    ema = EMAModel.from_pretrained(checkpoint / "unet_ema", model_cls=UNet2DConditionModel)
+    assert ema.optimization_step == 6
+    saved = ICLEVRPipeline.from_pretrained(trained).unet.state_dict()
+    assert all(torch.equal(saved[name], p) for name, p in zip(saved, ema.shadow_params, strict=True))  # the saved EMA
     records = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [3, 6]
     assert all(0 <= r["accuracy"] <= 1 and 0 <= r["exact_set_accuracy"] <= 1 for r in records)
@@ -79,8 +92,8 @@ def test_the_saved_pipeline_samples_as_it_was_measured(trained):
     seed reproduces the last validation's accuracy exactly."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from iclevr.data import load_conditions
     from iclevr.evaluator import Evaluator
+    from iclevr.labels import load_conditions
 
     pipe = ICLEVRPipeline.from_pretrained(trained)
     pipe.set_progress_bar_config(disable=True)
@@ -129,10 +142,10 @@ def test_resume_at_the_last_step_exports_the_checkpoint_without_training(trained
                      "--resume_from_checkpoint", str(trained / "checkpoint-4"))
     assert "Resuming from" in result.stdout + result.stderr
     assert not list(exported.glob("checkpoint-*"))  # no step taken, so nothing new to checkpoint
-    ema = torch.load(trained / "checkpoint-4" / "custom_checkpoint_0.pkl", weights_only=True)
+    ema = load_file(trained / "checkpoint-4" / "unet_ema" / "diffusion_pytorch_model.safetensors")
     unet = ICLEVRPipeline.from_pretrained(exported).unet
-    for (name, actual), expected in zip(unet.named_parameters(), ema["shadow_params"], strict=True):
-        assert torch.equal(actual, expected), name  # the checkpoint's EMA weights, untouched
+    for name, actual in unet.state_dict().items():
+        assert torch.equal(actual, ema[name]), name  # untouched
     assert "| steps | 4 |" in (exported / "README.md").read_text()
 
 
@@ -165,7 +178,7 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained
         if (out / "model_index.json").exists():  # killed after the final save: what is there must load
             ICLEVRPipeline.from_pretrained(out)
         for folder in out.glob("checkpoint-*"):  # what a kill left: complete checkpoints, maybe one .partial folder
-            assert folder.name.endswith(".partial") or (folder / "model.safetensors").is_file(), folder
+            assert folder.name.endswith(".partial") or (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file(), folder
     assert kills >= 1
     result = _launch(rendered_dir, out, *flags, "--resume_from_checkpoint", "latest")
     assert not list(out.glob("*.partial"))  # cleaned up
@@ -244,7 +257,7 @@ def test_exploding_run_stops_with_a_clear_error_and_keeps_good_checkpoints(rende
     checkpoints = sorted(out.glob("checkpoint-*"))
     assert checkpoints and all(not p.name.endswith(".partial") for p in checkpoints)
     for folder in checkpoints:
-        assert all(torch.isfinite(t).all() for t in load_file(folder / "model.safetensors").values()), folder
+        assert all(torch.isfinite(t).all() for t in _weights(folder).values()), folder
 
 
 @pytest.mark.parametrize(
@@ -294,7 +307,7 @@ def test_two_processes_train_and_save_once(rendered_dir, tmp_path):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"] and not list(out.glob("*.partial"))
     # Checkpoints hold the bare UNet's keys (no DDP "module." prefix), so one process resumes what two wrote.
     unet_keys = set(ICLEVRPipeline.from_pretrained(out).unet.state_dict())
-    assert set(load_file(out / "checkpoint-4" / "model.safetensors")) == unet_keys
+    assert set(_weights(out / "checkpoint-4")) == unet_keys
     single = _launch(rendered_dir, out, "--max_train_steps", "5", "--resume_from_checkpoint", "latest")
     assert "Resuming from" in single.stdout + single.stderr and "| steps | 5 |" in (out / "README.md").read_text()
 
@@ -361,6 +374,49 @@ def test_push_to_hub_uploads_the_pipeline_only_and_keeps_the_token_out(trained, 
     for path in out.rglob("*"):
         if path.is_file():
             assert b"hf_SECRET123" not in path.read_bytes(), path
+
+
+def test_save_pretrained_and_push_to_hub_upload_a_folder_that_loads_as_remote_code(trained, tmp_path, monkeypatch):
+    """Against a stand-in Hub (huggingface_hub's create_repo and upload_folder, replaced by a folder per repository):
+    ``save_pretrained(push_to_hub=True)`` uploads once pipeline_iclevr.py is in the folder, with the trainer's card,
+    and what was uploaded loads with ``trust_remote_code=True``; ``push_to_hub()`` of the loaded pipeline likewise."""
+    import diffusers.utils.hub_utils
+    from diffusers import DiffusionPipeline
+
+    import pipeline_iclevr
+
+    hub_root, created = tmp_path / "hub", []
+
+    class Repo:
+        def __init__(self, repo_id):
+            self.repo_id = repo_id
+
+    def create_repo(repo_id, exist_ok=False, private=None, token=None):
+        created.append((repo_id, private))
+        return Repo(repo_id)
+
+    def upload_folder(repo_id, folder_path, path_in_repo=None, **kwargs):
+        shutil.copytree(folder_path, hub_root / repo_id, dirs_exist_ok=True)  # what the repository holds after the commit
+
+    monkeypatch.setattr(pipeline_iclevr, "create_repo", create_repo)
+    monkeypatch.setattr(diffusers.utils.hub_utils, "upload_folder", upload_folder)
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    pipe = ICLEVRPipeline.from_pretrained(out)
+    pipe.save_pretrained(out, push_to_hub=True, repo_id="user/iclevr-ddpm", private=True)
+    uploaded = hub_root / "user" / "iclevr-ddpm"
+    assert created == [("user/iclevr-ddpm", True)] and (uploaded / "pipeline_iclevr.py").is_file()
+    assert (uploaded / "README.md").read_text() == (trained / "README.md").read_text()  # the project's card, not a generic one
+    remote = DiffusionPipeline.from_pretrained(uploaded, trust_remote_code=True)
+    assert type(remote).__name__ == "ICLEVRPipeline"
+
+    pipe.push_to_hub("user/pushed")
+    pushed = hub_root / "user" / "pushed"
+    assert (pushed / "pipeline_iclevr.py").is_file() and (pushed / "README.md").read_text() == (trained / "README.md").read_text()
+    assert not list(pushed.glob("checkpoint-*"))  # the pipeline only, nothing of the run
+    remote = DiffusionPipeline.from_pretrained(pushed, trust_remote_code=True)
+    remote.set_progress_bar_config(disable=True)
+    assert remote("red sphere", num_inference_steps=1, output_type="np").images.shape == (1, 16, 16, 3)
 
 
 @pytest.mark.parametrize(
@@ -441,7 +497,8 @@ def test_timestep_densities_favour_the_middle_noise_levels(tmp_path):
 
 
 def test_foreground_weights_favour_objects(rendered_dir, tmp_path):
-    from iclevr.data import load_train_dataset, to_model_input
+    from iclevr.data import load_train_dataset
+    from iclevr.images import to_model_input
 
     args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path), "--resolution", "64", "--foreground_weight", "4"])
     dataset = load_train_dataset(train_data_dir=rendered_dir, resolution=64, cache_dir=tmp_path)

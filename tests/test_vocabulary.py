@@ -9,15 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from iclevr.data import (
-    BadDataError,
-    dataset_vocabulary,
-    load_train_dataset,
-    vocabulary_from_names,
-    vocabulary_from_objects_json,
-)
+from iclevr.data import load_train_dataset
 from iclevr.digits import DIGIT_NAMES, write_digits_dataset
 from iclevr.evaluator import Evaluator, build_evaluator, sanity_report
+from iclevr.labels import BadDataError, dataset_vocabulary, vocabulary_from_names, vocabulary_from_objects_json
 from pipeline_iclevr import LABELS, ICLEVRPipeline, LabelVocabulary
 
 from .conftest import accelerate_launch, run_ok

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from iclevr.data import load_conditions, parse_train_json, scene_id
 from iclevr.io import read_json, staged_folder
+from iclevr.labels import load_conditions, parse_train_json, scene_id
 from iclevr.render.raycast import render, visible_pixels
 from iclevr.render.scenes import SceneObject, place_objects, sample_labels, scene_rng
 from iclevr.utils import image_grid
