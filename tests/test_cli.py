@@ -5,6 +5,7 @@ argparse expands ``%`` in help texts when it formats them, so one stray ``%`` br
 """
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,3 +46,11 @@ def test_help_renders_and_every_flag_says_what_it_does(script, monkeypatch, caps
         name = "/".join(action.option_strings) or action.dest
         assert action.help and action.help.strip(), f"{script}: {name} has no help text"
         assert all(option in shown for option in action.option_strings), f"{script}: {name} is missing from --help"
+
+
+def test_build_outputs_are_ignored_by_git():
+    """`pip install .` leaves build/ and an egg-info folder in the checkout; neither may show up as a change."""
+    root = Path(__file__).resolve().parents[1]
+    ignored = subprocess.run(["git", "check-ignore", "build/lib/x.py", "dist/x.whl", "iclevr_diffusion.egg-info/PKG-INFO"],
+                             cwd=root, capture_output=True, text=True)
+    assert ignored.stdout.split() == ["build/lib/x.py", "dist/x.whl", "iclevr_diffusion.egg-info/PKG-INFO"]

@@ -100,7 +100,10 @@ def test_the_saved_pipeline_samples_as_it_was_measured(trained):
     assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
     last = [json.loads(line) for line in (trained / "validation" / "metrics.jsonl").read_text().splitlines()][-1]
     conditions = load_conditions(SYNTHETIC_TEST)
-    images = pipe(conditions, num_inference_steps=2, generator=torch.Generator().manual_seed(3), output_type="pt").images
+    # The default call: the steps (2 here, not the pipeline's 25) and guidance the run validated with, from its config.
+    assert (pipe.config.default_num_inference_steps, pipe.config.default_guidance_scale) == (2, 2.0)
+    assert pipe.config.max_labels_per_image == 3
+    images = pipe(conditions, generator=torch.Generator().manual_seed(3), output_type="pt").images
     accuracy = Evaluator.from_pretrained(trained.parent / "evaluator").score(images, conditions)["accuracy"]
     assert accuracy == last["accuracy_per_seed"][0]
 
@@ -114,11 +117,26 @@ def test_model_card(trained):
     (result,) = card.data.eval_results
     assert result.metric_type == "accuracy" and result.metric_value == round(last["accuracy"], 4)
     assert "synthetic_test.json" in result.dataset_name and "DPMSolverMultistepScheduler" in result.metric_name
+    assert card.data.pipeline_tag == "text-to-image" and result.task_type == "text-to-image"  # conditional, by label names
     text = card.text
     assert "# i-CLEVR class-conditional DDPM" in text and "https://github.com/" not in text
     assert 'DiffusionPipeline.from_pretrained("' in text and "trust_remote_code=True" in text
     assert "![samples](samples.png)" in text and "| steps | 6 |" in text and "| images/s |" in text
     assert "| validation accuracy |" in text and "| seconds per step |" in text
+    assert "DPMSolverMultistepScheduler, 2 steps, guidance 2" in text and "the ones its accuracy below was measured with" in text
+    assert str(ROOT) not in text and "/tmp" not in text and "| validation conditions | `synthetic_test.json` |" in text
+
+
+def test_a_run_without_validation_at_its_end_has_no_stale_samples_and_says_nothing_was_measured(trained, rendered_dir, tmp_path):
+    """A resumed run whose last step was not validated: the previous run's samples.png (other weights) goes, and the
+    card claims no measured accuracy."""
+    out = tmp_path / "resumed"
+    shutil.copytree(trained, out)
+    assert (out / "samples.png").is_file()
+    _launch(rendered_dir, out, "--max_train_steps", "7", "--use_ema", "--resume_from_checkpoint", "latest")
+    text = (out / "README.md").read_text()
+    assert not (out / "samples.png").exists() and "![samples]" not in text
+    assert "no accuracy was measured during training" in text and "| steps | 7 |" in text
 
 
 def test_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
@@ -417,6 +435,46 @@ def test_save_pretrained_and_push_to_hub_upload_a_folder_that_loads_as_remote_co
     remote = DiffusionPipeline.from_pretrained(pushed, trust_remote_code=True)
     remote.set_progress_bar_config(disable=True)
     assert remote("red sphere", num_inference_steps=1, output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_fine_tuning_a_saved_pipeline_or_training_a_given_architecture(trained, rendered_dir, tmp_path):
+    """--pretrained_model_name_or_path starts from the saved UNet (its resolution replaces the flag's); a step at a
+    negligible rate leaves its weights; --model_config_name_or_path builds the same architecture, freshly initialised."""
+    start = _weights(trained)
+    tuned = tmp_path / "tuned"
+    _launch(rendered_dir, tuned, "--pretrained_model_name_or_path", str(trained), "--resolution", "32",
+            "--max_train_steps", "1", "--learning_rate", "1e-12", "--adam_weight_decay", "0")
+    assert ICLEVRPipeline.from_pretrained(tuned).unet.config.sample_size == 16
+    assert all(torch.allclose(start[k], v, atol=1e-6) for k, v in _weights(tuned).items())
+    fresh = tmp_path / "fresh"
+    _launch(rendered_dir, fresh, "--model_config_name_or_path", str(trained / "unet" / "config.json"), "--max_train_steps", "1",
+            "--seed", "11")
+    weights = _weights(fresh)
+    assert weights.keys() == start.keys() and not all(torch.allclose(start[k], v, atol=1e-3) for k, v in weights.items())
+    with pytest.raises(SystemExit):
+        ddpm.parse_args([*TINY, "--output_dir", str(tmp_path / "x"), "--pretrained_model_name_or_path", str(tmp_path)])
+
+
+def test_gradient_checkpointing_tf32_and_dataset_config_flags(tmp_path, monkeypatch):
+    from iclevr.data import load_imagefolder
+    from iclevr.run_setup import start_generator_run
+
+    args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path / "out"), "--gradient_checkpointing", "--allow_tf32",
+                            "--report_to", "none"])
+    assert ddpm.build_model(args).is_gradient_checkpointing and not ddpm.build_model(ddpm.parse_args(TINY)).is_gradient_checkpointing
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    start_generator_run(args)
+    assert torch.backends.cuda.matmul.allow_tf32
+    seen = {}
+
+    def load_dataset(*args, **kwargs):
+        seen["args"] = args
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("datasets.load_dataset", load_dataset)
+    with pytest.raises(RuntimeError, match="stop here"):
+        load_imagefolder(dataset_name="user/shapes", dataset_config_name="64px")
+    assert seen["args"] == ("user/shapes", "64px")
 
 
 @pytest.mark.parametrize(
