@@ -2,8 +2,11 @@
 """`ICLEVRPipeline`: class-conditional image generation for i-CLEVR, and the i-CLEVR label vocabulary.
 
 This file is copied into every saved model so the Hub can load it as remote code, so it may import only
-the standard library, torch and diffusers (with huggingface_hub, which diffusers requires). It owns label reading
-(`LabelVocabulary.read`); every other module imports it from here.
+the standard library, torch and diffusers (with huggingface_hub, which diffusers requires), and it holds all that a
+saved model needs to sample: the label vocabulary and its one reader (`LabelVocabulary.read`, which every other
+module imports from here), the pipeline, the UNet call (`predict`), and the helpers the GAN pipeline, shipped beside
+it, shares (input checks, output conversion, shipping the source). What only the project needs, such as checking a
+course ``objects.json``, lives in the `iclevr` package.
 
     >>> pipe = ICLEVRPipeline.from_pretrained("outputs/iclevr-ddpm")
     >>> images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=25, guidance_scale=2.0).images

@@ -22,7 +22,7 @@ from filelock import FileLock
 
 from iclevr.data import add_data_args, cache_root, dataset_to_tensors, load_dataset_from_args
 from iclevr.flags import add_length_args, add_precision_ema_args, add_run_args, check_run_args, int_list
-from iclevr.hub import write_card
+from iclevr.hub import CARD_TAIL, write_card
 from iclevr.images import to_model_input
 from iclevr.labels import dataset_vocabulary
 from iclevr.loop import save_pipeline_folder
@@ -400,16 +400,7 @@ The default call's sampler, steps and guidance are the pipeline config's (`defau
 saved with; no accuracy was measured during training{% endif %}. Guidance at or below 1 samples the conditional model
 alone, as in diffusers.
 
-{{ accuracy }}
-## Samples
-
-{{ samples }}
-## Training
-
-| figure | value |
-| --- | --- |
-{{ figures }}
-"""
+""" + CARD_TAIL
 
 
 def write_model_card(args, summary: dict, vocab: LabelVocabulary, folder: Path, samples: bool) -> None:

@@ -21,7 +21,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from iclevr.ddpm import add_training_data_args
 from iclevr.flags import add_length_args, add_precision_ema_args, add_run_args, check_run_args, int_list
-from iclevr.hub import write_card
+from iclevr.hub import CARD_TAIL, write_card
 from iclevr.loop import save_pipeline_folder
 from iclevr.utils import ema_weights
 from pipeline_iclevr import LabelVocabulary
@@ -222,16 +222,7 @@ pipe = DiffusionPipeline.from_pretrained("{{ repo }}", trust_remote_code=True)  
 images = pipe({{ example }}).images  # one forward pass: no sampler, steps or guidance
 ```
 
-{{ accuracy }}
-## Samples
-
-{{ samples }}
-## Training
-
-| figure | value |
-| --- | --- |
-{{ figures }}
-"""
+""" + CARD_TAIL
 
 
 def write_model_card(args, summary: dict, vocab: LabelVocabulary, folder: Path, samples: bool) -> None:

@@ -23,6 +23,17 @@ CARD_FIGURES = {
     "mixed_precision": ("mixed precision", "{}"), "processes": ("processes", "{}"),
 }
 PIPELINE_TAG = "text-to-image"
+# What every card ends with, after its own introduction and usage: the accuracy, the samples, the training figures.
+CARD_TAIL = """{{ accuracy }}
+## Samples
+
+{{ samples }}
+## Training
+
+| figure | value |
+| --- | --- |
+{{ figures }}
+"""
 HUB_IGNORE = ["checkpoint-*", "logs/*", "validation/*", "*.partial/*"]  # the pipeline and its card, nothing of the run
 
 
