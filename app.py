@@ -24,6 +24,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
+from iclevr.argtypes import port
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline
 
 MAX_OBJECTS = 3  # i-CLEVR scenes hold 1-3 objects
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Evaluator folder (train_evaluator.py's) to caption each image with the labels it reads "
                              "(default: the one the main job's main_job.json names, if any).")
     parser.add_argument("--host", type=str, default=None, help="Address to serve on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME).")
-    parser.add_argument("--port", type=int, default=None, help="Port to serve on (default: Gradio's, 7860 or $GRADIO_SERVER_PORT).")
+    parser.add_argument("--port", type=port, default=None, help="Port to serve on (default: Gradio's, 7860 or $GRADIO_SERVER_PORT).")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to sample on.")
     args = parser.parse_args(argv)
     args.pipeline = args.pipeline or default_pipeline()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from iclevr.argtypes import check_output_folder, non_negative_int
 from iclevr.evaluator import Evaluator, read_image_folder, sanity_report
 from iclevr.labels import COURSE_TEST, load_conditions
 
@@ -26,9 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images_dir", type=str, default=None, help="Folder of 0.png ... N-1.png to score against the conditions.")
     parser.add_argument("--sanity", action="store_true", help="Also score rendered references, empty floors and pure noise for the conditions.")
     parser.add_argument("--output_json", type=str, default=None, help="Write the figures here as JSON.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed for the sanity references.")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="Seed for the sanity references.")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to run the evaluator on (default: the GPU if there is one).")
     args = parser.parse_args(argv)
+    if args.output_json:
+        check_output_folder(parser, Path(args.output_json).parent, "--output_json's folder")
     if args.images_dir is None and not args.sanity:
         parser.error("Give --images_dir to score, --sanity for the reference rows, or both.")
     return args

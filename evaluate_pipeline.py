@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from iclevr.argtypes import check_output_folder, non_negative_float, non_negative_int, positive_int
 from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.labels import COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.metrics import mean_std, total_misses
@@ -58,11 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=str, default="outputs/report", help="Where images, metrics.json and report.md go.")
     parser.add_argument("--scheduler", type=str, default=None, choices=sorted(SCHEDULERS),
                         help="Sampler (default: the one the pipeline was saved with, i.e. validated with).")
-    parser.add_argument("--num_inference_steps", type=int, default=25, help="Sampling steps (the pipeline's default, at which the trainer validates).")
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale (the pipeline's default, chosen on a validation set).")
-    parser.add_argument("--num_seeds", type=int, default=3, help="Generation repeats with different seeds (mean ± std).")
-    parser.add_argument("--seed", type=int, default=0, help="First seed.")
-    parser.add_argument("--batch_size", type=int, default=64, help="Images generated per forward batch.")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=25, help="Sampling steps (the pipeline's default, at which the trainer validates).")
+    parser.add_argument("--guidance_scale", type=non_negative_float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale (the pipeline's default, chosen on a validation set).")
+    parser.add_argument("--num_seeds", type=positive_int, default=3, help="Generation repeats with different seeds (mean ± std).")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="First seed.")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated per forward batch.")
     parser.add_argument("--sweep", action="store_true", help="Also sweep schedulers x steps x guidance scales.")
     parser.add_argument("--sweep_schedulers", type=str, default="ddim,dpm++", help="Schedulers in the sweep.")
     parser.add_argument("--sweep_steps", type=str, default="10,20,25,50", help="Step counts in the sweep.")
@@ -73,14 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interpolation_study", action="store_true",
                         help="Also interpolate between two initial noises per condition (spherically, and linearly for "
                              f"contrast) at {INTERPOLATION_POINTS} points: a strip for one condition and the accuracy at each point.")
-    parser.add_argument("--best_of", type=int, default=1,
+    parser.add_argument("--best_of", type=positive_int, default=1,
                         help="Sample N candidates per condition and keep the one the model's own lift score ranks first "
                              "(CompLift; the evaluator never ranks): extra sampling compute, reported in s/image. 1: off.")
-    parser.add_argument("--lift_timesteps", type=int, default=8, help="Noise levels the lift score averages over (--best_of).")
+    parser.add_argument("--lift_timesteps", type=positive_int, default=8, help="Noise levels the lift score averages over (--best_of).")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device.")
     args = parser.parse_args(argv)
-    if min(args.num_seeds, args.num_inference_steps, args.batch_size, args.best_of, args.lift_timesteps) < 1:
-        parser.error("--num_seeds, --num_inference_steps, --batch_size, --best_of and --lift_timesteps must be positive.")
+    check_output_folder(parser, args.output_dir, "--output_dir")
     for name in args.sweep_schedulers.split(","):
         if name not in SCHEDULERS:
             parser.error(f"--sweep_schedulers: unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}.")

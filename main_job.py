@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from iclevr.argtypes import check_output_folder, positive_float, positive_int
 from iclevr.checkpoints import latest_checkpoint
 from iclevr.data import cache_root
 from iclevr.ddpm import DEFAULT_LR_WARMUP_STEPS
@@ -73,13 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Train the evaluator with the shipped one's recipe instead of using it (cached for later runs; "
                              "about 35 minutes on 2 native-bf16 cores, two hours on AVX2-only ones).")
     parser.add_argument("--cache_dir", type=str, default=None, help="Rendered data and the trained evaluator are cached here.")
-    parser.add_argument("--train_minutes", type=float, default=57.0,
+    parser.add_argument("--train_minutes", type=positive_float, default=57.0,
                         help="Wall-time budget of diffusion training (validation excluded); a first run's evaluator adds to "
                              "the job's time, not to this. The schedule is sized to what fits it on this machine.")
-    parser.add_argument("--max_train_steps", type=int, default=None,
+    parser.add_argument("--max_train_steps", type=positive_int, default=None,
                         help="Cap on the schedule's steps (default: as many as a calibration run shows fit --train_minutes).")
-    parser.add_argument("--validation_steps", type=int, default=500, help="Course accuracy logged every N training steps.")
-    parser.add_argument("--num_seeds", type=int, default=3, help="Sampling seeds of the report (mean ± std).")
+    parser.add_argument("--validation_steps", type=positive_int, default=500, help="Course accuracy logged every N training steps.")
+    parser.add_argument("--num_seeds", type=positive_int, default=3, help="Sampling seeds of the report (mean ± std).")
     parser.add_argument("--accelerate_config", type=str, default=None,
                         help="accelerate config for both training stages (default: on a CPU the project's, one process with "
                              "every core; with CUDA GPUs one process per GPU).")
@@ -93,8 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "where CUDA is available.")
     parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py (after the recipe's), quoted as one string.")
     args = parser.parse_args(argv)
-    if min(args.train_minutes, args.max_train_steps or 1, args.num_seeds, args.validation_steps) <= 0:
-        parser.error("--train_minutes, --max_train_steps, --validation_steps and --num_seeds must be positive.")
+    check_output_folder(parser, args.output_dir, "--output_dir")
+    check_output_folder(parser, args.cache_dir, "--cache_dir")
     if args.evaluator and not Path(args.evaluator).exists():
         parser.error(f"--evaluator {args.evaluator} does not exist.")
     if args.evaluator and args.retrain_evaluator:

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 
+from iclevr.argtypes import check_output_folder, non_negative_int, positive_int
 from iclevr.render.dataset import MIN_VISIBLE_PIXELS, default_spp, plan_jobs, render_dataset
 
 logger = logging.getLogger(__name__)
@@ -25,25 +26,24 @@ logger = logging.getLogger(__name__)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Render a procedural i-CLEVR dataset in the course's layout.")
     parser.add_argument("--output_dir", type=str, required=True, help="Folder to create (must be empty or absent).")
-    parser.add_argument("--num_scenes", type=int, default=6003, help="Scenes to render; each gives 3 images (1, 2, 3 objects). 6003 matches real i-CLEVR.")
-    parser.add_argument("--seed", type=int, default=0, help="Random seed; the same seed gives byte-identical files.")
-    parser.add_argument("--width", type=int, default=320, help="Image width (i-CLEVR: 320).")
-    parser.add_argument("--height", type=int, default=240, help="Image height (i-CLEVR: 240).")
-    parser.add_argument("--spp", type=int, default=None, help="Anti-aliasing sub-samples per pixel per axis; default 2 at widths >= 160, else 4 (small images need more to keep edges smooth).")
+    parser.add_argument("--num_scenes", type=positive_int, default=6003, help="Scenes to render; each gives 3 images (1, 2, 3 objects). 6003 matches real i-CLEVR.")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="Random seed; the same seed gives byte-identical files.")
+    parser.add_argument("--width", type=positive_int, default=320, help="Image width (i-CLEVR: 320).")
+    parser.add_argument("--height", type=positive_int, default=240, help="Image height (i-CLEVR: 240).")
+    parser.add_argument("--spp", type=positive_int, default=None, help="Anti-aliasing sub-samples per pixel per axis; default 2 at widths >= 160, else 4 (small images need more to keep edges smooth).")
     parser.add_argument("--labels_json", type=str, default=None, help="Render exactly the label lists of this train.json (e.g. iclevr/conditions/train.json, real i-CLEVR's).")
     parser.add_argument("--exclude_json", type=str, default=None, help="A list of label lists to keep out of the rendered images (held-out compositions).")
     parser.add_argument("--conditions_json", type=str, default=None, help="Render one reference image per condition of this test.json-style list, as {i}.png.")
-    parser.add_argument("--min_visible_pixels", type=int, default=MIN_VISIBLE_PIXELS, help="Unoccluded pixels each object keeps at 64x64, so every label is visible.")
-    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Rendering processes (default: one per core).")
+    parser.add_argument("--min_visible_pixels", type=non_negative_int, default=MIN_VISIBLE_PIXELS, help="Unoccluded pixels each object keeps at 64x64, so every label is visible.")
+    parser.add_argument("--num_workers", type=positive_int, default=os.cpu_count() or 1, help="Rendering processes (default: one per core).")
     parser.add_argument("--preview", action="store_true", help="Also write preview.png: the first 32 images with their labels.")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output_dir (only once the new dataset is complete).")
     args = parser.parse_args(argv)
+    check_output_folder(parser, args.output_dir, "--output_dir")
     if sum(x is not None for x in (args.labels_json, args.conditions_json)) > 1:
         parser.error("--labels_json and --conditions_json are exclusive.")
     if args.width < 8 or args.height < 8:
         parser.error("--width and --height must be at least 8.")
-    if args.num_scenes < 1:
-        parser.error("--num_scenes must be positive.")
     if args.spp is None:
         args.spp = default_spp(args.width)
     return args

@@ -27,6 +27,15 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from iclevr.argtypes import (
+    check_output_folder,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from iclevr.data import add_data_args, dataset_to_tensors, load_dataset_from_args, split_by_scene
 from iclevr.evaluator import (
     EVALUATOR_RESOLUTION,
@@ -52,20 +61,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train the i-CLEVR evaluator (ResNet-18 multi-label classifier).")
     data = parser.add_argument_group("data")
     add_data_args(data)
-    data.add_argument("--heldout_fraction", type=float, default=0.1, help="Share of scenes held out for evaluation.")
+    data.add_argument("--heldout_fraction", type=fraction, default=0.1, help="Share of scenes held out for evaluation.")
     data.add_argument("--sanity_conditions_json", type=str, default=None, help="Conditions for the sanity rows (rendered / floor / noise); default: the first 96 held-out label sets.")
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", type=str, default="outputs/evaluator", help="Where the evaluator is saved.")
-    train.add_argument("--num_epochs", type=int, default=10, help="Passes over the training split.")
-    train.add_argument("--train_batch_size", type=int, default=128, help="Batch size per process.")
-    train.add_argument("--learning_rate", type=float, default=2e-3, help="Peak AdamW learning rate.")
-    train.add_argument("--weight_decay", type=float, default=5e-4, help="AdamW weight decay.")
+    train.add_argument("--num_epochs", type=positive_int, default=10, help="Passes over the training split.")
+    train.add_argument("--train_batch_size", type=positive_int, default=128, help="Batch size per process.")
+    train.add_argument("--learning_rate", type=positive_float, default=2e-3, help="Peak AdamW learning rate.")
+    train.add_argument("--weight_decay", type=non_negative_float, default=5e-4, help="AdamW weight decay.")
     train.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"], help="Learning-rate schedule (diffusers get_scheduler).")
-    train.add_argument("--lr_warmup_steps", type=int, default=200, help="Warm-up steps of the schedule.")
+    train.add_argument("--lr_warmup_steps", type=non_negative_int, default=200, help="Warm-up steps of the schedule.")
     train.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True,
                        help="Mirror training images at random (on: a mirrored i-CLEVR scene keeps its labels; turn it off "
                             "with --no-random_flip where a mirror image changes the label, as for digits).")
-    train.add_argument("--lowres_prob", type=float, default=LOWRES_PROB, help="Probability of the low-resolution round trip augmentation.")
+    train.add_argument("--lowres_prob", type=probability, default=LOWRES_PROB, help="Probability of the low-resolution round trip augmentation.")
     train.add_argument("--lowres_sizes", type=int_list, default=list(LOWRES_SIZES), help="Sizes images are shrunk to before being upsampled back to 64 (the sizes low-resolution generators emit).")
     train.add_argument("--flip_average", action="store_true",
                        help="Score with the mean of each image's and its mirror image's probabilities; saved in the config, so "
@@ -74,14 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--save_dtype", type=str, default="float32", choices=["float32", "float16"],
                        help="Precision of the saved weights. float16 halves the file (the shipped evaluator's 22 MB); the "
                             "final held-out figures and sanity rows are then measured with the weights as saved.")
-    train.add_argument("--seed", type=int, default=0, help="Random seed (initialisation, shuffling, augmentation, split).")
+    train.add_argument("--seed", type=non_negative_int, default=0, help="Random seed (initialisation, shuffling, augmentation, split).")
     train.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no tracker).")
     train.add_argument("--tracker_project_name", type=str, default="train_evaluator", help="Project name the tracker files the run under.")
     args = parser.parse_args(argv)
-    if args.num_epochs < 1 or args.train_batch_size < 1:
-        parser.error("--num_epochs and --train_batch_size must be positive.")
-    if not 0.0 < args.heldout_fraction < 1.0:
-        parser.error("--heldout_fraction must be in (0, 1).")
+    check_output_folder(parser, args.output_dir, "--output_dir")
+    check_output_folder(parser, args.cache_dir, "--cache_dir")
     if any(not 8 <= size <= EVALUATOR_RESOLUTION for size in args.lowres_sizes):
         parser.error(f"--lowres_sizes must lie in 8..{EVALUATOR_RESOLUTION}.")
     return args

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from iclevr.argtypes import non_negative_int, positive_int
 from iclevr.evaluator import LOWRES_PROB, LOWRES_SIZES, augment, build_evaluator
 from iclevr.utils import hardware_line, measure_throughput
 
@@ -43,11 +44,11 @@ def make_step(bf16: bool, channels_last: bool, compile_model: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_batch_size", type=int, default=128, help="Batch size (train_evaluator.py's default).")
-    parser.add_argument("--steps", type=int, default=15, help="Timed steps per row.")
-    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps per row.")
+    parser.add_argument("--train_batch_size", type=positive_int, default=128, help="Batch size (train_evaluator.py's default).")
+    parser.add_argument("--steps", type=positive_int, default=15, help="Timed steps per row.")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="Untimed steps per row.")
     parser.add_argument("--compile", action="store_true", help="Add a torch.compile row (compiling takes about a minute on CPU).")
-    parser.add_argument("--train_images", type=int, default=9 * 80768, help="Training images to convert rates into minutes.")
+    parser.add_argument("--train_images", type=positive_int, default=9 * 80768, help="Training images to convert rates into minutes.")
     args = parser.parse_args()
     print(f"{hardware_line()}; batch {args.train_batch_size}")
     generator = torch.Generator().manual_seed(0)

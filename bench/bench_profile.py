@@ -21,6 +21,7 @@ from diffusers.training_utils import EMAModel
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from iclevr import ddpm
+from iclevr.argtypes import non_negative_int, positive_int
 from iclevr.images import to_model_input
 from iclevr.utils import cpu_has_native_bf16, hardware_line, training_flops
 
@@ -84,8 +85,8 @@ def make_step(args, bf16: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="Profiled steps (after --warmup untimed ones).")
-    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps first (kernel selection, allocation).")
+    parser.add_argument("--steps", type=positive_int, default=10, help="Profiled steps (after --warmup untimed ones).")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="Untimed steps first (kernel selection, allocation).")
     parser.add_argument("--precision", type=str, default="auto", choices=["auto", "fp32", "bf16"],
                         help="auto: bf16 where the CPU has native bf16, as the main job chooses; else fp32.")
     parser.add_argument("--model_args", type=str, default="", help="train_conditional_ddpm.py flags for the model, e.g. '--resolution 64'.")

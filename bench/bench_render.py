@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from iclevr.argtypes import positive_int
 from iclevr.render.dataset import plan_random_scenes, render_all
 
 REAL_ICLEVR_IMAGES = 18_009
@@ -20,8 +21,8 @@ REAL_ICLEVR_IMAGES = 18_009
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_scenes", type=int, default=200, help="Scenes per size (3 images each).")
-    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1, help="Rendering processes.")
+    parser.add_argument("--num_scenes", type=positive_int, default=200, help="Scenes per size (3 images each).")
+    parser.add_argument("--num_workers", type=positive_int, default=os.cpu_count() or 1, help="Rendering processes.")
     parser.add_argument("--sizes", type=str, default="320x240:2,64x64:4", help="Comma-separated WIDTHxHEIGHT:SPP.")
     args = parser.parse_args()
     jobs = plan_random_scenes(args.num_scenes, seed=0, excluded=set())

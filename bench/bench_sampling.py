@@ -14,6 +14,7 @@ import time
 import torch
 
 from iclevr import ddpm
+from iclevr.argtypes import non_negative_float
 from iclevr.evaluator import Evaluator
 from iclevr.labels import COURSE_TEST, load_conditions
 from iclevr.sampling import generate, load_pipeline, score
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--pipeline", type=str, required=True, help="Trained pipeline folder.")
     parser.add_argument("--evaluator", type=str, required=True, help="Evaluator folder or course checkpoint.pth.")
     parser.add_argument("--conditions_json", type=str, default=str(COURSE_TEST), help="Condition set (default: the course's test.json).")
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale for every row.")
+    parser.add_argument("--guidance_scale", type=non_negative_float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale for every row.")
     parser.add_argument("--rows", type=str, default="ddpm:1000,ddim:10,ddim:20,ddim:25,ddim:50,dpm++:10,dpm++:20,dpm++:25,dpm++:50",
                         help="Comma-separated SCHEDULER:STEPS rows.")
     parser.add_argument("--scaling", action="store_true", help="Add the resolution x batch cost grid.")

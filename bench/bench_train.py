@@ -50,6 +50,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
 from iclevr import ddpm
+from iclevr.argtypes import non_negative_int, positive_int
 from iclevr.data import dataset_to_tensors, load_train_dataset
 from iclevr.images import to_model_input
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
@@ -167,10 +168,10 @@ def trainer_run(folder: Path, out: Path, processes: int, batch: int, steps: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resolution", type=int, default=32, help="Training resolution of the comparison.")
-    parser.add_argument("--train_batch_size", type=int, default=64, help="Batch size of the comparison.")
-    parser.add_argument("--steps", type=int, default=30, help="Timed steps per row.")
-    parser.add_argument("--warmup", type=int, default=3, help="Untimed steps per row.")
+    parser.add_argument("--resolution", type=positive_int, default=32, help="Training resolution of the comparison.")
+    parser.add_argument("--train_batch_size", type=positive_int, default=64, help="Batch size of the comparison.")
+    parser.add_argument("--steps", type=positive_int, default=30, help="Timed steps per row.")
+    parser.add_argument("--warmup", type=non_negative_int, default=3, help="Untimed steps per row.")
     parser.add_argument("--compile", action="store_true", help="Add a torch.compile row (compiling takes minutes on CPU).")
     parser.add_argument("--scaling", action="store_true", help="Add the resolution x batch grid of the default recipe.")
     parser.add_argument("--processes", action="store_true",

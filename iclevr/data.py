@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iclevr.argtypes import check_output_folder, positive_int
 from iclevr.images import dataset_features, decode_image_batch
 from iclevr.io import read_json
 from iclevr.labels import (
@@ -329,9 +330,11 @@ def load_dataset_from_args(args: argparse.Namespace, resolution: int, train_data
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Decode, validate and cache an i-CLEVR dataset; print its statistics.")
     add_data_args(parser)
-    parser.add_argument("--resolution", type=int, default=64, help="Square size images are resized to.")
-    parser.add_argument("--num_proc", type=int, default=None, help="Processes used to decode images.")
-    return parser.parse_args(argv)
+    parser.add_argument("--resolution", type=positive_int, default=64, help="Square size images are resized to.")
+    parser.add_argument("--num_proc", type=positive_int, default=None, help="Processes used to decode images.")
+    args = parser.parse_args(argv)
+    check_output_folder(parser, args.cache_dir, "--cache_dir")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,15 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.training_utils import compute_density_for_timestep_sampling, compute_snr
 from filelock import FileLock
 
+from iclevr.argtypes import (
+    finite_float,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from iclevr.data import add_data_args, cache_root, dataset_to_tensors, load_dataset_from_args
 from iclevr.flags import add_length_args, add_precision_ema_args, add_run_args, check_run_args, int_list
 from iclevr.hub import CARD_TAIL, write_card
@@ -37,11 +46,11 @@ DEFAULT_LR_WARMUP_STEPS = 200  # the trainer's default warm-up, which main_job.p
 def add_training_data_args(group) -> None:
     """The data flags of the generator trainers: a dataset (`add_data_args`) or the embedded set, the resolution, flips."""
     add_data_args(group, "i-CLEVR-layout folder (PNGs + train.json) or imagefolder with metadata.jsonl. Default: the embedded procedural set.")
-    group.add_argument("--embedded_num_scenes", type=int, default=18003,
+    group.add_argument("--embedded_num_scenes", type=positive_int, default=18003,
                        help="Scenes of the embedded default set (3 images each); more scenes beat repeated epochs in an hour.")
-    group.add_argument("--resolution", type=int, default=32, help="Training resolution (square): the size of the images the pipeline draws.")
+    group.add_argument("--resolution", type=positive_int, default=32, help="Training resolution (square): the size of the images the pipeline draws.")
     group.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random (labels stay valid).")
-    group.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader workers (data is in memory, so 0).")
+    group.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="DataLoader workers (data is in memory, so 0).")
 
 
 # --- flags -------------------------------------------------------------------------------------------------------
@@ -62,56 +71,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--gradient_checkpointing", action="store_true",
                        help="Recompute activations in the backward pass: less memory for a larger batch, at more time per step.")
     model.add_argument("--block_out_channels", type=int_list, default=[32, 64, 128], help="UNet channels per level, e.g. 32,64,128.")
-    model.add_argument("--patch_size", type=int, default=1,
+    model.add_argument("--patch_size", type=positive_int, default=1,
                        help="Space-to-depth factor: the UNet works at resolution / patch_size on 3 x patch_size² channels, "
                             "so 2 draws 64x64 images at about the cost of 32x32 ones.")
-    model.add_argument("--layers_per_block", type=int, default=1, help="ResNet layers per UNet level.")
+    model.add_argument("--layers_per_block", type=positive_int, default=1, help="ResNet layers per UNet level.")
     model.add_argument("--attention_levels", type=int_list, default=None, help="1/0 per level: self-attention there (default: the lowest level only).")
-    model.add_argument("--attention_head_dim", type=int, default=32, help="Channels per attention head.")
+    model.add_argument("--attention_head_dim", type=positive_int, default=32, help="Channels per attention head.")
     model.add_argument("--conditioning", type=str, default="class_embedding", choices=["class_embedding", "cross_attention", "both"],
                        help="How the UNet sees the labels: one projected vector added to the timestep embedding, one "
                             "cross-attention token per label at the attention levels, or both.")
-    model.add_argument("--cross_attention_dim", type=int, default=64, help="Width of the label tokens (cross-attention conditioning).")
-    model.add_argument("--time_embedding_dim", type=int, default=512,
+    model.add_argument("--cross_attention_dim", type=positive_int, default=64, help="Width of the label tokens (cross-attention conditioning).")
+    model.add_argument("--time_embedding_dim", type=positive_int, default=512,
                        help="Width of the timestep + class embedding every ResNet block reads (wider than diffusers' 4x the "
                             "first level binds the labels faster).")
     model.add_argument("--resnet_time_scale_shift", type=str, default="scale_shift", choices=["default", "scale_shift"],
                        help="How every ResNet block applies the (timestep + class) embedding: added, or as a FiLM scale and shift.")
 
     diffusion = parser.add_argument_group("diffusion")
-    diffusion.add_argument("--ddpm_num_steps", type=int, default=1000, help="Diffusion steps in training.")
+    diffusion.add_argument("--ddpm_num_steps", type=positive_int, default=1000, help="Diffusion steps in training.")
     diffusion.add_argument("--ddpm_beta_schedule", type=str, default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2"], help="Noise schedule.")
-    diffusion.add_argument("--logsnr_shift", type=float, default=None,
+    diffusion.add_argument("--logsnr_shift", type=finite_float, default=None,
                            help="Added to the noise schedule's log-SNR at every timestep (simple diffusion). Default "
                                 "2 ln(32 / resolution): 0 at 32x32, more noise at higher resolution, whose neighbouring "
                                 "pixels reveal more of the image at the same noise level.")
     diffusion.add_argument("--prediction_type", type=str, default="sample", choices=["epsilon", "v_prediction", "sample"],
                            help="What the UNet predicts: the clean image x0 ('sample'), the noise ('epsilon') or v. x0 with "
                                 "an unweighted loss binds the condition fastest.")
-    diffusion.add_argument("--snr_gamma", type=float, default=0.0,
+    diffusion.add_argument("--snr_gamma", type=non_negative_float, default=0.0,
                            help="Min-SNR-gamma loss weighting (0 = off: with x0-prediction every noise level then weighs the "
                                 "same in image space, so the high-noise steps that decide layout and colour are trained).")
     diffusion.add_argument("--weighting_scheme", type=str, default="logit_normal", choices=["none", "logit_normal", "mode"],
                            help="How training timesteps are drawn (diffusers' compute_density_for_timestep_sampling): none = "
                                 "uniform; logit_normal (the default) and mode favour the middle noise levels, where layout "
                                 "and binding are decided, and so train faster.")
-    diffusion.add_argument("--logit_mean", type=float, default=0.0, help="Mean of the logit-normal timestep density.")
-    diffusion.add_argument("--logit_std", type=float, default=1.0, help="Standard deviation of the logit-normal timestep density.")
-    diffusion.add_argument("--mode_scale", type=float, default=1.29, help="Scale of the 'mode' timestep density (SD3's value).")
-    diffusion.add_argument("--condition_dropout", type=float, default=0.1, help="Probability of replacing the condition by the null (all-zero) one, for classifier-free guidance.")
-    diffusion.add_argument("--foreground_weight", type=float, default=4.0, help="Extra loss weight on pixels where the clean image departs from the floor (the training set's mean image): weight = 1 + W * departure. 0 = plain MSE.")
+    diffusion.add_argument("--logit_mean", type=finite_float, default=0.0, help="Mean of the logit-normal timestep density.")
+    diffusion.add_argument("--logit_std", type=positive_float, default=1.0, help="Standard deviation of the logit-normal timestep density.")
+    diffusion.add_argument("--mode_scale", type=positive_float, default=1.29, help="Scale of the 'mode' timestep density (SD3's value).")
+    diffusion.add_argument("--condition_dropout", type=probability, default=0.1, help="Probability of replacing the condition by the null (all-zero) one, for classifier-free guidance.")
+    diffusion.add_argument("--foreground_weight", type=non_negative_float, default=4.0, help="Extra loss weight on pixels where the clean image departs from the floor (the training set's mean image): weight = 1 + W * departure. 0 = plain MSE.")
 
     optim = parser.add_argument_group("optimisation")
     add_length_args(optim)
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated per optimiser step.")
-    optim.add_argument("--learning_rate", type=float, default=2e-3, help="Peak learning rate.")
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1, help="Batches accumulated per optimiser step.")
+    optim.add_argument("--learning_rate", type=positive_float, default=2e-3, help="Peak learning rate.")
     optim.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"], help="Schedule (diffusers get_scheduler).")
-    optim.add_argument("--lr_warmup_steps", type=int, default=DEFAULT_LR_WARMUP_STEPS, help="Warm-up steps (a short warm-up suits the high default rate).")
-    optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
-    optim.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
-    optim.add_argument("--adam_weight_decay", type=float, default=1e-2, help="AdamW weight decay.")
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
-    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=DEFAULT_LR_WARMUP_STEPS, help="Warm-up steps (a short warm-up suits the high default rate).")
+    optim.add_argument("--adam_beta1", type=fraction, default=0.9, help="AdamW beta1.")
+    optim.add_argument("--adam_beta2", type=fraction, default=0.999, help="AdamW beta2.")
+    optim.add_argument("--adam_weight_decay", type=non_negative_float, default=1e-2, help="AdamW weight decay.")
+    optim.add_argument("--adam_epsilon", type=positive_float, default=1e-8, help="AdamW epsilon.")
+    optim.add_argument("--max_grad_norm", type=positive_float, default=1.0, help="Gradient clipping norm.")
     add_precision_ema_args(optim, ema_max_decay=0.9999)
 
     run = parser.add_argument_group("run")
@@ -119,9 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--validation_scheduler", type=str, default="dpm++", choices=sorted(SCHEDULERS),
                      help="Sampler of validation, also saved with the pipeline so its default call samples as measured; "
                           "DPM-Solver++ at 25 steps scores within the seed spread of DDIM at 50.")
-    run.add_argument("--validation_inference_steps", type=int, default=25,
+    run.add_argument("--validation_inference_steps", type=positive_int, default=25,
                      help="Sampling steps at validation (the pipeline's default call takes 25 too).")
-    run.add_argument("--validation_guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance at validation.")
+    run.add_argument("--validation_guidance_scale", type=non_negative_float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance at validation.")
 
     args = parser.parse_args(argv)
     check_args(parser, args)
@@ -140,8 +149,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         args.attention_levels = [0] * (levels - 1) + [1]
     if len(args.attention_levels) != levels or set(args.attention_levels) - {0, 1}:
         parser.error(f"--attention_levels needs one 0/1 per level ({levels}), got {args.attention_levels}.")
-    if args.patch_size < 1:
-        parser.error("--patch_size must be positive.")
     if args.resolution % (args.patch_size * 2 ** (levels - 1)):
         parser.error(f"--resolution {args.resolution} must be divisible by {args.patch_size * 2 ** (levels - 1)} (--patch_size "
                      f"{args.patch_size}, then the UNet downsamples {levels - 1} times).")
@@ -151,15 +158,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--block_out_channels {args.block_out_channels} need a common divisor of at least 4 for GroupNorm.")
     if any(c % args.attention_head_dim for c, a in zip(args.block_out_channels, args.attention_levels) if a):
         parser.error("--attention_head_dim must divide the channels of every attention level.")
-    for name in ("gradient_accumulation_steps", "ddpm_num_steps", "layers_per_block", "time_embedding_dim"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive.")
     if args.conditioning != "class_embedding" and not any(args.attention_levels):
         parser.error(f"--conditioning {args.conditioning} needs at least one attention level (--attention_levels) to cross-attend.")
-    if args.foreground_weight < 0 or args.snr_gamma < 0:
-        parser.error("--foreground_weight and --snr_gamma must be >= 0 (0 turns each off).")
-    if not 0.0 <= args.condition_dropout < 1.0:
-        parser.error("--condition_dropout must be in [0, 1).")
+    if args.condition_dropout == 1.0:
+        parser.error("--condition_dropout must be below 1: a model that never sees its labels cannot follow them.")
     check_run_args(parser, args)
 
 

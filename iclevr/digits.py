@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from iclevr.argtypes import check_output_folder, positive_int
 from iclevr.io import staged_folder
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -66,11 +67,13 @@ def write_digits_dataset(output_dir: str | Path, resolution: int = 32, condition
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Write scikit-learn's digits as an RGB image folder with a 10-label vocabulary.")
     parser.add_argument("--output_dir", type=str, default="data/digits", help="Folder to write.")
-    parser.add_argument("--resolution", type=int, default=32, help="Image size (the scans are 8x8; 32 suits the default UNet).")
-    parser.add_argument("--conditions_per_label", type=int, default=10, help="Times each digit appears in conditions.json.")
-    parser.add_argument("--limit", type=int, default=None, help="Keep only the first N images (a quick smoke run).")
+    parser.add_argument("--resolution", type=positive_int, default=32, help="Image size (the scans are 8x8; 32 suits the default UNet).")
+    parser.add_argument("--conditions_per_label", type=positive_int, default=10, help="Times each digit appears in conditions.json.")
+    parser.add_argument("--limit", type=positive_int, default=None, help="Keep only the first N images (a quick smoke run).")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing folder.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_output_folder(parser, args.output_dir, "--output_dir")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

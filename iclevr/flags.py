@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from iclevr.argtypes import check_output_folder, non_negative_int, positive_float, positive_int, probability
 from iclevr.data import check_data_source
 from iclevr.labels import SYNTHETIC_TEST
 
@@ -21,10 +22,10 @@ def int_list(text: str) -> list[int]:
 
 def add_length_args(group) -> None:
     """Batch size and the length of a run: epochs, steps or a wall-time budget."""
-    group.add_argument("--train_batch_size", type=int, default=64, help="Batch size per process.")
-    group.add_argument("--num_epochs", type=int, default=10, help="Epochs (ignored when --max_train_steps is set).")
-    group.add_argument("--max_train_steps", type=int, default=None, help="Total optimiser steps; overrides --num_epochs.")
-    group.add_argument("--max_train_minutes", type=float, default=None,
+    group.add_argument("--train_batch_size", type=positive_int, default=64, help="Batch size per process.")
+    group.add_argument("--num_epochs", type=positive_int, default=10, help="Epochs (ignored when --max_train_steps is set).")
+    group.add_argument("--max_train_steps", type=positive_int, default=None, help="Total optimiser steps; overrides --num_epochs.")
+    group.add_argument("--max_train_minutes", type=positive_float, default=None,
                        help="Stop after this much training wall time (validation excluded), then save as usual: a fixed time budget.")
 
 
@@ -40,25 +41,25 @@ def add_precision_ema_args(group, ema_max_decay: float, compiles: bool = True) -
     group.add_argument("--allow_tf32", action="store_true",
                        help="Allow TF32 matrix products on Ampere and newer GPUs: faster fp32 training at a slightly lower "
                             "precision; no effect on a CPU.")
-    group.add_argument("--seed", type=int, default=0, help="Random seed; a run with the same seed is reproducible on CPU.")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="Random seed; a run with the same seed is reproducible on CPU.")
     group.add_argument("--use_ema", action="store_true", help="Keep an exponential moving average of the weights and save it.")
-    group.add_argument("--ema_max_decay", type=float, default=ema_max_decay, help="Maximum EMA decay.")
-    group.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up inverse multiplicative factor.")
-    group.add_argument("--ema_power", type=float, default=0.75, help="EMA warm-up exponent.")
+    group.add_argument("--ema_max_decay", type=probability, default=ema_max_decay, help="Maximum EMA decay.")
+    group.add_argument("--ema_inv_gamma", type=positive_float, default=1.0, help="EMA warm-up inverse multiplicative factor.")
+    group.add_argument("--ema_power", type=positive_float, default=0.75, help="EMA warm-up exponent.")
 
 
 def add_run_args(group, output_dir: str, project_name: str) -> None:
     """Output, checkpoints, trackers, validation with the evaluator, and the Hub."""
     group.add_argument("--output_dir", type=str, default=output_dir, help="Where checkpoints and the pipeline are written.")
-    group.add_argument("--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps.")
-    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints.")
+    group.add_argument("--checkpointing_steps", type=positive_int, default=500, help="Save a resumable checkpoint every N steps.")
+    group.add_argument("--checkpoints_total_limit", type=positive_int, default=None, help="Keep at most this many checkpoints.")
     group.add_argument("--resume_from_checkpoint", type=str, default=None, help="'latest' (starts fresh when there is none, so a rerun command resumes) or a checkpoint folder to resume from.")
     group.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no tracker).")
     group.add_argument("--tracker_project_name", type=str, default=project_name, help="Project name the tracker files the run under.")
     group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
-    group.add_argument("--validation_steps", type=int, default=None, help="Sample the validation conditions every N steps (and at the end).")
+    group.add_argument("--validation_steps", type=positive_int, default=None, help="Sample the validation conditions every N steps (and at the end).")
     group.add_argument("--validation_conditions_json", type=str, default=str(SYNTHETIC_TEST), help="Conditions sampled at validation (test.json format; default: the project's synthetic set).")
-    group.add_argument("--validation_num_seeds", type=int, default=1,
+    group.add_argument("--validation_num_seeds", type=positive_int, default=1,
                        help="Sampling seeds per validation (--seed, --seed+1, ...): the accuracy logged is their mean, as in "
                             "the report; one seed on 32 conditions is noisy.")
     group.add_argument("--evaluator", type=str, default=None, help="Evaluator folder or course checkpoint.pth: log the course accuracy at validation.")
@@ -70,12 +71,8 @@ def add_run_args(group, output_dir: str, project_name: str) -> None:
 
 def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Reject impossible values of the shared flags before any work starts."""
-    for name in ("train_batch_size", "checkpointing_steps", "num_epochs", "validation_num_seeds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive.")
-    for name in ("max_train_steps", "max_train_minutes", "validation_steps"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive.")
+    check_output_folder(parser, args.output_dir, "--output_dir")
+    check_output_folder(parser, args.cache_dir, "--cache_dir")
     if args.dataset_name or args.train_data_dir or args.train_json:  # else the embedded set
         try:
             check_data_source(args.dataset_name, args.train_data_dir, args.train_json)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from iclevr.argtypes import fraction, non_negative_float, positive_float, positive_int
 from iclevr.ddpm import add_training_data_args
 from iclevr.flags import add_length_args, add_precision_ema_args, add_run_args, check_run_args, int_list
 from iclevr.hub import CARD_TAIL, write_card
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_training_data_args(parser.add_argument_group("data"))
 
     model = parser.add_argument_group("model")
-    model.add_argument("--latent_dim", type=int, default=128, help="Length of the generator's noise vector.")
+    model.add_argument("--latent_dim", type=positive_int, default=128, help="Length of the generator's noise vector.")
     model.add_argument("--generator_channels", type=int_list, default=None,
                        help="Generator channels from 4x4 up to the resolution, one per level (default: 256,256,128,64 at 32x32).")
     model.add_argument("--discriminator_channels", type=int_list, default=None,
@@ -48,15 +49,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--discriminator_head", type=str, default="projection", choices=DISCRIMINATOR_HEADS,
                        help="How the discriminator sees the labels: a projection (the default: it scored higher than "
                             "ACGAN's auxiliary classifier at equal minutes, docs/experiments.md), the classifier, or both.")
-    model.add_argument("--aux_loss_weight", type=float, default=1.0, help="Weight of the auxiliary classifier's BCE (acgan, both).")
+    model.add_argument("--aux_loss_weight", type=non_negative_float, default=1.0, help="Weight of the auxiliary classifier's BCE (acgan, both).")
 
     optim = parser.add_argument_group("optimisation")
     add_length_args(optim)
-    optim.add_argument("--learning_rate", type=float, default=2e-4, help="Generator Adam learning rate (constant, as GANs use).")
-    optim.add_argument("--discriminator_learning_rate", type=float, default=2e-4, help="Discriminator Adam learning rate.")
-    optim.add_argument("--adam_beta1", type=float, default=0.0, help="Adam beta1 of both networks (0: no momentum, as SNGAN and BigGAN).")
-    optim.add_argument("--adam_beta2", type=float, default=0.999, help="Adam beta2 of both networks.")
-    optim.add_argument("--discriminator_steps", type=int, default=2,
+    optim.add_argument("--learning_rate", type=positive_float, default=2e-4, help="Generator Adam learning rate (constant, as GANs use).")
+    optim.add_argument("--discriminator_learning_rate", type=positive_float, default=2e-4, help="Discriminator Adam learning rate.")
+    optim.add_argument("--adam_beta1", type=fraction, default=0.0, help="Adam beta1 of both networks (0: no momentum, as SNGAN and BigGAN).")
+    optim.add_argument("--adam_beta2", type=fraction, default=0.999, help="Adam beta2 of both networks.")
+    optim.add_argument("--discriminator_steps", type=positive_int, default=2,
                        help="Discriminator updates per generator update, each on its own batch (SNGAN uses 5; 2 fits a CPU hour).")
     add_precision_ema_args(optim, ema_max_decay=0.999, compiles=False)
 
@@ -80,11 +81,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--generator_channels needs {levels + 1} entries at resolution {args.resolution} (4x4 up to it).")
     if len(args.discriminator_channels) != levels:
         parser.error(f"--discriminator_channels needs {levels} entries at resolution {args.resolution} (down to 4x4).")
-    for name in ("latent_dim", "discriminator_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be positive.")
-    if min(args.generator_channels + args.discriminator_channels) < 1 or args.aux_loss_weight < 0:
-        parser.error("Channel counts must be positive and --aux_loss_weight >= 0.")
+    if min(args.generator_channels + args.discriminator_channels) < 1:
+        parser.error("--generator_channels and --discriminator_channels must be positive.")
     check_run_args(parser, args)
 
 

@@ -121,8 +121,8 @@ FLAG_CASES = [
     (ddpm.parse_args, ["--resolution", "17"], "must be divisible by 2"),
     (ddpm.parse_args, ["--mixed_precision", "fp8"], "invalid choice"),
     (ddpm.parse_args, ["--validation_steps", "5", "--validation_conditions_json", "/nonexistent.json"], "does not exist"),
-    (render_iclevr.parse_args, ["--num_scenes", "0"], "must be positive"),
-    (main_job.parse_args, ["--train_minutes", "-1"], "must be positive"),
+    (render_iclevr.parse_args, ["--num_scenes", "0"], "argument --num_scenes: expected a positive integer, got '0'"),
+    (main_job.parse_args, ["--train_minutes", "-1"], "argument --train_minutes: expected a finite number > 0"),
 ]
 
 

@@ -274,7 +274,7 @@ def test_train_evaluator_bad_flags(capsys):
     from train_evaluator import parse_args
 
     for flags, message in ((["--lowres_sizes", "32,x"], "comma-separated"), (["--lowres_sizes", "128"], "must lie in"),
-                           (["--heldout_fraction", "0"], "in (0, 1)"), (["--num_epochs", "0"], "must be positive")):
+                           (["--heldout_fraction", "0"], "argument --heldout_fraction: expected a number in (0, 1)"), (["--num_epochs", "0"], "argument --num_epochs: expected a positive integer")):
         with pytest.raises(SystemExit):
             parse_args(flags)
         assert message in capsys.readouterr().err

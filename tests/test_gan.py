@@ -240,7 +240,7 @@ def test_sampling_pipeline_restores_the_training_state():
     (["--resolution", "24"], "power of two"),
     (["--generator_channels", "8,8"], "--generator_channels needs 4 entries"),
     (["--discriminator_channels", "8"], "--discriminator_channels needs 3 entries"),
-    (["--discriminator_steps", "0"], "--discriminator_steps must be positive"),
+    (["--discriminator_steps", "0"], "argument --discriminator_steps: expected a positive integer"),
     (["--discriminator_head", "wgan"], "invalid choice"),
     (["--push_to_hub"], "--hub_model_id"),
 ])

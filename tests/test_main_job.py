@@ -91,7 +91,7 @@ def test_failed_stage_stops_the_job(tmp_path):
         main_job.run_stage("boom", ["python", "-c", "raise SystemExit(3)"], {})
 
 
-@pytest.mark.parametrize("flags, message", [(["--train_minutes", "0"], "must be positive"),
+@pytest.mark.parametrize("flags, message", [(["--train_minutes", "0"], "argument --train_minutes: expected a finite number > 0"),
                                             (["--evaluator", "/nonexistent"], "does not exist"),
                                             (["--evaluator", ".", "--retrain_evaluator"], "are exclusive")])
 def test_bad_flags(flags, message, capsys):

@@ -193,7 +193,7 @@ def test_refuses_to_overwrite_and_replaces_atomically(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("flags, message", [
     (["--width", "4"], "at least 8"),
-    (["--num_scenes", "0"], "must be positive"),
+    (["--num_scenes", "0"], "argument --num_scenes: expected a positive integer"),
     (["--labels_json", "a", "--conditions_json", "b"], "exclusive"),
 ])
 def test_bad_flags(tmp_path, capsys, flags, message):

@@ -1,0 +1,57 @@
+"""The weights that ship with the repository (``pretrained/``) work: checked on pictures they never saw, so a broken,
+truncated or swapped file cannot pass."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import main_job
+from iclevr.evaluator import Evaluator, reference_images
+from iclevr.render.dataset import plan_random_scenes, render_dataset
+
+EVALUATOR = Path(__file__).resolve().parents[1] / "pretrained" / "evaluator"
+FRESH_SEED = 20261204  # the shipped evaluator was trained on seed 1's scenes
+
+
+@pytest.fixture(scope="module")
+def evaluator() -> Evaluator:
+    return Evaluator.from_pretrained(EVALUATOR)
+
+
+@pytest.fixture(scope="module")
+def fresh_scenes(tmp_path_factory) -> Path:
+    """40 scenes (120 images of 1, 2 and 3 objects) the evaluator never saw, rendered at its 64x64."""
+    out = tmp_path_factory.mktemp("fresh") / "scenes"
+    render_dataset(out, plan_random_scenes(40, FRESH_SEED, set()), seed=FRESH_SEED, width=64, height=64, spp=4)
+    return out
+
+
+def test_the_shipped_evaluator_is_the_main_job_s_recipe_in_half_precision():
+    assert main_job.SHIPPED_EVALUATOR == EVALUATOR
+    weights = load_file(EVALUATOR / "model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float16}
+    assert (EVALUATOR / "model.safetensors").stat().st_size < 25_000_000
+    metrics = json.loads((EVALUATOR / "evaluator_metrics.json").read_text())
+    recipe = main_job.EVALUATOR_RECIPE
+    assert metrics["save_dtype"] == "float16" and metrics["flip_average"] is True
+    assert (metrics["args"]["num_epochs"], metrics["args"]["train_batch_size"]) == (recipe["num_epochs"], recipe["train_batch_size"])
+    heldout = metrics["heldout"]["64"]  # measured with the half-precision weights, flip-averaged, as it scores
+    assert heldout["accuracy"] >= 0.99 and heldout["by_num_objects"]["3"]["exact_set_accuracy"] >= 0.95
+    config = json.loads((EVALUATOR / "config.json").read_text())
+    assert config["flip_average"] is True and config["id2label"]["9"] == "red sphere"
+    assert json.loads((EVALUATOR / "preprocessor_config.json").read_text())["size"] == {"height": 64, "width": 64}
+
+
+def test_the_shipped_evaluator_reads_fresh_renders_and_not_the_empty_floor(evaluator, fresh_scenes):
+    labels = json.loads((fresh_scenes / "train.json").read_text())
+    names = sorted(labels)
+    conditions = [labels[name] for name in names]
+    report = evaluator.score([Image.open(fresh_scenes / name) for name in names], conditions)
+    assert report["accuracy"] >= 0.97, report["accuracy"]
+    assert report["by_num_objects"]["3"]["exact_set_accuracy"] >= 0.85, report["by_num_objects"]
+    floor = evaluator.score(reference_images(conditions, "floor"), conditions)
+    assert floor["accuracy"] <= 0.2, floor["accuracy"]
