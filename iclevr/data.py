@@ -181,6 +181,7 @@ def load_imagefolder(
     if dataset_name is not None:
         dataset = load_dataset(dataset_name, dataset_config_name, split="train", cache_dir=cache_dir)
     else:
+        check_metadata_jsonl(Path(train_data_dir) / "metadata.jsonl")
         dataset = load_dataset("imagefolder", data_dir=str(train_data_dir), split="train", cache_dir=cache_dir)
     source = dataset_name or str(train_data_dir)
     for column, flag in ((image_column, "--image_column"), (label_column, "--label_column")):
@@ -211,6 +212,24 @@ def load_imagefolder(
     file_names = [Path(value["path"]).name if value.get("path") else f"row_{i}" for i, value in enumerate(dataset[image_column])]
     table = dataset.select_columns([image_column]).add_column("file_name", file_names).add_column("label_names", names)
     return decode_labelled(table, image_column, vocab, resolution, source, skip_bad_images, num_proc)
+
+
+def check_metadata_jsonl(path: Path) -> None:
+    """Every line of an image folder's ``metadata.jsonl`` is a JSON object; else `BadDataError` naming the file, the
+    line and the parser's reason. (datasets itself drops a metadata file it cannot read, and then reports the
+    missing label column instead.)"""
+    if not path.is_file():
+        return
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise BadDataError(f"{path}:{number}: not valid JSON ({error.msg}: column {error.colno}); each line must be "
+                               'one object such as {"file_name": "0001.png", "labels": ["red sphere"]}.') from None
+        if not isinstance(row, dict):
+            raise BadDataError(f"{path}:{number}: expected a JSON object with file_name and labels, got {type(row).__name__}.")
 
 
 def folder_vocabulary(folder: str | os.PathLike | None, names) -> LabelVocabulary:

@@ -11,6 +11,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+# The most pixels a training image may have: 4096 x 4096, 800 times i-CLEVR's 320 x 240 and far below PIL's own
+# decompression-bomb limit (89M), so a hostile or broken file is a bad image, reported by name, not a traceback.
+MAX_PIXELS = 4096 * 4096
+
 
 def load_rgb_image(source: str | os.PathLike | Image.Image | dict) -> Image.Image:
     """Open and fully decode an image as RGB, raising `ValueError` with the reason for anything that is not a colour image.
@@ -22,9 +26,13 @@ def load_rgb_image(source: str | os.PathLike | Image.Image | dict) -> Image.Imag
         source = source.get("path") if source.get("bytes") is None else io.BytesIO(source["bytes"])
     try:
         image = source if isinstance(source, Image.Image) else Image.open(source)
+        if image.width * image.height > MAX_PIXELS:  # checked before decoding: a 48 KB PNG can hold 400M pixels
+            raise ValueError(f"{image.width}x{image.height} pixels, over the limit of {MAX_PIXELS:,} for a training image")
         image.load()  # decode now so truncated files fail here, not in the middle of training
     except FileNotFoundError:
         raise ValueError("file is missing") from None
+    except Image.DecompressionBombError as error:  # PIL's own limit, met while opening: far over ours
+        raise ValueError(f"over the limit of {MAX_PIXELS:,} pixels for a training image ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"unreadable or truncated image ({error})") from None
     if image.mode in ("L", "LA", "I", "I;16", "F", "1"):

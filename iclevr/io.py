@@ -27,8 +27,11 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what} {path} is not valid JSON: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} {path}:{error.lineno} is not valid JSON: {error.msg}: line {error.lineno}, column "
+                         f"{error.colno}.") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{what} {path} is not valid JSON: it is not UTF-8 text ({error.reason} at byte {error.start}).") from None
 
 
 def partial_path(final: str | os.PathLike) -> Path:

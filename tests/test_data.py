@@ -117,7 +117,9 @@ def bad_folder(small_folder):
     _write(small_folder, "grey.png", mode="L")
     rgba = Image.new("RGBA", (8, 8), (1, 2, 3, 0))
     rgba.save(small_folder / "transparent.png")
-    for name in ("truncated.png", "empty.png", "grey.png", "transparent.png", "missing.png"):
+    Image.new("1", (20000, 20000)).save(small_folder / "bomb.png")  # 48 KB on disk, 400M pixels: over PIL's own limit
+    Image.new("RGB", (4100, 4100)).save(small_folder / "huge.png")  # 49 KB, 16.8M pixels: over the training-image limit
+    for name in ("truncated.png", "empty.png", "grey.png", "transparent.png", "missing.png", "bomb.png", "huge.png"):
         labels[name] = ["blue cube"]
     (small_folder / "train.json").write_text(json.dumps(labels))
     return small_folder
@@ -127,20 +129,23 @@ def test_bad_images_are_named_and_counted(bad_folder, tmp_path):
     with pytest.raises(BadDataError) as info:
         load_train_dataset(train_data_dir=bad_folder, resolution=8, cache_dir=tmp_path)
     message = str(info.value)
-    assert "5 bad images out of 9" in message and "--skip_bad_images" in message
+    assert "7 bad images out of 11" in message and "--skip_bad_images" in message
     assert "truncated.png: unreadable or truncated image" in message
     assert "empty.png: unreadable or truncated image" in message
     assert "grey.png: greyscale image (mode L)" in message
     assert "transparent.png: image has transparent pixels" in message
     assert "missing.png: file is missing" in message
+    assert "bomb.png: over the limit of 16,777,216 pixels for a training image" in message
+    assert "huge.png: 4100x4100 pixels, over the limit of 16,777,216 for a training image" in message
 
 
 def test_skip_bad_images_reports(bad_folder, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         dataset = load_train_dataset(train_data_dir=bad_folder, resolution=8, cache_dir=tmp_path, skip_bad_images=True)
     assert len(dataset) == 4
-    assert sorted(skipped_images(dataset)) == ["empty.png", "grey.png", "missing.png", "transparent.png", "truncated.png"]
-    assert "Skipped 5 bad images out of 9" in caplog.text
+    assert sorted(skipped_images(dataset)) == ["bomb.png", "empty.png", "grey.png", "huge.png", "missing.png",
+                                               "transparent.png", "truncated.png"]
+    assert "Skipped 7 bad images out of 11" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -190,3 +195,20 @@ def test_collate_and_flip():
     assert (same | mirrored).all() and same.any() and mirrored.any()
     with pytest.raises(ValueError, match="uint8 images"):
         to_model_input(images.float())
+
+
+def test_a_cut_metadata_jsonl_or_train_json_is_named_with_its_line(tmp_path, tmp_path_factory):
+    """A file cut off in the middle of its last line: the file, the line and the parser's reason, not a missing column."""
+    _write(tmp_path, "0.png")
+    _write(tmp_path, "1.png")
+    rows = [json.dumps({"file_name": "0.png", "labels": ["red sphere"]}), json.dumps({"file_name": "1.png", "labels": ["cyan cube"]})]
+    (tmp_path / "metadata.jsonl").write_text(rows[0] + "\n" + rows[1][:20])
+    with pytest.raises(BadDataError, match=r"metadata.jsonl:2: not valid JSON \(Unterminated string starting at: column 15\)"):
+        load_train_dataset(train_data_dir=tmp_path, cache_dir=tmp_path_factory.mktemp("hf"))
+    (tmp_path / "metadata.jsonl").write_text(rows[0] + "\n[1, 2]\n")
+    with pytest.raises(BadDataError, match="metadata.jsonl:2: expected a JSON object"):
+        load_train_dataset(train_data_dir=tmp_path, cache_dir=tmp_path_factory.mktemp("hf"))
+    (tmp_path / "metadata.jsonl").unlink()
+    (tmp_path / "train.json").write_text('{\n  "0.png": ["red sphere"],\n  "1.png": ["cyan')
+    with pytest.raises(ValueError, match=r"train.json:3 is not valid JSON: Unterminated string starting at: line 3, column 12"):
+        load_train_dataset(train_data_dir=tmp_path, cache_dir=tmp_path_factory.mktemp("hf"))
