@@ -210,5 +210,5 @@ def test_a_cut_metadata_jsonl_or_train_json_is_named_with_its_line(tmp_path, tmp
         load_train_dataset(train_data_dir=tmp_path, cache_dir=tmp_path_factory.mktemp("hf"))
     (tmp_path / "metadata.jsonl").unlink()
     (tmp_path / "train.json").write_text('{\n  "0.png": ["red sphere"],\n  "1.png": ["cyan')
-    with pytest.raises(ValueError, match=r"train.json:3 is not valid JSON: Unterminated string starting at: line 3, column 12"):
+    with pytest.raises(ValueError, match=r"train.json:3 is not valid JSON: Unterminated string starting at: line 3, column 13"):
         load_train_dataset(train_data_dir=tmp_path, cache_dir=tmp_path_factory.mktemp("hf"))
