@@ -38,6 +38,7 @@ from iclevr.argtypes import check_output_folder, positive_float, positive_int
 from iclevr.checkpoints import latest_checkpoint
 from iclevr.data import cache_root
 from iclevr.ddpm import DEFAULT_LR_WARMUP_STEPS
+from iclevr.io import writer_lock
 from iclevr.labels import COURSE_TEST
 from iclevr.utils import auto_mixed_precision
 
@@ -237,6 +238,12 @@ def warmup_flags(args, steps: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    with writer_lock(args.output_dir):
+        return run_job(args)
+
+
+def run_job(args: argparse.Namespace) -> dict:
+    """The stages, in order (`main`, under the output folder's lock)."""
     start = time.time()
     out = Path(args.output_dir)
     cache = cache_root(args.cache_dir)

@@ -18,6 +18,7 @@ import os
 import sys
 
 from iclevr.argtypes import check_output_folder, non_negative_int, positive_int
+from iclevr.io import writer_lock
 from iclevr.render.dataset import MIN_VISIBLE_PIXELS, default_spp, plan_jobs, render_dataset
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     jobs, dropped = plan_jobs(args.num_scenes, args.seed, args.labels_json, args.conditions_json, args.exclude_json)
     if dropped:
         logger.info("Left out %d images whose label set is in --exclude_json.", len(dropped))
-    records = render_dataset(args.output_dir, jobs, args.seed, args.width, args.height, args.spp, args.min_visible_pixels,
-                             args.num_workers, args.overwrite, args.preview, conditions=args.conditions_json is not None)
+    with writer_lock(args.output_dir):
+        records = render_dataset(args.output_dir, jobs, args.seed, args.width, args.height, args.spp, args.min_visible_pixels,
+                                 args.num_workers, args.overwrite, args.preview, conditions=args.conditions_json is not None)
     print(f"Wrote {len(records)} images ({args.width}x{args.height}) to {args.output_dir}", file=sys.stderr)
 
 

@@ -28,6 +28,7 @@ from diffusers.training_utils import EMAModel
 from iclevr import ddpm
 from iclevr.checkpoints import save_in_diffusers_layout
 from iclevr.images import random_hflip, to_model_input
+from iclevr.io import is_main_rank, writer_lock
 from iclevr.loop import TrainingRun, check_finite, train
 from iclevr.run_setup import build_lr_scheduler, start_generator_run, start_trackers_and_evaluator
 from iclevr.utils import bare_model, ema_weights
@@ -153,8 +154,9 @@ def memory_format(args: argparse.Namespace) -> torch.memory_format:
 
 def main(argv: list[str] | None = None) -> None:
     args = ddpm.parse_args(argv)
-    accelerator = start_generator_run(args, gradient_accumulation_steps=args.gradient_accumulation_steps)
-    train(set_up(args, accelerator))
+    with writer_lock(args.output_dir, hold=is_main_rank()):
+        accelerator = start_generator_run(args, gradient_accumulation_steps=args.gradient_accumulation_steps)
+        train(set_up(args, accelerator))
 
 
 if __name__ == "__main__":

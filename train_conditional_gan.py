@@ -25,6 +25,7 @@ from diffusers.training_utils import EMAModel
 from iclevr import ddpm, gan
 from iclevr.checkpoints import save_in_diffusers_layout
 from iclevr.images import random_hflip, to_model_input
+from iclevr.io import is_main_rank, writer_lock
 from iclevr.loop import TrainingRun, check_finite, train
 from iclevr.run_setup import start_generator_run, start_trackers_and_evaluator
 from iclevr.utils import bare_model
@@ -146,7 +147,8 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
 
 def main(argv: list[str] | None = None) -> None:
     args = gan.parse_args(argv)
-    train(set_up(args, start_generator_run(args)))
+    with writer_lock(args.output_dir, hold=is_main_rank()):
+        train(set_up(args, start_generator_run(args)))
 
 
 if __name__ == "__main__":

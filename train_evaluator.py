@@ -49,7 +49,7 @@ from iclevr.evaluator import (
     sanity_report,
 )
 from iclevr.flags import int_list
-from iclevr.io import move_into, partial_folder
+from iclevr.io import is_main_rank, move_into, partial_folder, writer_lock
 from iclevr.labels import dataset_vocabulary, load_conditions
 from iclevr.run_setup import build_lr_scheduler, setup_accelerator
 from iclevr.utils import bare_model
@@ -145,6 +145,11 @@ def train(args, accelerator: Accelerator, images, labels, train_rows, heldout_ro
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    with writer_lock(args.output_dir, hold=is_main_rank()):
+        return train_and_save(args)
+
+
+def train_and_save(args: argparse.Namespace) -> dict:
     accelerator = setup_accelerator(args.seed, mixed_precision=args.mixed_precision, project_dir=str(Path(args.output_dir)),
                                     log_with=None if args.report_to == "none" else args.report_to)
     start = time.time()

@@ -100,3 +100,35 @@ def remove_partial_saves(folder: str | os.PathLike) -> list[Path]:
     for leftover in leftovers:
         shutil.rmtree(leftover)
     return leftovers
+
+
+@contextlib.contextmanager
+def writer_lock(folder: str | os.PathLike, hold: bool = True) -> Iterator[None]:
+    """One writer per output folder: an OS lock on ``<folder>.writing.lock`` (beside the folder, which a render
+    replaces whole; distinct from the ``<folder>.lock`` a cache holds while it waits for one render) for the block. A second run on the same folder stops at once with one line naming the folder and the
+    holder's PID; the OS drops the lock when its process dies, so a SIGKILLed run leaves nothing that blocks the next.
+    ``hold=False`` (the other processes of a multi-process run) takes no lock."""
+    if not hold:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    path = Path(f"{Path(folder).resolve()}.writing.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = path.read_text().strip() if path.is_file() else ""
+        raise SystemExit(f"{folder} is being written by another run (PID {holder or 'unknown'}; lock {path}): wait for it "
+                         "to end, or give another output folder.") from None
+    path.write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def is_main_rank() -> bool:
+    """Whether this is the main process of a launch (``RANK`` 0, or no ``RANK``), known before an Accelerator exists."""
+    return os.environ.get("RANK", "0") == "0"

@@ -1,7 +1,11 @@
 import json
 import math
+import os
+import random
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -174,10 +178,6 @@ def _popen(rendered_dir, output_dir, *flags):
 
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
     """Kill -9 the whole launch (launcher and trainer) at random moments, checkpoint writes included, resume each time."""
-    import os
-    import random
-    import signal
-
     out = tmp_path / "killed"
     flags = ["--max_train_steps", "6", "--checkpointing_steps", "1", "--use_ema"]
     rng = random.Random(0)
@@ -204,6 +204,35 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
     assert "Resuming from" in result.stdout + result.stderr
+
+
+def test_one_writer_per_output_folder(rendered_dir, tmp_path):
+    """A second run on a folder in use stops within seconds with one line naming the folder and the holder's PID; the
+    first finishes and loads; a SIGKILLed holder leaves no lock that blocks the next run."""
+    out = tmp_path / "shared"
+    lock = tmp_path / "shared.writing.lock"
+    # Held for 20 training seconds (the time budget ends it, then it saves): longer than the second run takes to start.
+    first = _popen(rendered_dir, out, "--max_train_steps", "100000", "--max_train_minutes", "0.33", "--checkpointing_steps", "100000")
+    deadline = time.time() + 120
+    while not (lock.is_file() and lock.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    started = time.time()  # a single process needs no launcher (whose own traceback would follow the line)
+    direct = [sys.executable, str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir",
+              str(out), "--cache_dir", str(tmp_path / "cache"), *TINY, "--max_train_steps", "2"]
+    second = subprocess.run(direct, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0 and time.time() - started < 30, second.stderr[-2000:]
+    assert f"{out} is being written by another run (PID {lock.read_text().strip()}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.wait(timeout=300) == 0
+    ICLEVRPipeline.from_pretrained(out)  # the first run's pipeline, whole
+
+    previous = lock.read_text().strip()
+    killed = _popen(rendered_dir, out, "--max_train_steps", "100000", "--checkpointing_steps", "100000")
+    while lock.read_text().strip() in ("", previous) and killed.poll() is None:
+        time.sleep(0.05)  # until the new run holds the lock (its trainer writes its PID)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    _launch(rendered_dir, out, "--max_train_steps", "2")  # not blocked
 
 
 def test_partial_checkpoint_is_never_picked(trained, rendered_dir, tmp_path):
