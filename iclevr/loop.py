@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
-from iclevr.checkpoints import checkpoint_if_due, resume_step
+from iclevr.checkpoints import check_free_space, checkpoint_if_due, resume_step
 from iclevr.io import move_into, partial_folder
 from iclevr.stopwatch import Stopwatch
 from iclevr.validation import validate_pipeline
@@ -181,12 +182,20 @@ def finish(run: TrainingRun) -> None:
             validate(run)
         summary = run.summary()
         grid = Path(args.output_dir) / "validation" / f"step-{run.step:07d}.png"
-        with run.sampling_pipeline(final=True) as pipeline, \
-                saved_pipeline_folder(pipeline, run.saved_model(final=True), Path(args.output_dir)) as folder:
-            if grid.is_file():
-                shutil.copy(grid, folder / "samples.png")
-            (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
-            run.write_card(summary, folder, samples=grid.is_file())
+        model = run.saved_model(final=True)
+        check_free_space(Path(args.output_dir), sum(p.numel() * p.element_size() for p in model.parameters()) + (1 << 20),
+                         "the pipeline")
+        try:
+            with run.sampling_pipeline(final=True) as pipeline, \
+                    saved_pipeline_folder(pipeline, model, Path(args.output_dir)) as folder:
+                if grid.is_file():
+                    shutil.copy(grid, folder / "samples.png")
+                (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
+                run.write_card(summary, folder, samples=grid.is_file())
+        except (OSError, RuntimeError, SafetensorError) as error:  # a full disk, as each writer reports it
+            raise SystemExit(f"Saving the pipeline in {args.output_dir} failed ({error}); removed the partial save: the "
+                             "previous pipeline and the checkpoints are kept. Free some space and rerun with "
+                             "--resume_from_checkpoint latest.") from None
         logger.info(f"Saved the pipeline to {args.output_dir}: {summary}")
         if args.push_to_hub:
             from iclevr.hub import push_to_hub

@@ -235,6 +235,32 @@ def test_one_writer_per_output_folder(rendered_dir, tmp_path):
     _launch(rendered_dir, out, "--max_train_steps", "2")  # not blocked
 
 
+def test_a_truncated_checkpoint_is_skipped_and_training_continues_from_the_one_before(trained, rendered_dir, tmp_path):
+    out = tmp_path / "damaged"
+    shutil.copytree(trained, out)
+    weights = out / "checkpoint-6" / "unet" / "diffusion_pytorch_model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])  # complete-looking, but cut
+    result = _launch(rendered_dir, out, "--max_train_steps", "6", "--checkpointing_steps", "2", "--use_ema",
+                     "--resume_from_checkpoint", "latest")
+    log = result.stdout + result.stderr
+    assert f"Skipping {out / 'checkpoint-6'}: unet/diffusion_pytorch_model.safetensors has {size // 2:,} bytes, the manifest " \
+           f"says {size:,}" in log
+    assert f"Resuming from {out / 'checkpoint-4'}" in log
+    for key, value in _weights(trained).items():  # steps 5 and 6 trained again: the uninterrupted run's weights
+        assert torch.equal(value, _weights(out)[key]), key
+    for folder in out.glob("checkpoint-*"):  # and every checkpoint verifies again (6 was rewritten)
+        assert (folder / "manifest.json").is_file()
+
+    for folder in out.glob("checkpoint-*"):  # none verifies: one line, no traceback, nothing trained over them
+        (folder / "manifest.json").write_text("{")
+    direct = [sys.executable, str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir",
+              str(out), "--cache_dir", str(tmp_path / "cache"), *TINY, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]
+    refused = subprocess.run(direct, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert f"No checkpoint in {out} verifies (checkpoint-4, checkpoint-6)" in refused.stderr
+
+
 def test_partial_checkpoint_is_never_picked(trained, rendered_dir, tmp_path):
     out = tmp_path / "partial"
     out.mkdir()
