@@ -136,7 +136,8 @@ def launch(args, script: str) -> list[str]:
                     "--dynamo_backend", "no"]
     else:
         command += ["--config_file", str(PROJECT_DIR / "accelerate_config.yaml")]
-    return command + [str(PROJECT_DIR / script)]
+    # --quiet: a failing stage shows its own one-line error, without the launcher's CalledProcessError traceback after it.
+    return command + ["--quiet", str(PROJECT_DIR / script)]
 
 
 def ensure_evaluator(args, cache: Path, timings: dict) -> Path:

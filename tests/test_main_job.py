@@ -2,6 +2,7 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +13,11 @@ import main_job
 from iclevr import ddpm
 from iclevr.evaluator import Evaluator, build_evaluator
 from iclevr.labels import COURSE_TEST
+from pipeline_iclevr import ICLEVRPipeline
 
 from .conftest import run_side_by_side
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ("--resolution 16 --block_out_channels 8,16 --attention_head_dim 8 --train_batch_size 4 --lr_warmup_steps 1 "
               "--validation_inference_steps 2 --embedded_num_scenes 4 --checkpointing_steps 2")
 
@@ -236,3 +239,51 @@ def test_jobs_sharing_a_cache_train_the_evaluator_once(tmp_path, monkeypatch):
     args = main_job.parse_args(["--cache_dir", str(tmp_path), "--retrain_evaluator"])
     assert run_side_by_side(lambda: main_job.ensure_evaluator(args, tmp_path, {}), timeout=60) == [folder, folder]
     assert stages == ["render evaluator data", "train evaluator"]
+
+
+@pytest.mark.slow
+def test_a_job_killed_in_any_phase_reruns_to_the_same_report(tmp_path):
+    """SIGKILL the whole main job (it and its stages) at a random moment of the render, the training and the report,
+    then rerun the same command: each rerun finishes, its pipeline loads, and its report is the uninterrupted job's.
+    Slow (about four minutes on 2 cores): run before each release with ``pytest -m slow``."""
+    import os
+    import random
+    import signal
+    import subprocess
+
+    build_evaluator().save_pretrained(tmp_path / "evaluator")
+    train = TINY_TRAIN.replace("--embedded_num_scenes 4", "--embedded_num_scenes 60")  # a render long enough to hit
+
+    def command(name):
+        flags = JOB_FLAGS(tmp_path)[:-2] + ["--train_args", train]
+        flags[flags.index("--output_dir") + 1] = str(tmp_path / name)
+        flags[flags.index("--cache_dir") + 1] = str(tmp_path / f"cache-{name}")
+        return [sys.executable, str(ROOT / "main_job.py"), *flags]
+
+    def report(name):  # every figure of the report but the timings
+        sets = json.loads((tmp_path / name / "report" / "metrics.json").read_text())["sets"]
+        return {set_name: {k: v for k, v in figures.items() if k not in ("seconds_per_image", "conditions_json")}
+                for set_name, figures in sets.items()}
+
+    subprocess.run(command("whole"), cwd=ROOT, check=True, capture_output=True, timeout=900)
+    expected = report("whole")
+    rng = random.Random(0)
+    phases = {  # each phase's marker: a file that exists only once the phase is under way
+        "render": lambda job: any(tmp_path.glob(f"cache-{job}/rendered-*.partial")),
+        "training": lambda job: (tmp_path / job / "plan.json").is_file(),
+        "report": lambda job: (tmp_path / job / "pipeline" / "model_index.json").is_file(),
+    }
+    for phase, started in phases.items():
+        process = subprocess.Popen(command(phase), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        deadline = time.time() + 600
+        while process.poll() is None and not started(phase) and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        assert process.poll() is None, f"the job ended before its {phase} could be interrupted"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        rerun = subprocess.run(command(phase), cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        ICLEVRPipeline.from_pretrained(tmp_path / phase / "pipeline")
+        assert report(phase) == expected, phase
