@@ -25,6 +25,7 @@ import gradio as gr
 import torch
 
 from iclevr.argtypes import port
+from iclevr.evaluator import SHIPPED_EVALUATOR
 from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline
 
 MAX_OBJECTS = 3  # i-CLEVR scenes hold 1-3 objects
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "pipeline, else the main job's outputs/main/pipeline).")
     parser.add_argument("--evaluator", type=str, default=None,
                         help="Evaluator folder (train_evaluator.py's) to caption each image with the labels it reads "
-                             "(default: the one the main job's main_job.json names, if any).")
+                             "(default: the one the main job's main_job.json names, else the shipped pretrained/evaluator).")
     parser.add_argument("--host", type=str, default=None, help="Address to serve on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME).")
     parser.add_argument("--port", type=port, default=None, help="Port to serve on (default: Gradio's, 7860 or $GRADIO_SERVER_PORT).")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to sample on.")
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--pipeline {args.pipeline} is not a saved pipeline folder (no model_index.json). Train one first "
                      "(python main_job.py, or train_conditional_ddpm.py) or pass --pipeline DIR.")
     if args.evaluator is None:
-        args.evaluator = main_job_evaluator(local)
+        args.evaluator = main_job_evaluator(local) or (str(SHIPPED_EVALUATOR) if (SHIPPED_EVALUATOR / "config.json").is_file() else None)
     elif not (Path(args.evaluator) / "config.json").is_file():
         parser.error(f"--evaluator {args.evaluator} is not an evaluator folder (no config.json); train_evaluator.py saves one.")
     return args
@@ -113,9 +114,13 @@ class Demo:
         self.colours, self.shapes = colours_and_shapes(self.pipe.vocab.labels)
         self.reader = None
         if evaluator:
+            from transformers import AutoImageProcessor, ResNetForImageClassification
             from transformers import pipeline as hf_pipeline
 
-            self.reader = hf_pipeline("image-classification", model=evaluator, device=device)
+            # Loaded in float32 whatever the file holds: the shipped evaluator is saved in half precision.
+            model = ResNetForImageClassification.from_pretrained(evaluator).float()
+            self.reader = hf_pipeline("image-classification", model=model, image_processor=AutoImageProcessor.from_pretrained(evaluator),
+                                      device=device)
 
     def caption(self, image, condition: list[str]) -> str:
         """What the evaluator reads on an image: its top len(condition) labels, each missed label marked."""

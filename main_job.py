@@ -38,6 +38,7 @@ from iclevr.argtypes import check_output_folder, positive_float, positive_int
 from iclevr.checkpoints import latest_checkpoint
 from iclevr.data import cache_root
 from iclevr.ddpm import DEFAULT_LR_WARMUP_STEPS
+from iclevr.evaluator import SHIPPED_EVALUATOR
 from iclevr.io import writer_lock
 from iclevr.labels import COURSE_TEST
 from iclevr.utils import auto_mixed_precision
@@ -62,8 +63,6 @@ CALIBRATION_STEPS = 40
 # Saved in half precision, which halves the shipped file and keeps both targets (pretrained/README.md).
 EVALUATOR_RECIPE = {"num_scenes": 30000, "seed": 1, "num_epochs": 9, "train_batch_size": 128, "flip_average": True,
                     "save_dtype": "float16"}
-# The evaluator trained with EVALUATOR_RECIPE that ships with the repository, so that a first run trains none.
-SHIPPED_EVALUATOR = PROJECT_DIR / "pretrained" / "evaluator"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

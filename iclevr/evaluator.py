@@ -31,6 +31,9 @@ from iclevr.metrics import evaluate_scores
 from pipeline_iclevr import LABELS, LabelVocabulary, describe_input
 
 EVALUATOR_RESOLUTION = 64
+# The evaluator that ships with the repository (main_job.EVALUATOR_RECIPE, half precision; pretrained/README.md), so
+# that a first run trains none. Absent from an installed package, which carries no weights.
+SHIPPED_EVALUATOR = Path(__file__).resolve().parents[1] / "pretrained" / "evaluator"
 MIN_INPUT_SIZE = 16
 # Training augmentation: the low-resolution round trip, at the sizes low-resolution generators emit.
 LOWRES_PROB = 0.5

@@ -68,6 +68,20 @@ def test_captions_mark_what_the_evaluator_misses(tmp_path):
     assert "2. read: gray cube — missed: ✗ cyan sphere" in summary
 
 
+def test_the_shipped_evaluator_captions_by_default_and_reads_in_float32(tmp_path):
+    """With no main job's evaluator beside the pipeline, the page reads with the shipped one, loaded in float32 though
+    its file is half precision."""
+    from app import Demo, parse_args
+    from iclevr.evaluator import SHIPPED_EVALUATOR
+
+    pipeline = tiny_pipeline(tmp_path / "pipe")
+    args = parse_args(["--pipeline", str(pipeline)])
+    assert args.evaluator == str(SHIPPED_EVALUATOR)
+    demo = Demo(str(pipeline), args.evaluator)
+    assert demo.reader.model.dtype == torch.float32
+    assert demo.caption(demo.pipe([["red cube"]], num_inference_steps=1).images[0], ["red cube"]).startswith("read: ")
+
+
 def test_a_folder_without_a_pipeline_is_refused_before_serving(tmp_path, capsys):
     from app import parse_args
 

@@ -160,7 +160,7 @@ def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, m
     assert folder == tmp_path / "evaluator-seed1-scenes20-epochs1-flip-fp16" and (folder / "model.safetensors").is_file()
     assert json.loads((folder / "config.json").read_text())["flip_average"] is True  # every later score averages flips
     weights = load_file(folder / "model.safetensors")  # saved as the shipped one is, and scored as saved
-    assert {w.dtype for w in weights.values()} == {torch.float16}
+    assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.float16}  # (BatchNorm counts stay int64)
     assert Evaluator.from_pretrained(folder).model.dtype == torch.float32
     assert set(timings) == {"render evaluator data", "train evaluator"}
     metrics = json.loads((folder / "evaluator_metrics.json").read_text())

@@ -33,7 +33,7 @@ def fresh_scenes(tmp_path_factory) -> Path:
 def test_the_shipped_evaluator_is_the_main_job_s_recipe_in_half_precision():
     assert main_job.SHIPPED_EVALUATOR == EVALUATOR
     weights = load_file(EVALUATOR / "model.safetensors")
-    assert {tensor.dtype for tensor in weights.values()} == {torch.float16}
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}  # BatchNorm counts stay int64
     assert (EVALUATOR / "model.safetensors").stat().st_size < 25_000_000
     metrics = json.loads((EVALUATOR / "evaluator_metrics.json").read_text())
     recipe = main_job.EVALUATOR_RECIPE
