@@ -43,7 +43,7 @@ from iclevr.sampling import (
     slerp,
 )
 from iclevr.utils import display_scale, image_grid
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS
+from pipeline_iclevr import LABELS
 
 DENOISING_EXAMPLE = ["red sphere", "cyan cylinder", "cyan cube"]  # i-CLEVR's; another vocabulary draws its first condition
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # DDIM's eta: 0 deterministic, 1 as stochastic as DDPM
@@ -59,8 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=str, default="outputs/report", help="Where images, metrics.json and report.md go.")
     parser.add_argument("--scheduler", type=str, default=None, choices=sorted(SCHEDULERS),
                         help="Sampler (default: the one the pipeline was saved with, i.e. validated with).")
-    parser.add_argument("--num_inference_steps", type=positive_int, default=25, help="Sampling steps (the pipeline's default, at which the trainer validates).")
-    parser.add_argument("--guidance_scale", type=non_negative_float, default=DEFAULT_GUIDANCE_SCALE, help="Classifier-free guidance scale (the pipeline's default, chosen on a validation set).")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=None,
+                        help="Sampling steps (default: the pipeline's default call's, the steps its trainer validated with).")
+    parser.add_argument("--guidance_scale", type=non_negative_float, default=None,
+                        help="Classifier-free guidance scale (default: the pipeline's default call's, as validated).")
     parser.add_argument("--num_seeds", type=positive_int, default=3, help="Generation repeats with different seeds (mean ± std).")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="First seed.")
     parser.add_argument("--batch_size", type=positive_int, default=64, help="Images generated per forward batch.")
@@ -289,6 +291,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"{args.pipeline} is a GAN generator: it has no sampler to sweep, no DDIM eta and no denoising lift "
                          "to rank by; drop --sweep, --eta_study and --best_of.")
     args.sampler = "one-step GAN generator" if args.one_step else type(pipe.scheduler).__name__  # named in the report and metrics.json
+    if not args.one_step:  # the pipeline's default call unless the flags say otherwise, so the report samples as validated
+        args.num_inference_steps = args.num_inference_steps or pipe.config.default_num_inference_steps
+        args.guidance_scale = pipe.config.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
     evaluator = Evaluator.from_pretrained(args.evaluator, device=args.device)
     if evaluator.vocab.labels != pipe.vocab.labels:
         raise ValueError(f"The evaluator scores {len(evaluator.vocab)} labels ({', '.join(evaluator.vocab.labels[:4])}, ...) and "

@@ -54,6 +54,18 @@ def test_report_end_to_end(saved, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["sets"]["mini"]["conditions"] == 9
 
 
+def test_the_report_samples_with_the_pipeline_s_default_call(saved, tmp_path):
+    """Without --num_inference_steps / --guidance_scale the report samples as the pipeline was validated: its config's
+    default call, not constants of the report's own."""
+    pipe = ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(num_train_timesteps=100), default_num_inference_steps=3,
+                          default_guidance_scale=1.5)
+    pipe.save_pretrained(tmp_path / "pipe")
+    metrics = main(["--pipeline", str(tmp_path / "pipe"), "--evaluator", str(saved / "evaluator"), "--conditions_json",
+                    str(saved / "mini.json"), "--output_dir", str(tmp_path / "report"), "--num_seeds", "1"])
+    assert (metrics["args"]["num_inference_steps"], metrics["args"]["guidance_scale"]) == (3, 1.5)
+    assert "Sampler DDIMScheduler, 3 steps, guidance 1.5" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_bad_flags(saved, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--pipeline", "p", "--evaluator", "e", "--sweep_schedulers", "ddim,plms"])
