@@ -26,7 +26,7 @@ import torch
 
 from iclevr.argtypes import port
 from iclevr.evaluator import SHIPPED_EVALUATOR
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, ICLEVRPipeline
+from pipeline_iclevr import ICLEVRPipeline
 
 MAX_OBJECTS = 3  # i-CLEVR scenes hold 1-3 objects
 MAX_IMAGES = 8
@@ -175,8 +175,11 @@ def build_page(demo: Demo) -> gr.Blocks:
                                      elem_id=f"shape-{number}")
                     choices += [colour, shape]
         with gr.Row():
-            guidance = gr.Slider(0, 8, value=DEFAULT_GUIDANCE_SCALE, step=0.5, label="guidance scale", elem_id="guidance")
-            steps = gr.Slider(1, 100, value=25, step=1, label="sampling steps", elem_id="steps")
+            # The pipeline's default call (the steps and guidance it was validated with) is where the sliders start.
+            guidance = gr.Slider(0, 8, value=demo.pipe.config.default_guidance_scale, step=0.5, label="guidance scale",
+                                 elem_id="guidance")
+            steps = gr.Slider(1, 100, value=demo.pipe.config.default_num_inference_steps, step=1, label="sampling steps",
+                              elem_id="steps")
             count = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="images", elem_id="count")
             seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
         button = gr.Button("Generate", variant="primary", elem_id="generate")
