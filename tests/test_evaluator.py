@@ -239,6 +239,7 @@ def test_train_evaluator_smoke(rendered_dir, tmp_path):
     assert scores == pytest.approx({name: single[i].item() for i, name in enumerate(LABELS)}, abs=1e-5)
 
 
+@pytest.mark.slow  # CI's 15 minutes on 2 busy AVX2 cores; run with pytest -m slow
 def test_two_process_evaluator_training_gathers_heldout_figures_and_ends_its_schedule(rendered_dir, tmp_path):
     """Two CPU processes (gloo) each score half of the held-out images; the gathered figures must equal one process
     scoring all of them with the saved model. The cosine schedule spans the whole run with two processes too: it

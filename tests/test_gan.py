@@ -93,6 +93,7 @@ def test_the_gan_trainer_never_compiles(tmp_path, monkeypatch):
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.mark.slow  # CI's 15 minutes on 2 busy AVX2 cores; run with pytest -m slow
 def test_resume_is_exact_across_an_epoch_boundary(rendered_dir, tmp_path):
     """24 images in batches of 4 at two discriminator steps per generator step: 3 steps an epoch. A run stopped at step
     2 (mid-epoch) and one stopped at step 3 (an epoch's end), each resumed to step 5, equal the run never stopped."""
@@ -111,6 +112,7 @@ def test_resume_is_exact_across_an_epoch_boundary(rendered_dir, tmp_path):
         assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 
 
+@pytest.mark.slow  # CI's 15 minutes on 2 busy AVX2 cores; run with pytest -m slow
 def test_two_processes_over_gloo(rendered_dir, tmp_path):
     """DDP over both networks on CPU: each process trains on its share of every epoch, and one pipeline is saved."""
     _launch(rendered_dir, tmp_path / "out", "--max_train_steps", "3", "--checkpointing_steps", "2", "--use_ema",

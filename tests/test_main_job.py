@@ -45,6 +45,7 @@ def test_main_job_end_to_end(tmp_path):
     assert saved["conditions_json"]["test"] == str(COURSE_TEST)
 
 
+@pytest.mark.slow  # CI's 15 minutes on 2 busy AVX2 cores; run with pytest -m slow
 def test_a_stopped_job_resumes_with_its_plan(tmp_path, capfd):
     """The same command after a kill: no new calibration, training continues from the last checkpoint and ends with
     the weights of the uninterrupted job."""
@@ -150,6 +151,7 @@ def test_the_recipe_follows_the_device(monkeypatch, cuda, flag, recipe):
     assert parsed.weighting_scheme == ("none" if recipe == "gpu" else "logit_normal")
 
 
+@pytest.mark.slow  # CI's 15 minutes on 2 busy AVX2 cores; run with pytest -m slow
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
     """The first command's path on a fresh machine: no --evaluator, nothing cached (a tiny recipe stands in)."""
     monkeypatch.setattr(main_job, "EVALUATOR_RECIPE", {"num_scenes": 20, "seed": 1, "num_epochs": 1, "train_batch_size": 8,

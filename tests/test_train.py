@@ -18,6 +18,7 @@ import iclevr.io
 from iclevr import ddpm, hub
 from iclevr.checkpoints import latest_checkpoint
 from iclevr.data import dataset_to_tensors
+from iclevr.io import writer_lock
 from iclevr.labels import SYNTHETIC_TEST
 from pipeline_iclevr import ICLEVRPipeline, unet_condition_kwargs
 
@@ -34,8 +35,16 @@ def _command(rendered_dir, output_dir, *flags, processes=1):
         *TINY, *flags]
 
 
+def _direct(rendered_dir, output_dir, *flags):
+    """The trainer run as a plain script: one process needs no launcher, and starts in half the time."""
+    return [sys.executable, str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir",
+            str(output_dir), "--cache_dir", str(output_dir.parent / "cache"), *TINY, *flags]
+
+
 def _launch(rendered_dir, output_dir, *flags, processes=1, timeout=300):
-    return run_ok(_command(rendered_dir, output_dir, *flags, processes=processes), timeout)
+    """A run to completion: ``accelerate launch`` for several processes, else the plain script (`_direct`)."""
+    command = _command(rendered_dir, output_dir, *flags, processes=processes) if processes > 1 else _direct(rendered_dir, output_dir, *flags)
+    return run_ok(command, timeout)
 
 
 def _weights(folder):
@@ -207,32 +216,35 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained
 
 
 def test_one_writer_per_output_folder(rendered_dir, tmp_path):
-    """A second run on a folder in use stops within seconds with one line naming the folder and the holder's PID; the
-    first finishes and loads; a SIGKILLed holder leaves no lock that blocks the next run."""
+    """A trainer holds its output folder's lock while it runs, and finishes and loads; a second run on a folder in use
+    stops within seconds with one line naming the folder and the holder's PID; a SIGKILLed holder blocks nothing."""
     out = tmp_path / "shared"
     lock = tmp_path / "shared.writing.lock"
-    # Held for 20 training seconds (the time budget ends it, then it saves): longer than the second run takes to start.
-    first = _popen(rendered_dir, out, "--max_train_steps", "100000", "--max_train_minutes", "0.33", "--checkpointing_steps", "100000")
-    deadline = time.time() + 120
-    while not (lock.is_file() and lock.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.05)
-    started = time.time()  # a single process needs no launcher (whose own traceback would follow the line)
-    direct = [sys.executable, str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir",
-              str(out), "--cache_dir", str(tmp_path / "cache"), *TINY, "--max_train_steps", "2"]
-    second = subprocess.run(direct, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert second.returncode != 0 and time.time() - started < 30, second.stderr[-2000:]
-    assert f"{out} is being written by another run (PID {lock.read_text().strip()}" in second.stderr
-    assert "Traceback" not in second.stderr
+    first = _popen(rendered_dir, out, "--max_train_steps", "30", "--checkpointing_steps", "100000")
+    while not (lock.is_file() and lock.read_text().strip()) and first.poll() is None:
+        time.sleep(0.01)
+    # Tried at once, in this process: no start-up to race with the trainer's run.
+    with pytest.raises(SystemExit, match=f"{out} is being written by another run \\(PID {lock.read_text().strip()};"), \
+            writer_lock(out):
+        pass
     assert first.wait(timeout=300) == 0
     ICLEVRPipeline.from_pretrained(out)  # the first run's pipeline, whole
 
-    previous = lock.read_text().strip()
-    killed = _popen(rendered_dir, out, "--max_train_steps", "100000", "--checkpointing_steps", "100000")
-    while lock.read_text().strip() in ("", previous) and killed.poll() is None:
-        time.sleep(0.05)  # until the new run holds the lock (its trainer writes its PID)
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    _launch(rendered_dir, out, "--max_train_steps", "2")  # not blocked
+    with writer_lock(out):  # a run holding the folder, as the trainer did
+        started = time.time()  # a single process needs no launcher (whose own traceback would follow the line)
+        second = subprocess.run(_direct(rendered_dir, out, "--max_train_steps", "2"), cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+    assert second.returncode != 0 and time.time() - started < 60, second.stderr[-2000:]
+    assert f"{out} is being written by another run (PID {os.getpid()}" in second.stderr and "Traceback" not in second.stderr
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from iclevr.io import writer_lock\n"
+                               "with writer_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)", str(out)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with writer_lock(out):  # the OS dropped the dead holder's lock
+        pass
 
 
 def test_a_truncated_checkpoint_is_skipped_and_training_continues_from_the_one_before(trained, rendered_dir, tmp_path):
@@ -254,9 +266,8 @@ def test_a_truncated_checkpoint_is_skipped_and_training_continues_from_the_one_b
 
     for folder in out.glob("checkpoint-*"):  # none verifies: one line, no traceback, nothing trained over them
         (folder / "manifest.json").write_text("{")
-    direct = [sys.executable, str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir), "--output_dir",
-              str(out), "--cache_dir", str(tmp_path / "cache"), *TINY, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"]
-    refused = subprocess.run(direct, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(_direct(rendered_dir, out, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"), cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert f"No checkpoint in {out} verifies (checkpoint-4, checkpoint-6)" in refused.stderr
 
@@ -395,7 +406,7 @@ def test_torch_compile_run_saves_portable_checkpoints(rendered_dir, tmp_path):
     assert "dynamo_backend=inductor" in compiled.stdout + compiled.stderr
     assert json.loads((out / "train_summary.json").read_text())["dynamo_backend"] == "inductor"
     pipeline = ICLEVRPipeline.from_pretrained(out)
-    assert set(load_file(out / "checkpoint-2" / "model.safetensors")) == set(pipeline.unet.state_dict())
+    assert set(_weights(out / "checkpoint-2")) == set(pipeline.unet.state_dict())
     resumed = _launch(rendered_dir, out, "--max_train_steps", "3", "--resume_from_checkpoint", "latest", "--use_ema",
                       "--dynamo_backend", "no")
     assert "Resuming from" in resumed.stdout + resumed.stderr and "| steps | 3 |" in (out / "README.md").read_text()

@@ -123,6 +123,7 @@ def _run(*command):
     return run_ok([sys.executable, *command])
 
 
+@pytest.mark.slow  # CI's 15 minutes on 2 busy AVX2 cores; run with pytest -m slow
 def test_digits_end_to_end(tmp_path):
     """The same trainer, an evaluator trained the same way, and the report, on 60 digits with their own 10 labels."""
     data = write_digits_dataset(tmp_path / "digits", resolution=16, conditions_per_label=1, limit=60)
