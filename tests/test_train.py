@@ -181,12 +181,14 @@ def test_resume_at_the_last_step_exports_the_checkpoint_without_training(trained
 
 
 def _popen(rendered_dir, output_dir, *flags):
-    return subprocess.Popen(_command(rendered_dir, output_dir, *flags), cwd=ROOT, stdout=subprocess.DEVNULL,
+    """A single-process run started like `_launch`'s (the same thread settings, so the same arithmetic), in a process
+    group of its own for killpg."""
+    return subprocess.Popen(_direct(rendered_dir, output_dir, *flags), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(trained, rendered_dir, tmp_path):
-    """Kill -9 the whole launch (launcher and trainer) at random moments, checkpoint writes included, resume each time."""
+    """Kill -9 the trainer at random moments, checkpoint writes included, resume each time."""
     out = tmp_path / "killed"
     flags = ["--max_train_steps", "6", "--checkpointing_steps", "1", "--use_ema"]
     rng = random.Random(0)
