@@ -49,6 +49,11 @@ class ICLEVRPipelineFastTests(PipelineTesterMixin, PipelineKarrasSchedulerTester
         return {"labels": ["red sphere", "cyan cube"], "generator": generator, "num_inference_steps": 2,
                 "guidance_scale": 2.0, "output_type": "np"}
 
+    def test_inference_batch_single_identical(self):
+        # As DiT's test does: on CUDA a batch and a single image differ by up to ~1.3e-4 (kernels chosen per batch size;
+        # measured on an H200), above the mixin's default 1e-4. On a CPU they agree within it.
+        self._test_inference_batch_single_identical(expected_max_diff=1e-3)
+
     def test_inference(self):
         pipe = self.pipeline_class(**self.get_dummy_components())
         pipe.set_progress_bar_config(disable=None)
