@@ -1,3 +1,4 @@
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -25,6 +26,26 @@ def load_script(relative: str):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def script_parser(script: str, monkeypatch):
+    """A script's command line as its ``main()`` builds it: ``main()`` runs with ``--help``, which exits once the parser
+    is built. Returns the script's module, the parser and that exit code."""
+    parsers = []
+    parse_known_args = argparse.ArgumentParser.parse_known_args
+
+    def recording(self, *args, **kwargs):
+        parsers.append(self)
+        return parse_known_args(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", recording)
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    module = load_script(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    monkeypatch.undo()
+    assert parsers, f"{script} parsed no command line"
+    return module, parsers[0], exit_info.value.code
 
 
 def run_ok(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -6,12 +6,11 @@ argparse expands ``%`` in help texts when it formats them, so one stray ``%`` br
 
 import argparse
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import load_script
+from .conftest import script_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every top-level script and bench with a main(); the shipped pipelines are modules, not entry points.
@@ -25,22 +24,10 @@ def test_every_entry_point_is_covered():
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_renders_and_every_flag_says_what_it_does(script, monkeypatch, capsys):
-    parsers = []
-    parse_known_args = argparse.ArgumentParser.parse_known_args
-
-    def recording(self, *args, **kwargs):
-        parsers.append(self)
-        return parse_known_args(self, *args, **kwargs)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", recording)
-    monkeypatch.setattr(sys, "argv", [script, "--help"])
-    module = load_script(script)
-    with pytest.raises(SystemExit) as exit_info:
-        module.main()
-    assert exit_info.value.code == 0
+    _, parser, code = script_parser(script, monkeypatch)
+    assert code == 0
     shown = capsys.readouterr().out
-    assert parsers, f"{script} parsed no command line"
-    for action in parsers[0]._actions:
+    for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
         name = "/".join(action.option_strings) or action.dest

@@ -2,14 +2,13 @@
 with argparse's one line (exit code 2), never a traceback from inside a run. Table-driven: the table is each
 parser's own flags, found by building it."""
 
-import argparse
 import sys
 
 import pytest
 
 from iclevr import argtypes
 
-from .conftest import load_script
+from .conftest import script_parser
 from .test_cli import SCRIPTS as ENTRY_POINTS
 
 SCRIPTS = [*ENTRY_POINTS, "iclevr/data.py", "iclevr/digits.py"]  # and the package's two command lines (python -m)
@@ -28,24 +27,6 @@ BAD_VALUES = {
 OUTPUT_FLAGS = {"--output_dir", "--cache_dir"}
 
 
-def script_parser(script, monkeypatch) -> argparse.ArgumentParser:
-    """The parser a script builds (its ``main()`` run with ``--help``, which exits once the parser is built)."""
-    parsers = []
-    parse_known_args = argparse.ArgumentParser.parse_known_args
-
-    def recording(self, *args, **kwargs):
-        parsers.append(self)
-        return parse_known_args(self, *args, **kwargs)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", recording)
-    monkeypatch.setattr(sys, "argv", [script, "--help"])
-    module = load_script(script)
-    with pytest.raises(SystemExit):
-        module.main()
-    monkeypatch.undo()
-    return module, parsers[0]
-
-
 def run_main(module, script, argv, monkeypatch, capsys) -> str:
     monkeypatch.setattr(sys, "argv", [script, *argv])
     with pytest.raises(SystemExit) as exit_info:
@@ -58,7 +39,7 @@ def run_main(module, script, argv, monkeypatch, capsys) -> str:
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_numeric_flag_refuses_values_out_of_its_range(script, monkeypatch, capsys):
-    module, parser = script_parser(script, monkeypatch)
+    module, parser, _ = script_parser(script, monkeypatch)
     checked = 0
     for action in parser._actions:
         if action.type in (int, float):
@@ -73,7 +54,7 @@ def test_every_numeric_flag_refuses_values_out_of_its_range(script, monkeypatch,
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_output_folder_flag_refuses_a_file_or_a_place_it_cannot_be_made(script, tmp_path, monkeypatch, capsys):
-    module, parser = script_parser(script, monkeypatch)
+    module, parser, _ = script_parser(script, monkeypatch)
     flags = [a.option_strings[0] for a in parser._actions if a.option_strings and a.option_strings[0] in OUTPUT_FLAGS]
     required = [arg for a in parser._actions if a.required and a.option_strings[0] not in flags
                 for arg in (a.option_strings[0], "x")]  # checked after the output folders
