@@ -80,12 +80,10 @@ class Run(TrainingRun):
         return accelerator.sync_gradients
 
     def losses(self) -> dict[str, float]:
-        return {"loss": self.loss, "lr": self.lr_scheduler.get_last_lr()[0]}
+        return {"loss": self.loss}
 
-    def summary(self) -> dict:
-        summary = super().summary()
-        summary.pop("final_lr")
-        return summary
+    def logs(self) -> dict[str, float]:
+        return {**self.losses(), "lr": self.lr_scheduler.get_last_lr()[0]}
 
     def budget_note(self) -> str:
         return (f": the learning-rate schedule stops at {self.lr_scheduler.get_last_lr()[0]:.2e}, not at its end. Fewer "

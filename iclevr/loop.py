@@ -62,6 +62,10 @@ class TrainingRun:
         """The last step's losses by name, as logged and summarised."""
         raise NotImplementedError
 
+    def logs(self) -> dict[str, float]:
+        """What is logged and shown after each step: the losses, and whatever else the trainer follows."""
+        return self.losses()
+
     def sampling_pipeline(self, final: bool = False) -> contextlib.AbstractContextManager:
         """A context yielding the pipeline of the weights as they are sampled and saved (EMA ones, if used); ``final``
         for the saved one, after training."""
@@ -156,10 +160,10 @@ def train(run: TrainingRun) -> None:
 
 def after_step(run: TrainingRun, epoch: int, progress: tqdm) -> bool:
     """Log, checkpoint and validate after an optimiser step; returns whether training should stop here."""
-    losses = run.losses()
+    logs = run.logs()
     progress.update(1)
-    progress.set_postfix({name: f"{value:.4f}" for name, value in losses.items()})
-    run.accelerator.log({**losses, "epoch": epoch}, step=run.step)
+    progress.set_postfix({name: f"{value:.4f}" for name, value in logs.items()})
+    run.accelerator.log({**logs, "epoch": epoch}, step=run.step)
     checkpoint_if_due(run.args, run.accelerator, run.step)
     if run.validation_due():
         validate(run)
