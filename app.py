@@ -3,8 +3,10 @@
 
     python app.py --pipeline outputs/main/pipeline [--evaluator EVALUATOR_DIR]
 
-Each object is a colour and a shape; objects 2 and 3 may be left out. Guidance, sampling steps, the number of images
-and the seed are the pipeline call's own arguments. With an evaluator (a folder saved by ``train_evaluator.py``;
+Each object is a colour and a shape; objects 2 and 3 may be left out. With a layout model, "Place the objects" puts
+each one where its sliders say (its centre, left to right and back to front, and a small or large box), the
+pipeline's ``layouts`` argument; otherwise each image's layout is drawn from the model's training layouts. Guidance,
+sampling steps, the number of images and the seed are the pipeline call's own arguments. With an evaluator (a folder saved by ``train_evaluator.py``;
 the main job's is found through its ``main_job.json``), each image is captioned with the labels the evaluator reads
 on it (its top k for a k-object condition, as the course metric counts them), and misses are marked.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from pathlib import Path
 
 import gradio as gr
@@ -105,6 +108,22 @@ def read_condition(slots) -> list[str]:
     return labels
 
 
+def box_sizes(prior: dict) -> dict[str, tuple[float, float]]:
+    """A small and a large box's (width, height): the lower and upper quartiles of the prior's training boxes."""
+    boxes = [box for layouts in prior.values() for layout in layouts for box in layout]
+    widths = statistics.quantiles([b[2] - b[0] for b in boxes], n=4)
+    heights = statistics.quantiles([b[3] - b[1] for b in boxes], n=4)
+    return {"small": (widths[0], heights[0]), "large": (widths[2], heights[2])}
+
+
+def centred_box(x: float, y: float, size: tuple[float, float]) -> list[float]:
+    """The box of ``size`` (width, height) centred on (x, y), moved inside the image."""
+    width, height = size
+    x0 = min(max(x - width / 2, 0.0), 1.0 - width)
+    y0 = min(max(y - height / 2, 0.0), 1.0 - height)
+    return [round(x0, 4), round(y0, 4), round(x0 + width, 4), round(y0 + height, 4)]
+
+
 class Demo:
     """The loaded pipeline (and evaluator), once per server, and the page's one action: sample a condition."""
 
@@ -139,19 +158,32 @@ class Demo:
         lines = [f"**The evaluator read every object on {whole} of {len(captions)} images.**", ""]
         return "\n".join(lines + [f"{i}. {caption}" for i, caption in enumerate(captions, start=1)])
 
+    def layout(self, slots, placements) -> list[dict]:
+        """The layout of the page's placement controls: (x, y, size) per filled object slot."""
+        sizes = box_sizes(self.pipe.config.layout_prior)
+        return [{"label": f"{colour} {shape}", "box": centred_box(float(x), float(y), sizes[size])}
+                for (colour, shape), (x, y, size) in zip(slots, placements) if colour != NONE]
+
     def generate(self, *values, progress=gr.Progress()):  # noqa: B008 (Gradio fills a Progress default with its tracker)
-        """Gradio's handler: (colour, shape) per object, then guidance, steps, images, seed → captioned images and
-        the evaluator's readings."""
+        """Gradio's handler: (colour, shape) per object, for a layout model whether to place them and (x, y, size)
+        per object, then guidance, steps, images, seed → captioned images and the evaluator's readings."""
         slots = list(zip(values[0 : 2 * MAX_OBJECTS : 2], values[1 : 2 * MAX_OBJECTS : 2], strict=True))
-        guidance, steps, count, seed = values[2 * MAX_OBJECTS :]
+        rest = values[2 * MAX_OBJECTS :]
+        layouts = None
+        if self.pipe.uses_layouts:
+            place, flat, rest = rest[0], rest[1 : 1 + 3 * MAX_OBJECTS], rest[1 + 3 * MAX_OBJECTS :]
+            placements = list(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
+        guidance, steps, count, seed = rest
         condition = read_condition(slots)
+        if self.pipe.uses_layouts and place:
+            layouts = [self.layout(slots, placements)]
         steps, count = int(steps), int(count)
 
         def report(pipe, step, timestep, tensors):
             progress((step + 1, steps), desc="Sampling")
             return tensors
 
-        images = self.pipe(condition, num_inference_steps=steps, guidance_scale=float(guidance),
+        images = self.pipe([condition], layouts=layouts, num_inference_steps=steps, guidance_scale=float(guidance),
                            num_images_per_prompt=count, generator=torch.Generator().manual_seed(int(seed)),
                            callback_on_step_end=report).images
         captions = [self.caption(image, condition) for image in images]
@@ -164,7 +196,10 @@ def build_page(demo: Demo) -> gr.Blocks:
     with gr.Blocks(title="i-CLEVR diffusion") as page:
         gr.Markdown(f"# i-CLEVR class-conditional diffusion\nPick 1-{MAX_OBJECTS} objects; the model draws a {width}x{height} "
                     "scene holding them." + (" The evaluator's reading is under each image." if demo.reader else ""))
-        choices = []
+        choices, placement = [], []
+        if demo.pipe.uses_layouts:
+            placement.append(gr.Checkbox(False, label="Place the objects (else each image's layout is drawn from the "
+                                                      "model's training layouts)", elem_id="place"))
         with gr.Row():
             for number in range(1, MAX_OBJECTS + 1):
                 with gr.Column(min_width=200):
@@ -174,6 +209,11 @@ def build_page(demo: Demo) -> gr.Blocks:
                     shape = gr.Radio([NONE, *demo.shapes], value=demo.shapes[1] if number == 1 else NONE, label="shape",
                                      elem_id=f"shape-{number}")
                     choices += [colour, shape]
+                    if demo.pipe.uses_layouts:
+                        placement += [gr.Slider(0, 1, value=number / (MAX_OBJECTS + 1), step=0.05, label="x (left → right)",
+                                                elem_id=f"x-{number}"),
+                                      gr.Slider(0, 1, value=0.5, step=0.05, label="y (back → front)", elem_id=f"y-{number}"),
+                                      gr.Radio(["small", "large"], value="large", label="size", elem_id=f"size-{number}")]
         with gr.Row():
             # The pipeline's default call (the steps and guidance it was validated with) is where the sliders start.
             guidance = gr.Slider(0, 8, value=demo.pipe.config.default_guidance_scale, step=0.5, label="guidance scale",
@@ -185,7 +225,7 @@ def build_page(demo: Demo) -> gr.Blocks:
         button = gr.Button("Generate", variant="primary", elem_id="generate")
         gallery = gr.Gallery(label="samples", columns=4, height="auto", format="png", elem_id="gallery")
         readings = gr.Markdown(elem_id="readings")
-        button.click(demo.generate, inputs=[*choices, guidance, steps, count, seed], outputs=[gallery, readings])
+        button.click(demo.generate, inputs=[*choices, *placement, guidance, steps, count, seed], outputs=[gallery, readings])
     return page
 
 

@@ -10,7 +10,9 @@ grid with 8 images per row, and scores every seed with the course metric and exa
 seeds, and by number of objects). Beside the model it scores three reference rows per set: rendered images of the
 same conditions (the ceiling), empty floors and pure noise. It also draws the denoising process of one condition.
 ``--sweep`` adds a table of accuracy and seconds per image over schedulers x steps x guidance scales, and a plot;
-``--eta_study`` and ``--interpolation_study`` the DDIM eta grid and the noise interpolation strip; ``--best_of N``
+``--eta_study`` and ``--interpolation_study`` the DDIM eta grid and the noise interpolation strip. A layout model is
+also asked to place each condition's objects at layouts drawn from its prior, and scored on whether each object is
+found in its box (`iclevr.obedience`). ``--best_of N``
 samples N candidates per condition and keeps the one the model's own lift score ranks first (`iclevr.sampling`).
 Writes ``metrics.json`` and ``report.md`` to ``--output_dir``.
 """
@@ -32,6 +34,7 @@ from iclevr.argtypes import check_output_folder, non_negative_float, non_negativ
 from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.labels import COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.metrics import mean_std, total_misses
+from iclevr.obedience import layout_figure, layout_obedience
 from iclevr.sampling import (
     SCHEDULERS,
     generate,
@@ -231,7 +234,7 @@ def reference(references: dict, kind: str) -> str:
     return f"{references[kind]['accuracy']:.3f}" if kind in references else "n/a"
 
 
-def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies: dict) -> None:
+def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies: dict, layouts: dict | None = None) -> None:
     sampling = (f"Sampler {args.sampler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}" if not args.one_step
                 else "A GAN generator (one forward pass: no sampler, steps or guidance)")
     if args.best_of > 1:
@@ -255,6 +258,17 @@ def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies
               "colour on another shape; object: neither, a different object or none):", ""]
     for name, r in results.items():
         lines.append(f"- {name}: " + ", ".join(f"{kind} {count}" for kind, count in r["misses"].items()))
+    if layouts:
+        lines += ["", "## Layouts", "", "A layout model learns from the renderer's object positions (each object's box in the image). "
+                  "Here each condition is sampled at a layout drawn from the model's own prior (seeded, as a user would give "
+                  "one); each object is then kept alone in its box, the rest replaced by the empty floor, and the evaluator "
+                  "must read its label there. Rendered: the renderer's scenes cut at their true boxes (the ceiling); chance: "
+                  "the same images cut at another condition's boxes.", "",
+                  "| set | objects | read in their boxes (mean ± std) | chance (other boxes) | rendered (ceiling) |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {name} | {r['objects']} | {r['obeyed']['mean']:.3f} ± {r['obeyed']['std']:.3f} | "
+                  f"{r['chance']['mean']:.3f} | {r['rendered']:.3f} |" for name, r in layouts.items()]
+        lines += [""] + [f"![layouts {name}](layouts_{name}.png)" for name in layouts]
     for name in results:
         lines += ["", f"## {name}", "", f"![{name}](grid_{name}.png)"]
     if not args.one_step:
@@ -304,6 +318,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.example = DENOISING_EXAMPLE if pipe.vocab.labels == LABELS else first[0]  # drawn in the figures
     results = {Path(path).stem: {"conditions_json": str(path)} | evaluate_set(pipe, evaluator, Path(path).stem, conditions, args, out)
                for path, conditions in condition_sets.items()}
+    layouts = {}
+    if getattr(pipe, "uses_layouts", False):
+        for path, conditions in condition_sets.items():
+            layouts[Path(path).stem] = layout_obedience(pipe, evaluator, conditions, [args.seed + k for k in range(args.num_seeds)],
+                                                        args.batch_size, **sampling_kwargs(args))
+            layout_figure(*layouts[Path(path).stem].pop("first")).save(out / f"layouts_{Path(path).stem}.png")
     if not args.one_step:  # a GAN has no denoising process to draw
         denoising_figure(pipe, args.example, args).save(out / "denoising.png")
     sweep_rows = []
@@ -315,13 +335,16 @@ def main(argv: list[str] | None = None) -> dict:
         studies["eta"] = eta_study(args, evaluator, first, out)
     if args.interpolation_study:
         studies["interpolation"] = interpolation_study(args, evaluator, first, out)
-    metrics = {"args": vars(args), "sets": results, "sweep": sweep_rows, "studies": studies}
+    metrics = {"args": vars(args), "sets": results, "layouts": layouts, "sweep": sweep_rows, "studies": studies}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_report(out, args, results, sweep_rows, studies)
+    write_report(out, args, results, sweep_rows, studies, layouts)
     for name, r in results.items():
         print(f"{name}: accuracy {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f} "
               f"(rendered {reference(r['references'], 'rendered')}, floor {reference(r['references'], 'floor')}, "
               f"noise {reference(r['references'], 'noise')})")
+    for name, r in layouts.items():
+        print(f"{name}: objects read in their boxes {r['obeyed']['mean']:.3f} ± {r['obeyed']['std']:.3f} "
+              f"(chance {r['chance']['mean']:.3f}, rendered {r['rendered']:.3f})")
     return metrics
 
 

@@ -46,10 +46,10 @@ from iclevr.utils import auto_mixed_precision
 PROJECT_DIR = Path(__file__).resolve().parent
 # What the main job adds to the trainer's defaults: EMA weights (and --mixed_precision, chosen per machine).
 TRAIN_RECIPE = ["--use_ema"]
-# What --recipe gpu adds on top: 64x64 output, a 4-level UNet twice as wide with two layers per level, self-attention
-# below the top level and one cross-attention token per label, a larger batch at a lower rate: the resolution, width
-# and tokens a GPU affords (docs/experiments.md, "GPU recipe"), with uniform timesteps.
-GPU_RECIPE = ["--resolution", "64", "--block_out_channels", "64,128,256,256", "--layers_per_block", "2",
+# What --recipe gpu adds on top: a 4-level UNet at full resolution (no space-to-depth stem), twice as wide with two
+# layers per level, self-attention below the top level and one cross-attention token per label, a larger batch at a
+# lower rate: the width and tokens a GPU affords (docs/experiments.md, "GPU recipe"), with uniform timesteps.
+GPU_RECIPE = ["--resolution", "64", "--patch_size", "1", "--block_out_channels", "64,128,256,256", "--layers_per_block", "2",
               "--attention_levels", "0,1,1,1", "--conditioning", "both", "--train_batch_size", "128", "--learning_rate", "3e-4",
               "--weighting_scheme", "none"]
 # The default recipe's warm-up share of its schedule (200 of 5,000 steps), kept when the schedule is shortened.
@@ -89,9 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "a CPU with native bf16 (AMX / AVX512-BF16), fp32 on other CPUs (where bf16 is emulated and "
                              "many times slower).")
     parser.add_argument("--recipe", type=str, default="auto", choices=["auto", "cpu", "gpu"],
-                        help="The diffusion recipe: cpu is the trainer's default (32x32, 3.6M parameters, tuned for a CPU "
-                             "hour); gpu adds 64x64 output and a larger UNet with label tokens (GPU_RECIPE); auto picks gpu "
-                             "where CUDA is available.")
+                        help="The diffusion recipe: cpu is the trainer's default (64x64 through a space-to-depth stem, "
+                             "3.6M parameters, layouts where the data has them, tuned for a CPU hour); gpu a larger UNet at "
+                             "full resolution with label tokens (GPU_RECIPE); auto picks gpu where CUDA is available.")
     parser.add_argument("--train_args", type=str, default="", help="Extra flags for train_conditional_ddpm.py (after the recipe's), quoted as one string.")
     args = parser.parse_args(argv)
     check_output_folder(parser, args.output_dir, "--output_dir")
@@ -265,6 +265,7 @@ def run_job(args: argparse.Namespace) -> dict:
                "train_minutes_budget": args.train_minutes, "calibrated_seconds_per_step": plan["calibrated_seconds_per_step"],
                "max_train_steps": plan["max_train_steps"],
                "accuracy": {name: result["accuracy"] for name, result in metrics["sets"].items()},
+               "objects_read_in_their_boxes": {name: result["obeyed"] for name, result in metrics.get("layouts", {}).items()},
                "conditions_json": {name: result["conditions_json"] for name, result in metrics["sets"].items()}}
     (out / "main_job.json").write_text(json.dumps(summary, indent=2))
     print(f"\nDone in {summary['wall_seconds'] / 60:.1f} min: {json.dumps(summary['accuracy'])}\nReport: {out / 'report' / 'report.md'}")

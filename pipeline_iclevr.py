@@ -11,6 +11,10 @@ course ``objects.json``, lives in the `iclevr` package.
     >>> pipe = ICLEVRPipeline.from_pretrained("outputs/iclevr-ddpm")
     >>> images = pipe([["red sphere", "cyan cube"], ["gray cylinder"]], num_inference_steps=25, guidance_scale=2.0).images
 
+A layout model (a UNet that also reads a layout map) places the objects first: where the call says
+(``layouts=[[{"label": "red sphere", "box": [0.1, 0.5, 0.3, 0.8]}, ...]]``, boxes as fractions of the image), else
+as a training layout drawn from the prior kept in its config; the output's ``layouts`` say where each object went.
+
 The default vocabulary is the course's `objects.json`: 24 labels, 8 colours x 3 shapes, with
 ``index = shape_index * 8 + colour_index``::
 
@@ -35,13 +39,14 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.utils import logging
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import create_repo
@@ -268,6 +273,137 @@ def check_label_map(label2id: Mapping[str, int]) -> None:
         raise ValueError(f"Label indices must be the integers 0..{len(label2id) - 1}, each used once; got {indices}.")
 
 
+# --- layouts -----------------------------------------------------------------------------------------------------
+# A layout is one image's objects: ``[{"label": "red sphere", "box": [x0, y0, x1, y1]}, ...]``, boxes as fractions of
+# the image's width and height (x to the right, y down), one object per label of the image's condition.
+Layout = Sequence[Mapping]
+
+
+@dataclass
+class ICLEVRPipelineOutput(BaseOutput):
+    """Output of [`ICLEVRPipeline`].
+
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): the generated images.
+        layouts (`list[list[dict]]`, *optional*): for a layout model, where each image's objects were placed (the
+            call's layouts, or those drawn from the prior): ``{"label", "box"}`` per object; None for a label-only one.
+    """
+
+    images: object
+    layouts: list | None = None
+
+
+def layout_map(boxes: torch.Tensor, box_labels: torch.Tensor, num_labels: int, size: tuple[int, int]) -> torch.Tensor:
+    """Paint layouts into the map the UNet reads beside the noisy image: ``(B, num_labels, H, W)``, where each object
+    sets its label's channel to 1 (and the others to 0) on every cell its box overlaps; nearer objects, whose boxes
+    reach lower in the image (a camera looking down on a floor), are painted over farther ones. Training and sampling
+    both paint with this, so the model reads what it was taught.
+
+    Args:
+        boxes: ``(B, K, 4)`` boxes ``x0, y0, x1, y1`` in [0, 1].
+        box_labels: ``(B, K)`` label indices, -1 where an image has fewer than ``K`` objects.
+        num_labels: the vocabulary's size (the map's channels).
+        size: ``(H, W)`` of the map: the UNet's sample size.
+    """
+    height, width = size
+    device = boxes.device
+    x0, y0, x1, y1 = (boxes[..., i, None, None].float() for i in range(4))
+    cols = torch.arange(width, device=device, dtype=torch.float32)
+    rows = torch.arange(height, device=device, dtype=torch.float32)
+    # a cell is covered where the box overlaps it, so even a box smaller than a cell marks one
+    inside_x = (x0 * width < cols + 1) & (x1 * width > cols)  # (B, K, 1, W)
+    inside_y = (y0 * height < rows[:, None] + 1) & (y1 * height > rows[:, None])  # (B, K, H, 1)
+    depth = torch.where(inside_x & inside_y & (box_labels >= 0)[..., None, None], 1.0 + y1, 0.0)  # (B, K, H, W)
+    nearest, covered = depth.argmax(1), depth.amax(1) > 0
+    labels = box_labels.gather(1, nearest.flatten(1)).view_as(nearest).clamp(min=0)
+    painted = F.one_hot(labels, num_labels).permute(0, 3, 1, 2).float()
+    return painted * covered[:, None].float()
+
+
+def layout_tensors(layouts: Sequence[Sequence[tuple[int, Sequence[float]]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(label index, box)`` lists, one per image, as ``boxes (B, K, 4)`` and ``box_labels (B, K)`` (-1 padded)."""
+    most = max(1, *(len(layout) for layout in layouts))
+    boxes = torch.zeros(len(layouts), most, 4)
+    box_labels = torch.full((len(layouts), most), -1, dtype=torch.long)
+    for i, layout in enumerate(layouts):
+        for k, (index, box) in enumerate(layout):
+            boxes[i, k] = torch.tensor([float(v) for v in box])
+            box_labels[i, k] = index
+    return boxes, box_labels
+
+
+def check_box(box, where: str) -> list[float]:
+    """A box ``[x0, y0, x1, y1]``: four finite numbers in [0, 1] with ``x0 < x1`` and ``y0 < y1``."""
+    if (isinstance(box, (str, Mapping)) or not isinstance(box, Iterable)):
+        raise ValueError(f"{where}: a box is [x0, y0, x1, y1] in fractions of the image, got {describe_input(box)}.")
+    values = list(box.tolist() if is_array(box) else box)
+    if len(values) != 4 or not all(is_scalar(v) and not is_bool(v) and math.isfinite(float(v)) for v in values):
+        raise ValueError(f"{where}: a box is four finite numbers [x0, y0, x1, y1], got {values!r}.")
+    x0, y0, x1, y1 = (float(v) for v in values)
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise ValueError(f"{where}: box {values!r} must have 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (fractions of the "
+                         "image's width and height, y down).")
+    return [x0, y0, x1, y1]
+
+
+def read_layout(vocab: LabelVocabulary, layout, condition: torch.Tensor, where: str) -> list[tuple[int, list[float]]]:
+    """One image's layout as ``(label index, box)`` pairs, checked against its condition (the same labels, each once)."""
+    if isinstance(layout, (str, Mapping)) or not isinstance(layout, Iterable):
+        raise ValueError(f"{where}: a layout is a list of {{'label': name, 'box': [x0, y0, x1, y1]}}, one per label, got "
+                         f"{describe_input(layout)}.")
+    pairs = []
+    for k, item in enumerate(layout):
+        if isinstance(item, Mapping) and set(item) >= {"label", "box"}:
+            label, box = item["label"], item["box"]
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            label, box = item
+        else:
+            raise ValueError(f"{where}, object {k}: give {{'label': name, 'box': [x0, y0, x1, y1]}}, got {describe_input(item)}.")
+        index = vocab._label_index(label, f"{where}, object {k}")
+        pairs.append((index, check_box(box, f"{where}, object {k} ({vocab.labels[index]})")))
+    asked = sorted(condition.nonzero().flatten().tolist())
+    placed = sorted(index for index, _ in pairs)
+    if placed != asked:
+        raise ValueError(f"{where}: the layout places {[vocab.labels[i] for i in placed]} but the condition asks for "
+                         f"{[vocab.labels[i] for i in asked]}; give one box per label of the condition.")
+    return pairs
+
+
+def check_layout_prior(prior) -> None:
+    """A layout prior: ``{"<k>": [layout, ...]}`` for object counts ``k``, each layout ``k`` boxes."""
+    if not isinstance(prior, Mapping) or not prior:
+        raise ValueError(f"layout_prior must map object counts to lists of layouts, got {describe_input(prior)}.")
+    for count, layouts in prior.items():
+        if not str(count).isdigit() or int(count) < 1 or not isinstance(layouts, list) or not layouts:
+            raise ValueError(f"layout_prior[{count!r}] must be a non-empty list of layouts of {count} boxes each.")
+        for i, boxes in enumerate(layouts):
+            if not isinstance(boxes, list) or len(boxes) != int(count):
+                raise ValueError(f"layout_prior[{count!r}][{i}] must hold {count} boxes, got {describe_input(boxes)}.")
+            for k, box in enumerate(boxes):
+                check_box(box, f"layout_prior[{count!r}][{i}], box {k}")
+
+
+def random_index(high: int, generator: torch.Generator | None) -> int:
+    """A uniform draw from ``range(high)`` from ``generator`` (on its own device), or from torch's global one."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(high, (1,), generator=generator, device=device))
+
+
+def sample_layout(prior: Mapping, labels: list[int], generator: torch.Generator | None) -> list[tuple[int, list[float]]]:
+    """A layout for one condition from the prior: a training layout with as many objects, drawn uniformly, its boxes
+    given the labels in a random order (labels and places are independent in the training scenes). More labels than
+    any prior layout holds take the largest layout plus boxes of one-object layouts."""
+    counts = sorted(int(k) for k in prior)
+    count = len(labels) if len(labels) in counts else counts[-1]
+    layouts = prior[str(count)]
+    boxes = list(layouts[random_index(len(layouts), generator)])[: len(labels)]
+    while len(boxes) < len(labels):
+        singles = prior[str(counts[0])]
+        boxes.append(singles[random_index(len(singles), generator)][0])
+    order = [labels[i] for i in torch.randperm(len(labels), generator=generator, device=generator.device if generator else "cpu").tolist()]
+    return [(index, list(box)) for index, box in zip(order, boxes)]
+
+
 class ICLEVRPipeline(DiffusionPipeline):
     r"""Generate i-CLEVR scenes from multi-hot label conditions with classifier-free guidance.
 
@@ -292,6 +428,11 @@ class ICLEVRPipeline(DiffusionPipeline):
             The guidance a call samples with when it names none: likewise the validated one.
         max_labels_per_image (`int`, *optional*):
             The most labels of any training image (3 for i-CLEVR); a call asking for more is sampled with a warning.
+        layout_prior (`dict`, *optional*):
+            A layout model's prior: training layouts by object count (``{"1": [[box]], "2": [[box, box]], ...}``, boxes
+            ``[x0, y0, x1, y1]`` in fractions of the image), a uniform sample of the training data's, kept in the
+            config. A call given no ``layouts`` draws each image's from it. A UNet reads layouts when it takes ``N``
+            more input channels than the image (the layout map, see [`layout_map`]).
     """
 
     model_cpu_offload_seq = "unet"
@@ -368,19 +509,28 @@ class ICLEVRPipeline(DiffusionPipeline):
         size = (size, size) if isinstance(size, int) else tuple(size)
         return size[0] * self.config.patch_size, size[1] * self.config.patch_size
 
+    @property
+    def uses_layouts(self) -> bool:
+        """Whether the UNet reads a layout map (``N`` input channels beyond the image's)."""
+        return self.unet.config.in_channels == 3 * self.config.patch_size**2 + len(self.vocab)
+
     def __init__(self, unet, scheduler, label2id: dict[str, int] | None = None, patch_size: int = 1,
                  default_num_inference_steps: int = 25, default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                 max_labels_per_image: int | None = None):
+                 max_labels_per_image: int | None = None, layout_prior: dict | None = None):
         super().__init__()
         label2id = dict(label2id) if label2id else dict(DEFAULT_LABEL2ID)
         self.vocab = LabelVocabulary(label2id)
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}.")
-        if unet.config.in_channels != 3 * patch_size**2 or unet.config.out_channels != 3 * patch_size**2:
+        pixels = 3 * patch_size**2
+        if unet.config.in_channels not in (pixels, pixels + len(self.vocab)) or unet.config.out_channels != pixels:
             raise ValueError(
-                f"patch_size {patch_size} needs a UNet with {3 * patch_size**2} input and output channels (3 per pixel of a "
-                f"{patch_size}x{patch_size} patch), got {unet.config.in_channels} in and {unet.config.out_channels} out."
+                f"patch_size {patch_size} needs a UNet with {pixels} output channels (3 per pixel of a {patch_size}x"
+                f"{patch_size} patch) and {pixels} input channels, or {pixels + len(self.vocab)} for a layout model (one "
+                f"layout-map channel per label), got {unet.config.in_channels} in and {unet.config.out_channels} out."
             )
+        if layout_prior is not None:
+            check_layout_prior(layout_prior)
         if not condition_routes(unet.config, len(self.vocab)):
             raise ValueError(
                 "The UNet must embed the multi-hot condition itself: build it with class_embed_type='projection' and "
@@ -393,19 +543,48 @@ class ICLEVRPipeline(DiffusionPipeline):
             raise ValueError(f"max_labels_per_image must be a positive integer or None, got {max_labels_per_image!r}.")
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(label2id=label2id, patch_size=patch_size, default_num_inference_steps=default_num_inference_steps,
-                                default_guidance_scale=float(default_guidance_scale), max_labels_per_image=max_labels_per_image)
+                                default_guidance_scale=float(default_guidance_scale), max_labels_per_image=max_labels_per_image,
+                                layout_prior=layout_prior)
 
     def encode_labels(self, labels, num_images_per_prompt: int = 1) -> torch.Tensor:
         """Multi-hot conditions ``(batch * num_images_per_prompt, N)`` of one condition or a batch of them
         (`LabelVocabulary.read`)."""
         return encode_conditions(self.vocab, labels, num_images_per_prompt)
 
+    def read_layouts(self, layouts, conditions: torch.Tensor) -> list[list[tuple[int, list[float]]]] | None:
+        """A call's ``layouts`` (one per condition; a single layout for a single condition) as ``(label index, box)``
+        pairs, each checked against its condition; None when the call gives none."""
+        if layouts is None:
+            return None
+        if not self.uses_layouts:
+            raise ValueError("layouts were given, but this model is label-only (its UNet reads no layout map); drop them, "
+                             "or load a layout model.")
+        if isinstance(layouts, (str, Mapping)) or not isinstance(layouts, Sequence) or len(layouts) == 0:
+            raise ValueError(f"layouts must be a list with one layout per condition, got {describe_input(layouts)}.")
+        if conditions.shape[0] == 1 and isinstance(layouts[0], (Mapping, tuple)):  # one condition, its layout bare
+            layouts = [layouts]
+        if len(layouts) != conditions.shape[0]:
+            raise ValueError(f"layouts holds {len(layouts)} layouts for {conditions.shape[0]} conditions; give one per condition.")
+        where = SINGLE if conditions.shape[0] == 1 else "Layout {}"
+        return [read_layout(self.vocab, layout, row, where.format(i)) for i, (layout, row) in enumerate(zip(layouts, conditions))]
+
+    def prepare_layouts(self, conditions: torch.Tensor, layouts, generator, num_images_per_prompt: int):
+        """Each image's layout (the call's, repeated per image, or one drawn from the prior per image with that
+        image's generator) as ``(label index, box)`` pairs."""
+        if layouts is not None:
+            return [layout for layout in layouts for _ in range(num_images_per_prompt)]
+        if self.config.layout_prior is None:
+            raise ValueError("This layout model keeps no layout prior (layout_prior in its config): pass layouts=.")
+        rows = conditions.repeat_interleave(num_images_per_prompt, dim=0)
+        generators = generator if isinstance(generator, list) else [generator] * rows.shape[0]
+        return [sample_layout(self.config.layout_prior, row.nonzero().flatten().tolist(), g) for row, g in zip(rows, generators)]
+
     def check_inputs(self, conditions, num_inference_steps, guidance_scale, eta, num_images_per_prompt, output_type,
                      generator, latents, callback_on_step_end_tensor_inputs):
         """Every argument of a call, checked before any work; ``conditions`` are the labels as read ``(batch, N)``."""
         check_sampling_numbers(num_inference_steps, guidance_scale, eta)
         batch = conditions.shape[0] * (num_images_per_prompt if isinstance(num_images_per_prompt, int) else 1)
-        shape = (batch, self.unet.config.in_channels // self.config.patch_size**2, *self.image_size)
+        shape = (batch, 3, *self.image_size)
         check_sampling_inputs(num_images_per_prompt, output_type, latents, shape, ("pil", "np", "pt", "latent"),
                               "batch, channels, height, width", generator)
         if not set(callback_on_step_end_tensor_inputs) <= set(self._callback_tensor_inputs):
@@ -430,6 +609,7 @@ class ICLEVRPipeline(DiffusionPipeline):
     def __call__(
         self,
         labels,
+        layouts: Sequence[Layout] | Layout | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -446,6 +626,10 @@ class ICLEVRPipeline(DiffusionPipeline):
         Args:
             labels: one condition (``["red sphere", "cyan cube"]``, ``[9, 6]``, ``"red sphere"`` or a multi-hot row)
                 or a batch (a list of conditions or a ``(batch, N)`` tensor or array); see [`LabelVocabulary`].
+            layouts (`list`, *optional*): a layout model only: where to place each condition's objects, one layout per
+                condition (a single condition may take its layout bare): ``[{"label": "red sphere", "box": [x0, y0,
+                x1, y1]}, ...]``, one box per label, as fractions of the image's width and height (y down). Default:
+                each image's layout is drawn from the model's prior (training layouts), after its noise.
             num_inference_steps (`int`, *optional*): denoising steps; default: the config's
                 ``default_num_inference_steps``, the steps the model was validated with.
             guidance_scale (`float`, *optional*): classifier-free guidance weight ``w`` in
@@ -460,7 +644,7 @@ class ICLEVRPipeline(DiffusionPipeline):
             eta (`float`, defaults to 0.0): DDIM's eta in [0, 1]; ignored by schedulers without it.
             output_type (`str`, defaults to ``"pil"``): ``"pil"``, ``"np"`` (``(B, H, W, 3)`` floats in [0, 1]),
                 ``"pt"`` (``(B, 3, H, W)`` in [0, 1]) or ``"latent"`` (the denoised sample as is, in [-1, 1]).
-            return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
+            return_dict (`bool`, defaults to True): return an [`ICLEVRPipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called as
                 ``fn(pipe, step, timestep, callback_kwargs)`` after every step; may return a dict replacing
                 ``latents`` or ``prompt_embeds``, change ``pipe._guidance_scale`` for the steps that follow, or set
@@ -471,7 +655,7 @@ class ICLEVRPipeline(DiffusionPipeline):
                 under guidance).
 
         Returns:
-            [`ImagePipelineOutput`] or `tuple`: the generated images.
+            [`ICLEVRPipelineOutput`] or `tuple`: the generated images, and for a layout model each image's layout.
         """
         num_inference_steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
@@ -481,12 +665,18 @@ class ICLEVRPipeline(DiffusionPipeline):
         conditions = self.encode_labels(labels)
         self.check_inputs(conditions, num_inference_steps, guidance_scale, eta, num_images_per_prompt, output_type,
                           generator, latents, tensor_inputs)
+        layouts = self.read_layouts(layouts, conditions)
         device, dtype = self._execution_device, self.unet.dtype
-        conditions = conditions.repeat_interleave(num_images_per_prompt, dim=0).to(device=device, dtype=dtype)
-        shape = (conditions.shape[0], self.unet.config.in_channels // self.config.patch_size**2, *self.image_size)
-        if latents is None:
+        shape = (conditions.shape[0] * num_images_per_prompt, 3, *self.image_size)
+        if latents is None:  # the noise first, so a layout given or drawn leaves an image's noise the same
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        placed, layout = None, None
+        if self.uses_layouts:
+            placed = self.prepare_layouts(conditions, layouts, generator, num_images_per_prompt)
+            size = (self.image_size[0] // self.config.patch_size, self.image_size[1] // self.config.patch_size)
+            layout = layout_map(*layout_tensors(placed), len(self.vocab), size).to(device=device, dtype=dtype)
+        conditions = conditions.repeat_interleave(num_images_per_prompt, dim=0).to(device=device, dtype=dtype)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
         prompt_embeds = torch.cat([torch.zeros_like(conditions), conditions]) if self.do_classifier_free_guidance else conditions
@@ -501,7 +691,8 @@ class ICLEVRPipeline(DiffusionPipeline):
             guided = self.do_classifier_free_guidance  # a callback may have switched guidance since the last step
             prompt_embeds = rows_for_step(prompt_embeds, latents.shape[0], guided)
             model_input = self.scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
-            noise_pred = predict(self.unet, model_input, t, prompt_embeds, self.config.patch_size)
+            spatial = None if layout is None else torch.cat([torch.zeros_like(layout), layout]) if guided else layout
+            noise_pred = predict(self.unet, model_input, t, prompt_embeds, self.config.patch_size, spatial)
             if guided:
                 null, cond = noise_pred.chunk(2)
                 noise_pred = null + self._guidance_scale * (cond - null)
@@ -514,9 +705,10 @@ class ICLEVRPipeline(DiffusionPipeline):
 
         result = latents if output_type == "latent" else postprocess_images(latents, output_type)
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return (result,)
-        return ImagePipelineOutput(images=result)
+        if placed is not None:
+            placed = [[{"label": self.vocab.labels[index], "box": box} for index, box in layout] for layout in placed]
+        output = ICLEVRPipelineOutput(images=result, layouts=placed)
+        return output if return_dict else output.to_tuple()
 
 
 def rows_for_step(prompt_embeds: torch.Tensor, batch: int, guided: bool) -> torch.Tensor:
@@ -574,16 +766,21 @@ def unet_condition_kwargs(unet_config, conditions: torch.Tensor) -> dict:
     }
 
 
-def predict(unet, sample: torch.Tensor, timestep, conditions: torch.Tensor, patch_size: int = 1) -> torch.Tensor:
+def predict(unet, sample: torch.Tensor, timestep, conditions: torch.Tensor, patch_size: int = 1,
+            layout: torch.Tensor | None = None) -> torch.Tensor:
     """The UNet's prediction for a pixel-space ``sample`` ``(B, 3, H, W)``, shaped like it.
 
     With ``patch_size`` ``p > 1`` the sample enters space-to-depth (`pixel_unshuffle`: ``(B, 3 p², H / p, W / p)``) and
     the prediction leaves through `pixel_shuffle`, so the noise, the loss and the sampler all stay in pixel space and
-    only the UNet works at the lower resolution. Training calls this too, so both see the same layout.
+    only the UNet works at the lower resolution. Training calls this too, so both see the same layout. A layout
+    model's ``layout`` map ``(B, N, H / p, W / p)`` (`layout_map`) enters beside the sample, as diffusers' inpainting
+    UNets take their mask.
     """
     config = getattr(unet, "module", unet).config  # DDP wraps the model in multi-process runs
     if patch_size > 1:
         sample = F.pixel_unshuffle(sample, patch_size)
+    if layout is not None:
+        sample = torch.cat([sample, layout.to(sample.dtype)], 1)
     prediction = unet(sample, timestep, **unet_condition_kwargs(config, conditions)).sample
     return F.pixel_shuffle(prediction, patch_size) if patch_size > 1 else prediction
 

@@ -29,6 +29,7 @@ from iclevr import ddpm
 from iclevr.checkpoints import save_in_diffusers_layout
 from iclevr.images import random_hflip, to_model_input
 from iclevr.io import is_main_rank, writer_lock
+from iclevr.layouts import layout_prior
 from iclevr.loop import TrainingRun, check_finite, train
 from iclevr.run_setup import build_lr_scheduler, start_generator_run, start_trackers_and_evaluator
 from iclevr.utils import bare_model, ema_weights
@@ -47,21 +48,25 @@ class Run(TrainingRun):
     noise_scheduler: DDPMScheduler
     floor: torch.Tensor | None
     max_labels_per_image: int
+    prior: dict | None  # a layout model's layout prior (None: label-only)
     loss: float = float("nan")
 
-    def train_batch(self, index: int, images: torch.Tensor, labels: torch.Tensor) -> bool:
-        """One batch: the weighted denoising loss, backward, and (once gradients are synchronised) the optimiser and
-        EMA."""
+    def train_batch(self, index: int, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor | None = None,
+                    box_labels: torch.Tensor | None = None) -> bool:
+        """One batch (with a layout model's boxes and box labels): the weighted denoising loss, backward, and (once
+        gradients are synchronised) the optimiser and EMA."""
         args, accelerator = self.args, self.accelerator
         with accelerator.accumulate(self.unet):
             pixels = to_model_input(images)
             weights = ddpm.foreground_weights(pixels, self.floor, args.foreground_weight) if self.floor is not None else None
             if args.random_flip:  # after weighting: the floor image is not mirror-symmetric
-                flipped = random_hflip(pixels if weights is None else torch.cat([pixels, weights], 1))
+                flipped = random_hflip(pixels if weights is None else torch.cat([pixels, weights], 1), boxes=boxes)
+                flipped, boxes = flipped if boxes is not None else (flipped, None)
                 pixels, weights = flipped[:, :3], (None if weights is None else flipped[:, 3:])
             pixels = pixels.contiguous(memory_format=memory_format(args))
+            layout = None if boxes is None else ddpm.training_layout_map(boxes, box_labels, labels.shape[1], args)
             with accelerator.autocast():
-                loss = ddpm.diffusion_loss(self.unet, self.noise_scheduler, pixels, labels, args, weights)
+                loss = ddpm.diffusion_loss(self.unet, self.noise_scheduler, pixels, labels, args, weights, layout)
             check_finite(loss, self.step)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -93,7 +98,7 @@ class Run(TrainingRun):
     def sampling_pipeline(self, final: bool = False):
         unet = self.saved_model(final)
         with ema_weights(self.ema, unet):
-            yield ddpm.sampling_pipeline(unet, self.noise_scheduler, self.args, self.vocab, self.max_labels_per_image)
+            yield ddpm.sampling_pipeline(unet, self.noise_scheduler, self.args, self.vocab, self.max_labels_per_image, self.prior)
 
     def saved_model(self, final: bool = False) -> torch.nn.Module:
         unet = bare_model(self.accelerator, self.unet)
@@ -101,10 +106,11 @@ class Run(TrainingRun):
         return unet.to(memory_format=torch.contiguous_format) if final else unet
 
     def model_figures(self) -> dict:
-        return {"parameters_millions": sum(p.numel() for p in self.unet.parameters()) / 1e6, "resolution": self.args.resolution}
+        return {"parameters_millions": sum(p.numel() for p in self.unet.parameters()) / 1e6, "resolution": self.args.resolution,
+                "layouts": self.prior is not None}
 
     def write_card(self, summary: dict, folder: Path, samples: bool) -> None:
-        ddpm.write_model_card(self.args, summary, self.vocab, folder, samples)
+        ddpm.write_model_card(self.args, summary, self.vocab, folder, samples, layouts=self.prior is not None)
 
     def set_train_mode(self) -> None:
         self.unet.train()
@@ -113,8 +119,11 @@ class Run(TrainingRun):
 def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     """Data, model, EMA, optimiser and schedule, prepared by Accelerate (this order fixes what the seed draws; loading
     the data draws nothing); checkpoints then hold the UNet as ``unet/`` and its EMA as ``unet_ema/``."""
-    dataset, vocab = ddpm.build_dataset(args, accelerator)
-    unet = ddpm.build_model(args, len(vocab))
+    dataset, vocab, layout_reason = ddpm.build_dataset(args, accelerator)
+    layouts = len(dataset.tensors) == 4
+    logger.info(f"Conditioning: {layout_reason}")
+    unet = ddpm.build_model(args, len(vocab), layouts)
+    prior = layout_prior(*dataset.tensors[2:], args.layout_prior_size, args.seed) if layouts else None
     noise_scheduler = ddpm.build_noise_scheduler(args)
     ema = None
     if args.use_ema:  # foreach: one fused update over all weight tensors instead of hundreds of small ops
@@ -143,7 +152,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     return Run(args=args, accelerator=accelerator, loader=loader, max_steps=max_steps, updates_per_epoch=updates_per_epoch,
                batches_per_update=args.gradient_accumulation_steps, vocab=vocab, evaluator=evaluator, unet=unet, ema=ema,
                optimizer=optimizer, lr_scheduler=lr_scheduler, noise_scheduler=noise_scheduler, floor=floor,
-               max_labels_per_image=int(dataset.tensors[1].sum(1).max()))
+               max_labels_per_image=int(dataset.tensors[1].sum(1).max()), prior=prior)
 
 
 def memory_format(args: argparse.Namespace) -> torch.memory_format:

@@ -3,7 +3,9 @@
 the training data, the loss, validation, and saving the pipeline with its model card.
 
 The denoiser is diffusers' `UNet2DConditionModel` with ``class_embed_type="projection"``: the multi-hot condition goes
-through the UNet's own projection into the timestep embedding, so it is saved and reloaded with the model.
+through the UNet's own projection into the timestep embedding, so it is saved and reloaded with the model. Where the
+data carries layouts (`iclevr.layouts`), the UNet also reads a layout map beside the noisy image (one channel per
+label, painted on each object's box), as diffusers' inpainting UNets read their mask: objects are placed, then drawn.
 """
 
 from __future__ import annotations
@@ -34,21 +36,31 @@ from iclevr.flags import add_length_args, add_precision_ema_args, add_run_args, 
 from iclevr.hub import CARD_TAIL, write_card
 from iclevr.images import to_model_input
 from iclevr.labels import dataset_vocabulary
+from iclevr.layouts import LAYOUTS_FILE, read_layouts_file
 from iclevr.loop import save_pipeline_folder
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
 from iclevr.sampling import SCHEDULERS
 from iclevr.utils import ema_weights
-from pipeline_iclevr import DEFAULT_GUIDANCE_SCALE, LABELS, ICLEVRPipeline, LabelVocabulary, condition_routes, predict
+from pipeline_iclevr import (
+    DEFAULT_GUIDANCE_SCALE,
+    LABELS,
+    ICLEVRPipeline,
+    LabelVocabulary,
+    condition_routes,
+    layout_map,
+    predict,
+)
 
 DEFAULT_LR_WARMUP_STEPS = 200  # the trainer's default warm-up, which main_job.py shortens with a shorter schedule
 
 
-def add_training_data_args(group) -> None:
-    """The data flags of the generator trainers: a dataset (`add_data_args`) or the embedded set, the resolution, flips."""
+def add_training_data_args(group, resolution: int = 64) -> None:
+    """The data flags of the generator trainers: a dataset (`add_data_args`) or the embedded set, the resolution (default
+    ``resolution``), flips."""
     add_data_args(group, "i-CLEVR-layout folder (PNGs + train.json) or imagefolder with metadata.jsonl. Default: the embedded procedural set.")
     group.add_argument("--embedded_num_scenes", type=positive_int, default=18003,
                        help="Scenes of the embedded default set (3 images each); more scenes beat repeated epochs in an hour.")
-    group.add_argument("--resolution", type=positive_int, default=32, help="Training resolution (square): the size of the images the pipeline draws.")
+    group.add_argument("--resolution", type=positive_int, default=resolution, help="Training resolution (square): the size of the images the pipeline draws.")
     group.add_argument("--random_flip", action="store_true", help="Flip images horizontally at random (labels stay valid).")
     group.add_argument("--dataloader_num_workers", type=non_negative_int, default=0, help="DataLoader workers (data is in memory, so 0).")
 
@@ -71,12 +83,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--gradient_checkpointing", action="store_true",
                        help="Recompute activations in the backward pass: less memory for a larger batch, at more time per step.")
     model.add_argument("--block_out_channels", type=int_list, default=[32, 64, 128], help="UNet channels per level, e.g. 32,64,128.")
-    model.add_argument("--patch_size", type=positive_int, default=1,
+    model.add_argument("--patch_size", type=positive_int, default=2,
                        help="Space-to-depth factor: the UNet works at resolution / patch_size on 3 x patch_size² channels, "
-                            "so 2 draws 64x64 images at about the cost of 32x32 ones.")
+                            "so the default 2 draws 64x64 images at about the cost of 32x32 ones (1: a UNet at full resolution).")
     model.add_argument("--layers_per_block", type=positive_int, default=1, help="ResNet layers per UNet level.")
     model.add_argument("--attention_levels", type=int_list, default=None, help="1/0 per level: self-attention there (default: the lowest level only).")
     model.add_argument("--attention_head_dim", type=positive_int, default=32, help="Channels per attention head.")
+    model.add_argument("--layout_conditioning", type=str, default="auto", choices=["auto", "on", "off"],
+                       help="Also condition on where each object is (a layout map beside the noisy image): auto where the data "
+                            f"carries {LAYOUTS_FILE} (the embedded set does), on to require it, off for the label-only model. "
+                            "Placing objects first binds colour and shape locally and learns far faster.")
+    model.add_argument("--layout_prior_size", type=positive_int, default=512,
+                       help="Training layouts per object count kept in the saved pipeline's config, drawn uniformly: its "
+                            "prior for calls that give no layout (512 keep the config small and the layouts varied).")
     model.add_argument("--conditioning", type=str, default="class_embedding", choices=["class_embedding", "cross_attention", "both"],
                        help="How the UNet sees the labels: one projected vector added to the timestep embedding, one "
                             "cross-attention token per label at the attention levels, or both.")
@@ -107,7 +126,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     diffusion.add_argument("--logit_mean", type=finite_float, default=0.0, help="Mean of the logit-normal timestep density.")
     diffusion.add_argument("--logit_std", type=positive_float, default=1.0, help="Standard deviation of the logit-normal timestep density.")
     diffusion.add_argument("--mode_scale", type=positive_float, default=1.29, help="Scale of the 'mode' timestep density (SD3's value).")
-    diffusion.add_argument("--condition_dropout", type=probability, default=0.1, help="Probability of replacing the condition by the null (all-zero) one, for classifier-free guidance.")
+    diffusion.add_argument("--condition_dropout", type=probability, default=0.1,
+                           help="Probability of replacing the condition (labels and layout map together) by the null (all-zero) "
+                                "one, for classifier-free guidance.")
+    diffusion.add_argument("--layout_dropout", type=probability, default=0.1,
+                           help="Probability of dropping a layout model's map alone (labels kept), so the label vector still "
+                                "teaches what to draw.")
     diffusion.add_argument("--foreground_weight", type=non_negative_float, default=4.0, help="Extra loss weight on pixels where the clean image departs from the floor (the training set's mean image): weight = 1 + W * departure. 0 = plain MSE.")
 
     optim = parser.add_argument_group("optimisation")
@@ -160,6 +184,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--attention_head_dim must divide the channels of every attention level.")
     if args.conditioning != "class_embedding" and not any(args.attention_levels):
         parser.error(f"--conditioning {args.conditioning} needs at least one attention level (--attention_levels) to cross-attend.")
+    if args.condition_dropout + args.layout_dropout >= 1.0 and args.layout_conditioning != "off":
+        parser.error("--condition_dropout plus --layout_dropout must stay below 1: a layout model must see some maps.")
     if args.condition_dropout == 1.0:
         parser.error("--condition_dropout must be below 1: a model that never sees its labels cannot follow them.")
     check_run_args(parser, args)
@@ -182,36 +208,39 @@ def read_pretrained(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 # --- model -------------------------------------------------------------------------------------------------------
-def build_model(args: argparse.Namespace, num_labels: int = len(LABELS)) -> UNet2DConditionModel:
+def build_model(args: argparse.Namespace, num_labels: int = len(LABELS), layouts: bool = False) -> UNet2DConditionModel:
     """The denoiser: ``--pretrained_model_name_or_path``'s UNet, or one built from ``--model_config_name_or_path``, or
-    from the model flags (`build_unet`); checked to take ``num_labels`` labels and 3 channels per patch pixel."""
+    from the model flags (`build_unet`); checked to take ``num_labels`` labels and 3 channels per patch pixel, plus
+    one layout-map channel per label for a layout model (``layouts``)."""
     if args.pretrained_model_name_or_path:
         unet = UNet2DConditionModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
     elif args.model_config_name_or_path:
         config = Path(args.model_config_name_or_path)
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config.parent if config.is_file() else config))
     else:
-        unet = build_unet(args, num_labels)
+        unet = build_unet(args, num_labels, layouts)
     source = args.pretrained_model_name_or_path or args.model_config_name_or_path or "the model flags"
     if not condition_routes(unet.config, num_labels):
         raise ValueError(f"The UNet of {source} does not take this data's {num_labels} labels (class_embed_type='projection' "
                          f"with projection_class_embeddings_input_dim={num_labels}, or encoder_hid_dim={num_labels}).")
-    if unet.config.in_channels != 3 * args.patch_size**2 or unet.config.sample_size * args.patch_size != args.resolution:
+    channels = 3 * args.patch_size**2 + (num_labels if layouts else 0)
+    if unet.config.in_channels != channels or unet.config.sample_size * args.patch_size != args.resolution:
+        mode = f"a layout model ({num_labels} map channels)" if layouts else "a label-only model"
         raise ValueError(f"The UNet of {source} takes {unet.config.in_channels} channels at {unet.config.sample_size}x"
-                         f"{unet.config.sample_size}; --resolution {args.resolution} with --patch_size {args.patch_size} needs "
-                         f"{3 * args.patch_size**2} at {args.resolution // args.patch_size}.")
+                         f"{unet.config.sample_size}; --resolution {args.resolution} with --patch_size {args.patch_size} as "
+                         f"{mode} needs {channels} at {args.resolution // args.patch_size} (--layout_conditioning chooses).")
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return unet
 
 
-def build_unet(args: argparse.Namespace, num_labels: int = len(LABELS)) -> UNet2DConditionModel:
+def build_unet(args: argparse.Namespace, num_labels: int = len(LABELS), layouts: bool = False) -> UNet2DConditionModel:
     """A UNet from the model flags, with self-attention (or, for label tokens, self + cross-attention) at the
     attention levels.
 
     ``class_embedding`` projects the multi-hot condition into the timestep embedding; ``cross_attention`` turns it into
     one token per label (`pipeline_iclevr.label_tokens`) through ``encoder_hid_proj``, attended to by every attention
-    level and the middle block.
+    level and the middle block. A layout model (``layouts``) takes ``num_labels`` more input channels: the layout map.
     """
     cross = args.conditioning in ("cross_attention", "both")
     attn = "CrossAttn" if cross else "Attn"
@@ -224,7 +253,7 @@ def build_unet(args: argparse.Namespace, num_labels: int = len(LABELS)) -> UNet2
         extra |= {"encoder_hid_dim": num_labels, "encoder_hid_dim_type": "text_proj", "cross_attention_dim": args.cross_attention_dim}
     return UNet2DConditionModel(
         sample_size=args.resolution // args.patch_size,
-        in_channels=3 * args.patch_size**2,
+        in_channels=3 * args.patch_size**2 + (num_labels if layouts else 0),
         out_channels=3 * args.patch_size**2,
         down_block_types=down,
         up_block_types=up,
@@ -266,8 +295,8 @@ def embedded_data_dir(args: argparse.Namespace) -> Path:
 
 
 def load_training_data(args: argparse.Namespace, accelerator: Accelerator):
-    """The training data as a `datasets.Dataset` decoded at ``--resolution``; with no data given, the embedded
-    procedural set, rendered once into the cache."""
+    """The training data as a `datasets.Dataset` decoded at ``--resolution``, and its local folder (None for a Hub
+    dataset); with no data given, the embedded procedural set, rendered once into the cache."""
     with accelerator.main_process_first():  # render/decode once; the other processes then read the cache
         if args.train_data_dir is None and args.dataset_name is None:
             data_dir = embedded_data_dir(args)
@@ -279,14 +308,35 @@ def load_training_data(args: argparse.Namespace, accelerator: Accelerator):
                     render_dataset(data_dir, plan_random_scenes(args.embedded_num_scenes, args.seed, set()), args.seed,
                                    args.resolution, args.resolution, default_spp(args.resolution),
                                    num_workers=os.cpu_count() or 1, overwrite=True)
-                return load_dataset_from_args(args, args.resolution, data_dir)
-        return load_dataset_from_args(args, args.resolution)
+                return load_dataset_from_args(args, args.resolution, data_dir), data_dir
+        return load_dataset_from_args(args, args.resolution), args.train_data_dir
 
 
-def build_dataset(args: argparse.Namespace, accelerator: Accelerator) -> tuple[torch.utils.data.TensorDataset, LabelVocabulary]:
-    """The training data in memory (uint8 images ``(N, H, W, 3)`` and multi-hot labels) and its label vocabulary."""
-    dataset = load_training_data(args, accelerator)
-    return torch.utils.data.TensorDataset(*dataset_to_tensors(dataset)), dataset_vocabulary(dataset)
+def build_dataset(args: argparse.Namespace, accelerator: Accelerator) -> tuple[torch.utils.data.TensorDataset, LabelVocabulary, str]:
+    """The training data in memory (uint8 images ``(N, H, W, 3)``, multi-hot labels, and for a layout model each
+    image's boxes and box labels), its label vocabulary, and why layouts are used or not (`use_layouts`)."""
+    dataset, folder = load_training_data(args, accelerator)
+    images, labels = dataset_to_tensors(dataset)
+    vocab = dataset_vocabulary(dataset)
+    layouts, reason = use_layouts(args, dataset, folder, labels, vocab)
+    return torch.utils.data.TensorDataset(images, labels, *(layouts or ())), vocab, reason
+
+
+def use_layouts(args: argparse.Namespace, dataset, folder, labels: torch.Tensor, vocab: LabelVocabulary):
+    """The data's layouts (boxes, box labels) under ``--layout_conditioning``, or None, and the reason, for the log."""
+    if args.layout_conditioning == "off":
+        return None, "label-only: --layout_conditioning off"
+    if folder is None or "file_name" not in dataset.column_names:
+        found, why = None, "a Hub dataset carries no layouts.json"
+    else:
+        found = read_layouts_file(folder, dataset["file_name"], labels, vocab)
+        why = f"{Path(folder) / LAYOUTS_FILE} does not exist"
+    if found is None:
+        if args.layout_conditioning == "on":
+            raise ValueError(f"--layout_conditioning on needs layouts, but {why}; give a folder with {LAYOUTS_FILE} "
+                             "(render_iclevr.py writes one), or train label-only (--layout_conditioning off).")
+        return None, f"label-only: {why}"
+    return found, f"layouts from {Path(folder) / LAYOUTS_FILE} (the objects' boxes in the image)"
 
 
 def build_dataloader(dataset, args: argparse.Namespace) -> torch.utils.data.DataLoader:
@@ -328,13 +378,17 @@ def sample_timesteps(args: argparse.Namespace, batch_size: int, num_timesteps: i
     return (u * num_timesteps).long().clamp(0, num_timesteps - 1)
 
 
-def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weights=None) -> torch.Tensor:
-    """One denoising loss: random timesteps, condition dropout for CFG, optional pixel and min-SNR-gamma weighting."""
+def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weights=None, layout=None) -> torch.Tensor:
+    """One denoising loss: random timesteps, condition dropout for CFG (labels and a layout model's ``layout`` map
+    together, and the map alone), optional pixel and min-SNR-gamma weighting."""
     noise = torch.randn_like(pixels)
     timesteps = sample_timesteps(args, pixels.shape[0], noise_scheduler.config.num_train_timesteps, pixels.device)
     noisy = noise_scheduler.add_noise(pixels, noise, timesteps)
-    keep = (torch.rand(pixels.shape[0], 1, device=pixels.device) >= args.condition_dropout).to(conditions.dtype)
-    prediction = predict(unet, noisy, timesteps, conditions * keep, args.patch_size)
+    draw = torch.rand(pixels.shape[0], 1, device=pixels.device)
+    keep = (draw >= args.condition_dropout).to(conditions.dtype)
+    if layout is not None:  # one draw: the null condition with p, the labels without their map with p_layout
+        layout = layout * (draw >= args.condition_dropout + args.layout_dropout).to(layout.dtype)[..., None, None]
+    prediction = predict(unet, noisy, timesteps, conditions * keep, args.patch_size, layout)
     if args.prediction_type == "epsilon":
         target = noise
     elif args.prediction_type == "v_prediction":
@@ -353,29 +407,37 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     return (per_sample * weights).mean()
 
 
+def training_layout_map(boxes: torch.Tensor, box_labels: torch.Tensor, num_labels: int, args: argparse.Namespace) -> torch.Tensor:
+    """A batch's layout map at the UNet's resolution (`pipeline_iclevr.layout_map`, as the pipeline paints it)."""
+    size = args.resolution // args.patch_size
+    return layout_map(boxes, box_labels, num_labels, (size, size))
+
+
 def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Namespace,
-                      vocab: LabelVocabulary | None = None, max_labels_per_image: int | None = None) -> ICLEVRPipeline:
+                      vocab: LabelVocabulary | None = None, max_labels_per_image: int | None = None,
+                      prior: dict | None = None) -> ICLEVRPipeline:
     """The pipeline as it is validated and saved: ``--validation_scheduler`` over the training noise schedule, and
     ``--validation_inference_steps`` and ``--validation_guidance_scale`` as the call's defaults, so the saved model's
     default call samples as its figures were measured; the data's vocabulary (default i-CLEVR's), so it takes the
-    data's label names; and the most labels of a training image, beyond which a call warns."""
+    data's label names; the most labels of a training image, beyond which a call warns; a layout model's prior."""
     scheduler = SCHEDULERS[args.validation_scheduler].from_config(noise_scheduler.config)
     label2id = (vocab or LabelVocabulary()).label2id
     return ICLEVRPipeline(unet=unet, scheduler=scheduler, label2id=label2id, patch_size=args.patch_size,
                           default_num_inference_steps=args.validation_inference_steps,
-                          default_guidance_scale=args.validation_guidance_scale, max_labels_per_image=max_labels_per_image)
+                          default_guidance_scale=args.validation_guidance_scale, max_labels_per_image=max_labels_per_image,
+                          layout_prior=prior)
 
 
 # --- saving ------------------------------------------------------------------------------------------------------
 def save_pipeline(unet, ema, noise_scheduler, args: argparse.Namespace, output_dir: Path,
-                  vocab: LabelVocabulary | None = None, max_labels_per_image: int | None = None) -> Path:
+                  vocab: LabelVocabulary | None = None, max_labels_per_image: int | None = None, prior: dict | None = None) -> Path:
     """Save the final pipeline (EMA weights if used) with the sampler it was validated with, and a copy of
     pipeline_iclevr.py, so it loads as remote code.
 
     Written in one piece, non-finite weights refused (`iclevr.loop.save_pipeline_folder`).
     """
     with ema_weights(ema, unet):
-        return save_pipeline_folder(sampling_pipeline(unet, noise_scheduler, args, vocab, max_labels_per_image), unet, output_dir)
+        return save_pipeline_folder(sampling_pipeline(unet, noise_scheduler, args, vocab, max_labels_per_image, prior), unet, output_dir)
 
 
 CARD_TEMPLATE = """---
@@ -397,7 +459,19 @@ pipe = DiffusionPipeline.from_pretrained("{{ repo }}", trust_remote_code=True)  
 images = pipe({{ example }}).images  # the default call: {{ sampler }}, {{ steps }} steps, guidance {{ guidance }}
 ```
 
-The default call's sampler, steps and guidance are the pipeline config's (`default_num_inference_steps`,
+{% if layouts %}This is a layout model: objects are placed, then drawn. It learns from the renderer's object positions (each
+object's box in the image, from the training folder's `layouts.json`) and reads a map of the boxes beside the noisy
+image. Place the objects yourself (boxes as fractions of the image, y down, one per label):
+
+```python
+out = pipe(["red sphere", "cyan cube"], layouts=[{"label": "red sphere", "box": [0.1, 0.5, 0.3, 0.8]},
+                                                 {"label": "cyan cube", "box": [0.6, 0.3, 0.75, 0.5]}])
+```
+
+A call without layouts draws each image's from the prior kept in the pipeline config (`layout_prior`: a uniform sample
+of the training layouts by object count, unfiltered); `out.layouts` says where each object went.
+
+{% endif %}The default call's sampler, steps and guidance are the pipeline config's (`default_num_inference_steps`,
 `default_guidance_scale`): {% if measured %}the ones its accuracy below was measured with{% else %}the ones it was
 saved with; no accuracy was measured during training{% endif %}. Guidance at or below 1 samples the conditional model
 alone, as in diffusers.
@@ -405,10 +479,10 @@ alone, as in diffusers.
 """ + CARD_TAIL
 
 
-def write_model_card(args, summary: dict, vocab: LabelVocabulary, folder: Path, samples: bool) -> None:
+def write_model_card(args, summary: dict, vocab: LabelVocabulary, folder: Path, samples: bool, layouts: bool = False) -> None:
     """The diffusion pipeline's README.md in ``folder`` (`iclevr.hub.write_card`), its accuracy measured with the
-    pipeline's default call (the validation sampler, steps and guidance)."""
+    pipeline's default call (the validation sampler, steps and guidance); a layout model's says how to place objects."""
     sampler = SCHEDULERS[args.validation_scheduler].__name__
     write_card(args, summary, vocab, CARD_TEMPLATE, "class-conditional DDPM", "ddpm",
                f"{sampler}, guidance {args.validation_guidance_scale:g}, {args.validation_inference_steps} steps", folder, samples,
-               steps=args.validation_inference_steps, guidance=f"{args.validation_guidance_scale:g}", sampler=sampler)
+               steps=args.validation_inference_steps, guidance=f"{args.validation_guidance_scale:g}", sampler=sampler, layouts=layouts)

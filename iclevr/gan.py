@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     plus the GAN's own."""
     parser = argparse.ArgumentParser(prog="train_conditional_gan.py",
                                      description="Train a conditional GAN on i-CLEVR and save an ICLEVRGANPipeline.")
-    add_training_data_args(parser.add_argument_group("data"))
+    add_training_data_args(parser.add_argument_group("data"), resolution=32)
 
     model = parser.add_argument_group("model")
     model.add_argument("--latent_dim", type=positive_int, default=128, help="Length of the generator's noise vector.")

@@ -98,10 +98,15 @@ def to_uint8_images(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def random_hflip(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image of a ``(B, C, H, W)`` batch horizontally with probability 1/2 (labels stay valid)."""
+def random_hflip(pixels: torch.Tensor, generator: torch.Generator | None = None, boxes: torch.Tensor | None = None):
+    """Flip each image of a ``(B, C, H, W)`` batch horizontally with probability 1/2 (labels stay valid). With layout
+    ``boxes`` ``(B, K, 4)`` (fractions of the image), flip each image's boxes with it and return both."""
     flip = torch.rand(pixels.shape[0], generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None].to(pixels.device), pixels.flip(-1), pixels)
+    flipped = torch.where(flip[:, None, None, None].to(pixels.device), pixels.flip(-1), pixels)
+    if boxes is None:
+        return flipped
+    mirrored = torch.stack([1 - boxes[..., 2], boxes[..., 1], 1 - boxes[..., 0], boxes[..., 3]], -1)
+    return flipped, torch.where(flip[:, None, None].to(boxes.device), mirrored, boxes)
 
 
 def collate_examples(examples: list[dict], random_flip: bool = False) -> dict[str, torch.Tensor]:

@@ -54,8 +54,9 @@ class TrainingRun:
     stopwatch: Stopwatch | None = None
 
     # --- the hooks ---------------------------------------------------------------------------------------------------
-    def train_batch(self, index: int, images: torch.Tensor, labels: torch.Tensor) -> bool:
-        """Train on the ``index``-th batch of the epoch; whether an optimiser step completed (and ``step`` advanced)."""
+    def train_batch(self, index: int, images: torch.Tensor, labels: torch.Tensor, *layouts: torch.Tensor) -> bool:
+        """Train on the ``index``-th batch of the epoch (images, labels, and a layout model's boxes and box labels);
+        whether an optimiser step completed (and ``step`` advanced)."""
         raise NotImplementedError
 
     def losses(self) -> dict[str, float]:
@@ -147,10 +148,10 @@ def train(run: TrainingRun) -> None:
         run.loader.set_epoch(epoch)
         skip = skip_batches if epoch == first_epoch else 0
         batches = accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
-        for index, (images, labels) in enumerate(batches, start=skip):
+        for index, batch in enumerate(batches, start=skip):
             if run.batches_per_epoch is not None and index >= run.batches_per_epoch:
                 break
-            if run.train_batch(index, images, labels) and after_step(run, epoch, progress):
+            if run.train_batch(index, *batch) and after_step(run, epoch, progress):
                 break
         if run.step >= run.max_steps:
             break
@@ -172,7 +173,8 @@ def after_step(run: TrainingRun, epoch: int, progress: tqdm) -> bool:
 
 def validate(run: TrainingRun) -> None:
     with run.stopwatch.paused(), run.sampling_pipeline() as pipeline:  # validation is not training time
-        run.record = validate_pipeline(pipeline, run.args, run.accelerator, run.step, run.evaluator)
+        run.record = validate_pipeline(pipeline, run.args, run.accelerator, run.step, run.evaluator,
+                                       run.stopwatch.training_seconds / 60)
     logger.info(f"validation at step {run.step}: {run.record}")
 
 

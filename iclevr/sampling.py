@@ -51,15 +51,17 @@ def is_one_step(pipe) -> bool:
 
 
 def generate(pipe, conditions, seed: int, batch_size: int, latents: torch.Tensor | None = None,
-             **sampling) -> tuple[np.ndarray, float]:
+             layouts: list | None = None, **sampling) -> tuple[np.ndarray, float]:
     """Images ``(N, H, W, 3)`` in [0, 1] for the conditions, in seeded batches (from ``latents`` ``(N, 3, H, W)``
-    when given, else from noise the seed draws); and the seconds per image."""
+    when given, else from noise the seed draws; a layout model's objects where ``layouts`` say, else where its prior
+    draws them); and the seconds per image."""
     outputs, start = [], time.perf_counter()
     for offset in range(0, len(conditions), batch_size):
         batch = slice(offset, offset + batch_size)
         generator = torch.Generator().manual_seed(seed * 100_003 + offset)
+        placed = {} if layouts is None else {"layouts": layouts[batch]}
         outputs.append(pipe(conditions[batch], generator=generator, output_type="np",
-                            latents=None if latents is None else latents[batch], **sampling).images)
+                            latents=None if latents is None else latents[batch], **placed, **sampling).images)
     return np.concatenate(outputs), (time.perf_counter() - start) / len(conditions)
 
 

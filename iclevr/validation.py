@@ -19,12 +19,13 @@ from iclevr.utils import image_grid
 
 @torch.no_grad()
 def validate_pipeline(pipeline, args: argparse.Namespace, accelerator: Accelerator, step: int, evaluator=None,
-                      **sampling) -> dict:
+                      training_minutes: float | None = None, **sampling) -> dict:
     """Sample ``--validation_conditions_json`` with ``pipeline`` into a grid and, with an evaluator, score them.
 
     With ``--validation_num_seeds`` above 1 every seed samples all conditions; the accuracy logged is the mean over
     seeds (``accuracy_std`` their spread), and the grid shows the first seed. Writes ``validation/step-N.png``,
-    and a line of ``validation/metrics.jsonl``, and logs to the trackers.
+    and a line of ``validation/metrics.jsonl`` (with ``training_minutes`` so far, for learning curves by wall-clock
+    time), and logs to the trackers.
     """
     conditions = load_conditions(args.validation_conditions_json, pipeline.vocab)
     pipeline.set_progress_bar_config(disable=True)
@@ -39,7 +40,8 @@ def validate_pipeline(pipeline, args: argparse.Namespace, accelerator: Accelerat
     folder = Path(args.output_dir) / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     grid.save(folder / f"step-{step:07d}.png")  # the final step's becomes the saved pipeline's samples.png
-    record = {"step": step, "conditions_json": str(args.validation_conditions_json),
+    record = {"step": step, **({} if training_minutes is None else {"training_minutes": round(training_minutes, 2)}),
+              "conditions_json": str(args.validation_conditions_json),
               "seconds_per_image": seconds / (len(conditions) * len(per_seed))}
     if evaluator is not None:
         reports = [evaluator.score(torch.from_numpy(batch).permute(0, 3, 1, 2), conditions) for batch in per_seed]

@@ -204,3 +204,34 @@ def test_the_page_generates_refuses_a_bad_condition_and_keeps_serving(served, br
     set_slider(browser, "count", 2)
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
     assert len(gallery_images(browser, 2)) == 2
+
+
+def test_a_layout_model_places_the_objects_where_the_sliders_say(tmp_path, monkeypatch):
+    """With "Place the objects" ticked, each object's box is centred on its (x, y) at the prior's small/large size;
+    unticked, the call gives no layout and the model draws one from its prior."""
+    import app
+
+    from .test_layouts import PRIOR
+
+    unet = tiny_unet(in_channels=3 + 24)
+    ICLEVRPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100), layout_prior=PRIOR).save_pretrained(tmp_path / "p")
+    demo = app.Demo(str(tmp_path / "p"))
+    calls = []
+    original = ICLEVRPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        calls.append(kwargs.get("layouts"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ICLEVRPipeline, "__call__", recording)
+    objects = ["red", "sphere", "cyan", "cube", app.NONE, app.NONE]
+    placements = [0.2, 0.7, "large", 0.8, 0.1, "small", 0.5, 0.5, "large"]
+    images, _ = demo.generate(*objects, True, *placements, 2.0, 1, 2, 0, progress=lambda *a, **k: None)
+    sizes = app.box_sizes(PRIOR)
+    assert len(images) == 2 and calls[-1] == [[{"label": "red sphere", "box": app.centred_box(0.2, 0.7, sizes["large"])},
+                                               {"label": "cyan cube", "box": app.centred_box(0.8, 0.1, sizes["small"])}]]
+    box = calls[-1][0][0]["box"]
+    assert box[2] - box[0] == pytest.approx(sizes["large"][0], abs=1e-3) and (box[0] + box[2]) / 2 == pytest.approx(0.2, abs=1e-3)
+    assert app.centred_box(0.99, 0.0, (0.2, 0.2)) == [0.8, 0.0, 1.0, 0.2]  # moved inside the image
+    demo.generate(*objects, False, *placements, 2.0, 1, 1, 0, progress=lambda *a, **k: None)
+    assert calls[-1] is None

@@ -17,7 +17,7 @@ from iclevr.evaluator import Evaluator, build_evaluator, read_image_folder
 from iclevr.labels import BadDataError, load_conditions
 from pipeline_iclevr import ICLEVRPipeline, LabelVocabulary
 
-TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8"]
+TINY = ["--resolution", "16", "--patch_size", "1", "--block_out_channels", "8,16", "--attention_head_dim", "8"]
 
 
 # --- data: one good folder, then one broken file or label at a time ------------------------------------------------

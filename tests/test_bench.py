@@ -42,7 +42,7 @@ def test_the_profile_puts_each_op_in_its_kind():
     assert {name: bench.kind_of(name) for name in expected} == expected
 
 
-TINY_MODEL = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "4"]
+TINY_MODEL = ["--resolution", "16", "--patch_size", "1", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "4"]
 
 
 @pytest.mark.parametrize("part", ["attention", "group_norm"])

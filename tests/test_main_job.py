@@ -18,7 +18,7 @@ from pipeline_iclevr import ICLEVRPipeline
 from .conftest import run_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ("--resolution 16 --block_out_channels 8,16 --attention_head_dim 8 --train_batch_size 4 --lr_warmup_steps 1 "
+TINY_TRAIN = ("--resolution 16 --patch_size 1 --block_out_channels 8,16 --attention_head_dim 8 --train_batch_size 4 --lr_warmup_steps 1 "
               "--validation_inference_steps 2 --embedded_num_scenes 4 --checkpointing_steps 2")
 
 

@@ -211,11 +211,12 @@ def test_bad_label_files(tmp_path):
 
 
 def test_condition_sets_are_the_generator_output():
-    """conditions/*.json are exactly iclevr_scenes.sample_condition_set's output (reproducible, never hand-edited)."""
+    """conditions/*.json are exactly iclevr.render.scenes.sample_condition_set's output (reproducible, never hand-edited)."""
     from iclevr.render.scenes import sample_condition_set
 
     folder = COURSE_TEST.parent
     expected = {"synthetic_test.json": sample_condition_set(2026, [1] * 6 + [2] * 12 + [3] * 14),
-                "synthetic_96.json": sample_condition_set(2027, [1] * 32 + [2] * 32 + [3] * 32)}
+                "synthetic_96.json": sample_condition_set(2027, [1] * 32 + [2] * 32 + [3] * 32),
+                "synthetic_256.json": sample_condition_set(2028, [1] * 48 + [2] * 96 + [3] * 112)}
     for name, conditions in expected.items():
         assert json.loads((folder / name).read_text()) == conditions, name

@@ -25,7 +25,7 @@ from pipeline_iclevr import ICLEVRPipeline, unet_condition_kwargs
 from .conftest import accelerate_launch, run_ok, run_side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "4",
+TINY = ["--resolution", "16", "--patch_size", "1", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "4",
         "--lr_warmup_steps", "1", "--seed", "3"]
 
 

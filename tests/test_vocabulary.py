@@ -129,7 +129,7 @@ def test_digits_end_to_end(tmp_path):
     data = write_digits_dataset(tmp_path / "digits", resolution=16, conditions_per_label=1, limit=60)
     common = ["--train_data_dir", str(data), "--cache_dir", str(tmp_path / "cache"), "--report_to", "none"]
     _run(*accelerate_launch("train_conditional_ddpm.py")[1:], *common, "--output_dir", str(tmp_path / "ddpm"),
-         "--resolution", "16", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "8",
+         "--resolution", "16", "--patch_size", "1", "--block_out_channels", "8,16", "--attention_head_dim", "8", "--train_batch_size", "8",
          "--max_train_steps", "3", "--lr_warmup_steps", "1", "--validation_steps", "3", "--validation_inference_steps", "2",
          "--validation_conditions_json", str(data / "conditions.json"))
     _run("train_evaluator.py", *common, "--output_dir", str(tmp_path / "evaluator"), "--num_epochs", "1",

@@ -3,7 +3,8 @@
 writing the folder in one piece (`render_dataset`). The CLI is ``render_iclevr.py``.
 
 Files: ``CLEVR_train_{scene:06d}_{k}.png`` (k + 1 objects; each scene adds one object at a time), ``train.json``,
-``objects.json`` and ``scenes.json`` (every object's colour, shape, size, material, position and yaw). The same seed
+``objects.json``, ``scenes.json`` (every object's colour, shape, size, material, position and yaw) and ``layouts.json``
+(every object's label and box in the image, which the layout-conditioned model trains on). The same seed
 gives byte-identical files, whatever the number of workers.
 """
 
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from iclevr.io import read_json, staged_folder
 from iclevr.labels import load_conditions, parse_train_json, scene_id
-from iclevr.render.raycast import render, visible_pixels
+from iclevr.render.raycast import image_box, render, visible_pixels
 from iclevr.render.scenes import SceneObject, place_objects, sample_labels, scene_rng
 from iclevr.utils import image_grid
 from pipeline_iclevr import LABELS, LabelVocabulary
@@ -108,10 +109,14 @@ def render_jobs(jobs: Sequence[SceneJob], out_dir: str, seed: int, width: int, h
             image = render(objects[:count], width, height, spp).image
             # Level 1: half the encoding time of the default level 6, for files ~40% larger (still lossless).
             Image.fromarray(to_uint8(image)).save(Path(out_dir) / file_name, format="PNG", compress_level=1)
-            records.append(
-                {"file_name": file_name, "labels": list(job.labels[:count]), "objects": [o.to_dict() for o in objects[:count]]}
-            )
+            records.append({"file_name": file_name, "labels": list(job.labels[:count]),
+                            "objects": [o.to_dict() for o in objects[:count]], "layout": scene_layout(objects[:count])})
     return records
+
+
+def scene_layout(objects: Sequence[SceneObject]) -> list[dict]:
+    """The objects as a layout (``layouts.json``'s format, `iclevr.layouts`): each one's label and image box."""
+    return [{"label": obj.label, "box": [round(v, 4) for v in image_box(obj)]} for obj in objects]
 
 
 def _chunks(jobs: Sequence[SceneJob], size: int) -> Iterator[Sequence[SceneJob]]:
@@ -168,6 +173,7 @@ def render_dataset(output_dir: str | Path, jobs: Sequence[SceneJob], seed: int, 
         write_json(folder / "train.json", {r["file_name"]: r["labels"] for r in records})
         write_json(folder / "objects.json", {name: i for i, name in enumerate(LABELS)})
         write_json(folder / "scenes.json", {r["file_name"]: r["objects"] for r in records})
+        write_json(folder / "layouts.json", {r["file_name"]: r["layout"] for r in records})
         if conditions:
             write_json(folder / "conditions.json", [r["labels"] for r in records])
         if preview:

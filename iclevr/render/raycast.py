@@ -383,6 +383,31 @@ def render(scene: Sequence[SceneObject], width: int, height: int, spp: int = 2, 
     return RenderOutput(image.clamp(0, 1), coverage)
 
 
+def image_box(obj: SceneObject) -> tuple[float, float, float, float]:
+    """The object's bounding box in the image, ``(x0, y0, x1, y1)`` as fractions of the width and height (x to the
+    right, y down; clipped to [0, 1]): the projection of its whole surface, hidden parts included, as layout
+    annotations give it. Any output size shows the same frustum, so one box serves every resolution."""
+    solid = _Solid.from_object(obj)
+    center, r = torch.tensor(solid.center), solid.radius
+    if obj.shape == "sphere":  # a dense Fibonacci sphere: its projection's extent is the silhouette's to < 0.1 %
+        i = torch.arange(256, dtype=torch.float32) + 0.5
+        z = 1 - 2 * i / 256
+        angle = i * math.pi * (3 - math.sqrt(5))
+        ring = (1 - z * z).sqrt()
+        points = center + r * torch.stack([ring * torch.cos(angle), ring * torch.sin(angle), z], -1)
+    elif obj.shape == "cube":
+        half = r / math.sqrt(2.0)
+        corners = torch.tensor([[x, y, z] for x in (-half, half) for y in (-half, half) for z in (-half, half)])
+        points = center + solid._world(corners)
+    else:  # cylinder: its two rims
+        angle = torch.linspace(0, 2 * math.pi, 129)[:-1]
+        rim = torch.stack([r * torch.cos(angle), r * torch.sin(angle), torch.zeros_like(angle)], -1)
+        points = torch.cat([center + rim + torch.tensor([0.0, 0.0, dz]) for dz in (-r, r)])
+    xy, _ = project(points, 1, 1)
+    low, high = xy.amin(0).clamp(0, 1), xy.amax(0).clamp(0, 1)
+    return float(low[0]), float(low[1]), float(high[0]), float(high[1])
+
+
 def visible_pixels(scene: Sequence[SceneObject], width: int = 64, height: int = 64) -> list[int]:
     """Unoccluded, in-frame pixel count of each object (one ray through each pixel centre)."""
     coverage = render(scene, width, height, spp=1, shading=False).coverage
