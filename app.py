@@ -1,7 +1,7 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
 """A Gradio demo page for a trained `ICLEVRPipeline`: build a condition of 1-3 objects, sample, see the images.
 
-    python app.py --pipeline outputs/main/pipeline [--evaluator EVALUATOR_DIR]
+    python app.py [--pipeline outputs/main/pipeline] [--evaluator EVALUATOR_DIR]
 
 Each object is a colour and a shape; objects 2 and 3 may be left out. With a layout model, "Place the objects" puts
 each one where its sliders say (its centre, left to right and back to front, and a small or large box), the
@@ -13,7 +13,8 @@ on it (its top k for a k-object condition, as the course metric counts them), an
 The page needs only this file, ``pipeline_iclevr.py`` and the packages of ``requirements-app.txt``, so it also runs
 as a Hugging Face Space: put this file in a saved pipeline folder (which already holds ``pipeline_iclevr.py``), with
 ``requirements-app.txt`` as its ``requirements.txt``; with no ``--pipeline`` it loads ``$ICLEVR_PIPELINE``, else
-the folder it sits in when that holds ``model_index.json``, else ``outputs/main/pipeline``.
+the folder it sits in when that holds ``model_index.json``, else the pipeline that ships in ``pretrained/iclevr-ddpm``
+(the main job's, so a clone serves a trained model at once).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import gradio as gr
 import torch
 
 from iclevr.argtypes import port
-from iclevr.evaluator import SHIPPED_EVALUATOR
+from iclevr.evaluator import shipped_evaluator
 from pipeline_iclevr import ICLEVRPipeline
 
+SHIPPED_PIPELINE = Path(__file__).resolve().parent / "pretrained" / "iclevr-ddpm"
 MAX_OBJECTS = 3  # i-CLEVR scenes hold 1-3 objects
 MAX_IMAGES = 8
 NONE = "(none)"
@@ -43,14 +45,14 @@ def default_pipeline() -> str:
     if os.environ.get("ICLEVR_PIPELINE"):
         return os.environ["ICLEVR_PIPELINE"]
     here = Path(__file__).resolve().parent
-    return str(here) if (here / "model_index.json").is_file() else "outputs/main/pipeline"
+    return str(here) if (here / "model_index.json").is_file() else str(SHIPPED_PIPELINE)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve a demo page for a trained ICLEVRPipeline.")
     parser.add_argument("--pipeline", type=str, default=None,
                         help="Saved pipeline folder or Hub id (default: $ICLEVR_PIPELINE, this file's folder if it holds a "
-                             "pipeline, else the main job's outputs/main/pipeline).")
+                             "pipeline, else the shipped pretrained/iclevr-ddpm; the main job's own is outputs/main/pipeline).")
     parser.add_argument("--evaluator", type=str, default=None,
                         help="Evaluator folder (train_evaluator.py's) to caption each image with the labels it reads "
                              "(default: the one the main job's main_job.json names, else the shipped pretrained/evaluator).")
@@ -64,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--pipeline {args.pipeline} is not a saved pipeline folder (no model_index.json). Train one first "
                      "(python main_job.py, or train_conditional_ddpm.py) or pass --pipeline DIR.")
     if args.evaluator is None:
-        args.evaluator = main_job_evaluator(local) or (str(SHIPPED_EVALUATOR) if (SHIPPED_EVALUATOR / "config.json").is_file() else None)
+        args.evaluator = main_job_evaluator(local) or (str(shipped_evaluator()) if shipped_evaluator() else None)
     elif not (Path(args.evaluator) / "config.json").is_file():
         parser.error(f"--evaluator {args.evaluator} is not an evaluator folder (no config.json); train_evaluator.py saves one.")
     return args

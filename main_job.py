@@ -38,7 +38,7 @@ from iclevr.argtypes import check_output_folder, positive_float, positive_int
 from iclevr.checkpoints import latest_checkpoint
 from iclevr.data import cache_root
 from iclevr.ddpm import DEFAULT_LR_WARMUP_STEPS
-from iclevr.evaluator import SHIPPED_EVALUATOR
+from iclevr.evaluator import SHIPPED_EVALUATOR, shipped_evaluator
 from iclevr.io import writer_lock
 from iclevr.labels import COURSE_TEST
 from iclevr.utils import auto_mixed_precision
@@ -145,7 +145,7 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
     if args.evaluator:
         return Path(args.evaluator)
     if not args.retrain_evaluator:
-        if not (SHIPPED_EVALUATOR / "model.safetensors").is_file():
+        if shipped_evaluator() is None:
             raise SystemExit(f"The shipped evaluator {SHIPPED_EVALUATOR} is missing: restore it (git checkout -- pretrained), "
                              "give --evaluator DIR, or train one with --retrain_evaluator.")
         print(f"Using the shipped evaluator {SHIPPED_EVALUATOR}")

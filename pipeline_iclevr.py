@@ -706,7 +706,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         result = latents if output_type == "latent" else postprocess_images(latents, output_type)
         self.maybe_free_model_hooks()
         if placed is not None:
-            placed = [[{"label": self.vocab.labels[index], "box": box} for index, box in layout] for layout in placed]
+            placed = [[{"label": self.vocab.labels[index], "box": box} for index, box in pairs] for pairs in placed]
         output = ICLEVRPipelineOutput(images=result, layouts=placed)
         return output if return_dict else output.to_tuple()
 
@@ -772,7 +772,7 @@ def predict(unet, sample: torch.Tensor, timestep, conditions: torch.Tensor, patc
 
     With ``patch_size`` ``p > 1`` the sample enters space-to-depth (`pixel_unshuffle`: ``(B, 3 p², H / p, W / p)``) and
     the prediction leaves through `pixel_shuffle`, so the noise, the loss and the sampler all stay in pixel space and
-    only the UNet works at the lower resolution. Training calls this too, so both see the same layout. A layout
+    only the UNet works at the lower resolution. Training calls this too, so both see the same pixel order. A layout
     model's ``layout`` map ``(B, N, H / p, W / p)`` (`layout_map`) enters beside the sample, as diffusers' inpainting
     UNets take their mask.
     """

@@ -34,6 +34,12 @@ EVALUATOR_RESOLUTION = 64
 # The evaluator that ships with the repository (main_job.EVALUATOR_RECIPE, half precision; pretrained/README.md), so
 # that a first run trains none. Absent from an installed package, which carries no weights.
 SHIPPED_EVALUATOR = Path(__file__).resolve().parents[1] / "pretrained" / "evaluator"
+
+
+def shipped_evaluator() -> Path | None:
+    """The shipped evaluator's folder when its weights and config are there (a clone; not an installed package)."""
+    whole = all((SHIPPED_EVALUATOR / name).is_file() for name in ("model.safetensors", "config.json"))
+    return SHIPPED_EVALUATOR if whole else None
 MIN_INPUT_SIZE = 16
 # Training augmentation: the low-resolution round trip, at the sizes low-resolution generators emit.
 LOWRES_PROB = 0.5

@@ -235,3 +235,13 @@ def test_a_layout_model_places_the_objects_where_the_sliders_say(tmp_path, monke
     assert app.centred_box(0.99, 0.0, (0.2, 0.2)) == [0.8, 0.0, 1.0, 0.2]  # moved inside the image
     demo.generate(*objects, False, *placements, 2.0, 1, 1, 0, progress=lambda *a, **k: None)
     assert calls[-1] is None
+
+
+def test_with_no_pipeline_given_the_page_serves_the_shipped_one(monkeypatch):
+    """A clean clone serves a trained model at once: the pipeline that ships in pretrained/iclevr-ddpm."""
+    import app
+
+    monkeypatch.delenv("ICLEVR_PIPELINE", raising=False)
+    args = app.parse_args([])
+    assert args.pipeline == str(app.SHIPPED_PIPELINE) and (app.SHIPPED_PIPELINE / "model_index.json").is_file()
+    assert app.Demo(args.pipeline).pipe.uses_layouts

@@ -85,7 +85,11 @@ def test_the_shipped_evaluator_is_the_default(tmp_path, monkeypatch):
     args = main_job.parse_args(["--cache_dir", str(tmp_path)])
     assert main_job.ensure_evaluator(args, tmp_path, {}) == main_job.SHIPPED_EVALUATOR
     assert (main_job.SHIPPED_EVALUATOR / "model.safetensors").is_file()
-    monkeypatch.setattr(main_job, "SHIPPED_EVALUATOR", tmp_path / "missing")  # a clone without it: one clear line
+    import iclevr.evaluator
+
+    (tmp_path / "half").mkdir()  # a clone without it, or with half of it: one clear line
+    (tmp_path / "half" / "config.json").write_text("{}")
+    monkeypatch.setattr(iclevr.evaluator, "SHIPPED_EVALUATOR", tmp_path / "half")
     with pytest.raises(SystemExit, match="shipped evaluator .* is missing.*--retrain_evaluator"):
         main_job.ensure_evaluator(args, tmp_path, {})
 

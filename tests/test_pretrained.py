@@ -55,3 +55,41 @@ def test_the_shipped_evaluator_reads_fresh_renders_and_not_the_empty_floor(evalu
     assert report["by_num_objects"]["3"]["exact_set_accuracy"] >= 0.85, report["by_num_objects"]
     floor = evaluator.score(reference_images(conditions, "floor"), conditions)
     assert floor["accuracy"] <= 0.2, floor["accuracy"]
+
+
+PIPELINE = EVALUATOR.parent / "iclevr-ddpm"
+
+
+def test_the_shipped_pipeline_is_the_main_job_s_default_model():
+    """It loads from a clean clone with nothing trained, and is what the main job trains now: a layout model at 64x64
+    with the trainer's default UNet, its layout prior and its card."""
+    from iclevr import ddpm
+    from pipeline_iclevr import ICLEVRPipeline
+
+    pipe = ICLEVRPipeline.from_pretrained(PIPELINE)
+    assert pipe.uses_layouts and pipe.image_size == (64, 64) and sorted(pipe.config.layout_prior) == ["1", "2", "3"]
+    default = ddpm.build_model(ddpm.parse_args(["--output_dir", "unused"]), 24, layouts=True).config
+    shipped = pipe.unet.config
+    assert {k: shipped[k] for k in default if not k.startswith("_")} == {k: default[k] for k in default if not k.startswith("_")}
+    summary = json.loads((PIPELINE / "train_summary.json").read_text())
+    assert summary["validation"]["conditions_json"].endswith("test.json")
+    card = (PIPELINE / "README.md").read_text()
+    assert f"{summary['validation']['accuracy']:.3f}" in card and "learns from the renderer's object positions" in card
+    total = sum(f.stat().st_size for f in PIPELINE.parent.rglob("*") if f.suffix == ".safetensors")
+    assert total <= 40_000_000, total  # all shipped weights together
+
+
+def test_the_shipped_report_figures_belong_to_the_shipped_weights():
+    """The report's seed-0 accuracy on test.json, measured again from the shipped files (fp32 on the CPU, as the report
+    sampled), within one label of 72; a swapped or retrained UNet would not land there by chance."""
+    from iclevr.labels import COURSE_TEST, load_conditions
+    from iclevr.sampling import generate, load_pipeline, score
+
+    metrics = json.loads((PIPELINE / "report" / "metrics.json").read_text())
+    reported = metrics["sets"]["test"]["accuracy"]["values"][0]
+    pipe = load_pipeline(str(PIPELINE), None, "cpu")
+    conditions = load_conditions(COURSE_TEST, pipe.vocab)
+    images, _ = generate(pipe, conditions, 0, 64, num_inference_steps=metrics["args"]["num_inference_steps"],
+                         guidance_scale=metrics["args"]["guidance_scale"])
+    again = score(Evaluator.from_pretrained(EVALUATOR), images, conditions)["accuracy"]
+    assert abs(again - reported) <= 1 / 72 + 1e-9, (again, reported)
