@@ -140,7 +140,7 @@ def test_the_stages_launch_on_the_device_at_hand(monkeypatch, cuda, gpus, expect
 @pytest.mark.parametrize("cuda, flag, recipe", [(False, [], "cpu"), (True, [], "gpu"), (True, ["--recipe", "cpu"], "cpu"),
                                                 (False, ["--recipe", "gpu"], "gpu")])
 def test_the_recipe_follows_the_device(monkeypatch, cuda, flag, recipe):
-    """auto: the GPU recipe (64x64, the larger UNet) where CUDA is available, the CPU recipe elsewhere; --recipe
+    """auto: the GPU recipe (the larger UNet at full resolution) where CUDA is available, the CPU recipe elsewhere; --recipe
     chooses either anywhere, and --train_args comes last, so it overrides the recipe."""
     monkeypatch.setattr(main_job.torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(main_job, "auto_mixed_precision", lambda: "bf16")
@@ -149,7 +149,8 @@ def test_the_recipe_follows_the_device(monkeypatch, cuda, flag, recipe):
     assert args.recipe == recipe and flags[0] == "--use_ema" and flags[-2:] == ["--learning_rate", "1e-3"]
     assert ("--resolution" in flags and flags[flags.index("--resolution") + 1] == "64") == (recipe == "gpu")
     parsed = ddpm.parse_args(["--output_dir", "x", *flags])  # the trainer takes the recipe as it stands
-    assert parsed.resolution == (64 if recipe == "gpu" else 32) and parsed.learning_rate == 1e-3
+    # both draw 64x64: the CPU recipe through the space-to-depth stem, the GPU recipe's UNet at full resolution
+    assert (parsed.resolution, parsed.patch_size) == ((64, 1) if recipe == "gpu" else (64, 2)) and parsed.learning_rate == 1e-3
     assert parsed.conditioning == ("both" if recipe == "gpu" else "class_embedding")
     # The CPU recipe takes the trainer's logit-normal timesteps; the GPU recipe keeps the uniform ones it was run with.
     assert parsed.weighting_scheme == ("none" if recipe == "gpu" else "logit_normal")
