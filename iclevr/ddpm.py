@@ -184,10 +184,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--attention_head_dim must divide the channels of every attention level.")
     if args.conditioning != "class_embedding" and not any(args.attention_levels):
         parser.error(f"--conditioning {args.conditioning} needs at least one attention level (--attention_levels) to cross-attend.")
-    if args.condition_dropout + args.layout_dropout >= 1.0 and args.layout_conditioning != "off":
-        parser.error("--condition_dropout plus --layout_dropout must stay below 1: a layout model must see some maps.")
     if args.condition_dropout == 1.0:
         parser.error("--condition_dropout must be below 1: a model that never sees its labels cannot follow them.")
+    if args.condition_dropout + args.layout_dropout >= 1.0 and args.layout_conditioning != "off":
+        parser.error("--condition_dropout plus --layout_dropout must stay below 1: a layout model must see some maps.")
     check_run_args(parser, args)
 
 
@@ -324,7 +324,7 @@ def build_dataset(args: argparse.Namespace, accelerator: Accelerator) -> tuple[t
 
 def use_layouts(args: argparse.Namespace, dataset, folder, labels: torch.Tensor, vocab: LabelVocabulary):
     """The data's layouts (boxes, box labels) under ``--layout_conditioning``, or None, and the reason, for the log."""
-    if args.layout_conditioning == "off":
+    if getattr(args, "layout_conditioning", "off") == "off":  # the GAN trainer has no layout model
         return None, "label-only: --layout_conditioning off"
     if folder is None or "file_name" not in dataset.column_names:
         found, why = None, "a Hub dataset carries no layouts.json"

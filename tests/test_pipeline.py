@@ -297,7 +297,7 @@ def test_patch_size_draws_images_larger_than_the_unet(tmp_path):
 
 
 def test_patch_size_must_match_the_unet_channels():
-    with pytest.raises(ValueError, match="patch_size 2 needs a UNet with 12 input and output channels"):
+    with pytest.raises(ValueError, match="patch_size 2 needs a UNet with 12 output channels"):
         ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(), patch_size=2)
     with pytest.raises(ValueError, match="patch_size must be a positive integer"):
         ICLEVRPipeline(unet=tiny_unet(), scheduler=DDIMScheduler(), patch_size=0)

@@ -583,7 +583,7 @@ def test_the_noise_schedule_shift_moves_every_log_snr_and_is_saved(tmp_path):
         alphas = scheduler.alphas_cumprod.double()
         return torch.log(alphas) - torch.log1p(-alphas)
 
-    at32 = ddpm.parse_args(["--output_dir", str(tmp_path)])
+    at32 = ddpm.parse_args(["--output_dir", str(tmp_path), "--resolution", "32", "--patch_size", "1"])
     assert at32.logsnr_shift == 0 and ddpm.build_noise_scheduler(at32).config.trained_betas is None
     base = log_snr(ddpm.build_noise_scheduler(at32))
     at64 = ddpm.parse_args(["--output_dir", str(tmp_path), "--resolution", "64", "--patch_size", "2"])
@@ -688,6 +688,6 @@ def test_runs_sharing_a_cache_render_the_embedded_set_once(tmp_path, monkeypatch
     args = ddpm.parse_args([*TINY, "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
                             "--embedded_num_scenes", "4"])
     accelerator = Accelerator(cpu=True)
-    datasets = run_side_by_side(lambda: ddpm.load_training_data(args, accelerator))
+    datasets = run_side_by_side(lambda: ddpm.load_training_data(args, accelerator)[0])
     assert len(renders) == 1
     assert datasets[0]["file_name"] == datasets[1]["file_name"] and len(datasets[0]) == 12
