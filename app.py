@@ -133,6 +133,7 @@ class Demo:
         self.pipe = ICLEVRPipeline.from_pretrained(pipeline).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.colours, self.shapes = colours_and_shapes(self.pipe.vocab.labels)
+        self.box_sizes = box_sizes(self.pipe.config.layout_prior) if self.pipe.config.layout_prior else None
         self.reader = None
         if evaluator:
             from transformers import AutoImageProcessor, ResNetForImageClassification
@@ -162,8 +163,7 @@ class Demo:
 
     def layout(self, slots, placements) -> list[dict]:
         """The layout of the page's placement controls: (x, y, size) per filled object slot."""
-        sizes = box_sizes(self.pipe.config.layout_prior)
-        return [{"label": f"{colour} {shape}", "box": centred_box(float(x), float(y), sizes[size])}
+        return [{"label": f"{colour} {shape}", "box": centred_box(float(x), float(y), self.box_sizes[size])}
                 for (colour, shape), (x, y, size) in zip(slots, placements) if colour != NONE]
 
     def generate(self, *values, progress=gr.Progress()):  # noqa: B008 (Gradio fills a Progress default with its tracker)

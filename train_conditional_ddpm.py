@@ -61,7 +61,8 @@ class Run(TrainingRun):
             weights = ddpm.foreground_weights(pixels, self.floor, args.foreground_weight) if self.floor is not None else None
             if args.random_flip:  # after weighting: the floor image is not mirror-symmetric
                 flipped = random_hflip(pixels if weights is None else torch.cat([pixels, weights], 1), boxes=boxes)
-                flipped, boxes = flipped if boxes is not None else (flipped, None)
+                if boxes is not None:  # the boxes are mirrored with their images
+                    flipped, boxes = flipped
                 pixels, weights = flipped[:, :3], (None if weights is None else flipped[:, 3:])
             pixels = pixels.contiguous(memory_format=memory_format(args))
             layout = None if boxes is None else ddpm.training_layout_map(boxes, box_labels, labels.shape[1], args)

@@ -113,7 +113,7 @@ class Run(TrainingRun):
 def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     """Both networks, the generator's EMA, two Adam optimisers and the data, prepared by Accelerate; checkpoints then
     hold the generator as ``gan/`` and its EMA as ``gan_ema/`` (the discriminator stays with Accelerate)."""
-    dataset, vocab, _ = ddpm.build_dataset(args, accelerator)  # the GAN draws from labels alone
+    dataset, vocab, _ = ddpm.build_dataset(args, accelerator, read_layouts=False)  # the GAN draws from labels alone
     train_labels = dataset.tensors[1]
     generator = gan.build_generator(args, vocab)
     discriminator = gan.Discriminator(len(vocab), args.discriminator_channels, args.discriminator_head)

@@ -312,19 +312,21 @@ def load_training_data(args: argparse.Namespace, accelerator: Accelerator):
         return load_dataset_from_args(args, args.resolution), args.train_data_dir
 
 
-def build_dataset(args: argparse.Namespace, accelerator: Accelerator) -> tuple[torch.utils.data.TensorDataset, LabelVocabulary, str]:
+def build_dataset(args: argparse.Namespace, accelerator: Accelerator,
+                  read_layouts: bool = True) -> tuple[torch.utils.data.TensorDataset, LabelVocabulary, str]:
     """The training data in memory (uint8 images ``(N, H, W, 3)``, multi-hot labels, and for a layout model each
-    image's boxes and box labels), its label vocabulary, and why layouts are used or not (`use_layouts`)."""
+    image's boxes and box labels), its label vocabulary, and why layouts are used or not (`use_layouts`). A trainer
+    without a layout model (the GAN's) passes ``read_layouts=False``."""
     dataset, folder = load_training_data(args, accelerator)
     images, labels = dataset_to_tensors(dataset)
     vocab = dataset_vocabulary(dataset)
-    layouts, reason = use_layouts(args, dataset, folder, labels, vocab)
+    layouts, reason = use_layouts(args, dataset, folder, labels, vocab) if read_layouts else (None, "label-only")
     return torch.utils.data.TensorDataset(images, labels, *(layouts or ())), vocab, reason
 
 
 def use_layouts(args: argparse.Namespace, dataset, folder, labels: torch.Tensor, vocab: LabelVocabulary):
     """The data's layouts (boxes, box labels) under ``--layout_conditioning``, or None, and the reason, for the log."""
-    if getattr(args, "layout_conditioning", "off") == "off":  # the GAN trainer has no layout model
+    if args.layout_conditioning == "off":
         return None, "label-only: --layout_conditioning off"
     if folder is None or "file_name" not in dataset.column_names:
         found, why = None, "a Hub dataset carries no layouts.json"

@@ -360,7 +360,7 @@ def reference_images(conditions: Sequence[Sequence[str]], kind: str, seed: int =
     ``kind``: ``"floor"`` (the renderer's empty grey floor), ``"noise"`` (uniform pixel noise) or ``"rendered"``
     (the renderer's picture of each condition: the ceiling a generator can hope for).
     """
-    from iclevr.render.dataset import MIN_VISIBLE_PIXELS, layout, plan_conditions, to_uint8
+    from iclevr.render.dataset import reference_scenes, to_uint8
     from iclevr.render.raycast import render
 
     if kind == "noise":
@@ -370,8 +370,7 @@ def reference_images(conditions: Sequence[Sequence[str]], kind: str, seed: int =
         floor = torch.from_numpy(to_uint8(render([], resolution, resolution, spp=1).image))
         return floor.expand(len(conditions), -1, -1, -1).clone()
     if kind == "rendered":  # the renderer's own layout of each condition, as render_iclevr --conditions_json does
-        jobs = plan_conditions(conditions)
-        scenes = [layout(job, seed + 1_000_003, MIN_VISIBLE_PIXELS) for job in jobs]
+        scenes = reference_scenes(conditions, seed)
         return torch.stack([torch.from_numpy(to_uint8(render(objects, resolution, resolution, spp=4).image)) for objects in scenes])
     raise ValueError(f"Unknown reference kind {kind!r}; use 'floor', 'noise' or 'rendered'.")
 

@@ -61,10 +61,10 @@ def floor_image(size: int) -> np.ndarray:
 
 def rendered_with_layouts(conditions: list[list[str]], size: int, seed: int) -> tuple[np.ndarray, list[list[dict]]]:
     """The renderer's scenes of the conditions with their true boxes: the ceiling of the measure."""
-    from iclevr.render.dataset import MIN_VISIBLE_PIXELS, layout, plan_conditions, scene_layout, to_uint8
+    from iclevr.render.dataset import reference_scenes, scene_layout, to_uint8
     from iclevr.render.raycast import render
 
-    scenes = [layout(job, seed + 1_000_003, MIN_VISIBLE_PIXELS) for job in plan_conditions(conditions)]
+    scenes = reference_scenes(conditions, seed)
     images = np.stack([to_uint8(render(objects, size, size, spp=4).image) for objects in scenes]).astype(np.float32) / 255.0
     return images, [scene_layout(objects) for objects in scenes]
 

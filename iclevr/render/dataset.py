@@ -95,6 +95,12 @@ def layout(job: SceneJob, seed: int, min_visible: int) -> list[SceneObject]:
     return place_objects(scene_rng(seed, job.index), job.labels, is_visible)
 
 
+def reference_scenes(conditions: Sequence[Sequence[str]], seed: int) -> list[list[SceneObject]]:
+    """The renderer's own scene of each condition, as ``render_iclevr --conditions_json`` places them: the report's
+    rendered reference rows (`iclevr.evaluator.reference_images`, `iclevr.obedience`)."""
+    return [layout(job, seed + 1_000_003, MIN_VISIBLE_PIXELS) for job in plan_conditions(conditions)]
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
 
