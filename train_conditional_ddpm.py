@@ -49,6 +49,7 @@ class Run(TrainingRun):
     floor: torch.Tensor | None
     max_labels_per_image: int
     prior: dict | None  # a layout model's layout prior (None: label-only)
+    map_channels: torch.Tensor | None  # the layout-map channels each label paints (None: label-only)
     loss: float = float("nan")
 
     def train_batch(self, index: int, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor | None = None,
@@ -65,7 +66,7 @@ class Run(TrainingRun):
                     flipped, boxes = flipped
                 pixels, weights = flipped[:, :3], (None if weights is None else flipped[:, 3:])
             pixels = pixels.contiguous(memory_format=memory_format(args))
-            layout = None if boxes is None else ddpm.training_layout_map(boxes, box_labels, labels.shape[1], args)
+            layout = None if boxes is None else ddpm.training_layout_map(boxes, box_labels, self.map_channels, args)
             with accelerator.autocast():
                 loss = ddpm.diffusion_loss(self.unet, self.noise_scheduler, pixels, labels, args, weights, layout)
             check_finite(loss, self.step)
@@ -123,7 +124,8 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     dataset, vocab, layout_reason = ddpm.build_dataset(args, accelerator)
     layouts = len(dataset.tensors) == 4
     logger.info(f"Conditioning: {layout_reason}")
-    unet = ddpm.build_model(args, len(vocab), layouts)
+    map_channels = ddpm.map_channels_of(args, vocab, layouts)
+    unet = ddpm.build_model(args, len(vocab), 0 if map_channels is None else map_channels.shape[1])
     prior = layout_prior(*dataset.tensors[2:], args.layout_prior_size, args.seed) if layouts else None
     noise_scheduler = ddpm.build_noise_scheduler(args)
     ema = None
@@ -153,7 +155,7 @@ def set_up(args: argparse.Namespace, accelerator: Accelerator) -> Run:
     return Run(args=args, accelerator=accelerator, loader=loader, max_steps=max_steps, updates_per_epoch=updates_per_epoch,
                batches_per_update=args.gradient_accumulation_steps, vocab=vocab, evaluator=evaluator, unet=unet, ema=ema,
                optimizer=optimizer, lr_scheduler=lr_scheduler, noise_scheduler=noise_scheduler, floor=floor,
-               max_labels_per_image=int(dataset.tensors[1].sum(1).max()), prior=prior)
+               max_labels_per_image=int(dataset.tensors[1].sum(1).max()), prior=prior, map_channels=map_channels)
 
 
 def memory_format(args: argparse.Namespace) -> torch.memory_format:

@@ -44,9 +44,11 @@ from iclevr.utils import ema_weights
 from pipeline_iclevr import (
     DEFAULT_GUIDANCE_SCALE,
     LABELS,
+    LAYOUT_CHANNELS,
     ICLEVRPipeline,
     LabelVocabulary,
     condition_routes,
+    label_channels,
     layout_map,
     predict,
 )
@@ -93,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="Also condition on where each object is (a layout map beside the noisy image): auto where the data "
                             f"carries {LAYOUTS_FILE} (the embedded set does), on to require it, off for the label-only model. "
                             "Placing objects first binds colour and shape locally and learns far faster.")
+    model.add_argument("--layout_channels", type=str, default="labels", choices=list(LAYOUT_CHANNELS),
+                       help="The layout map's channels: one per label, or one per word of the label names (a colour's and a "
+                            "shape's channel each learnt from every object that holds it).")
     model.add_argument("--layout_prior_size", type=positive_int, default=512,
                        help="Training layouts per object count kept in the saved pipeline's config, drawn uniformly: its "
                             "prior for calls that give no layout (512 keep the config small and the layouts varied).")
@@ -203,29 +208,30 @@ def read_pretrained(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--pretrained_model_name_or_path {path} is not a saved ICLEVRPipeline (model_index.json, unet/, "
                      f"scheduler/): {error}")
     args.patch_size = int(index.get("patch_size", 1))
+    args.layout_channels = index.get("layout_channels", "labels")
     args.resolution = int(unet["sample_size"]) * args.patch_size
     args.prediction_type = scheduler.get("prediction_type", args.prediction_type)
 
 
 # --- model -------------------------------------------------------------------------------------------------------
-def build_model(args: argparse.Namespace, num_labels: int = len(LABELS), layouts: bool = False) -> UNet2DConditionModel:
+def build_model(args: argparse.Namespace, num_labels: int = len(LABELS), map_channels: int = 0) -> UNet2DConditionModel:
     """The denoiser: ``--pretrained_model_name_or_path``'s UNet, or one built from ``--model_config_name_or_path``, or
     from the model flags (`build_unet`); checked to take ``num_labels`` labels and 3 channels per patch pixel, plus
-    one layout-map channel per label for a layout model (``layouts``)."""
+    a layout model's ``map_channels`` (0: label-only)."""
     if args.pretrained_model_name_or_path:
         unet = UNet2DConditionModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet")
     elif args.model_config_name_or_path:
         config = Path(args.model_config_name_or_path)
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config.parent if config.is_file() else config))
     else:
-        unet = build_unet(args, num_labels, layouts)
+        unet = build_unet(args, num_labels, map_channels)
     source = args.pretrained_model_name_or_path or args.model_config_name_or_path or "the model flags"
     if not condition_routes(unet.config, num_labels):
         raise ValueError(f"The UNet of {source} does not take this data's {num_labels} labels (class_embed_type='projection' "
                          f"with projection_class_embeddings_input_dim={num_labels}, or encoder_hid_dim={num_labels}).")
-    channels = 3 * args.patch_size**2 + (num_labels if layouts else 0)
+    channels = 3 * args.patch_size**2 + map_channels
     if unet.config.in_channels != channels or unet.config.sample_size * args.patch_size != args.resolution:
-        mode = f"a layout model ({num_labels} map channels)" if layouts else "a label-only model"
+        mode = f"a layout model ({map_channels} map channels)" if map_channels else "a label-only model"
         raise ValueError(f"The UNet of {source} takes {unet.config.in_channels} channels at {unet.config.sample_size}x"
                          f"{unet.config.sample_size}; --resolution {args.resolution} with --patch_size {args.patch_size} as "
                          f"{mode} needs {channels} at {args.resolution // args.patch_size} (--layout_conditioning chooses).")
@@ -234,13 +240,13 @@ def build_model(args: argparse.Namespace, num_labels: int = len(LABELS), layouts
     return unet
 
 
-def build_unet(args: argparse.Namespace, num_labels: int = len(LABELS), layouts: bool = False) -> UNet2DConditionModel:
+def build_unet(args: argparse.Namespace, num_labels: int = len(LABELS), map_channels: int = 0) -> UNet2DConditionModel:
     """A UNet from the model flags, with self-attention (or, for label tokens, self + cross-attention) at the
     attention levels.
 
     ``class_embedding`` projects the multi-hot condition into the timestep embedding; ``cross_attention`` turns it into
     one token per label (`pipeline_iclevr.label_tokens`) through ``encoder_hid_proj``, attended to by every attention
-    level and the middle block. A layout model (``layouts``) takes ``num_labels`` more input channels: the layout map.
+    level and the middle block. A layout model takes ``map_channels`` more input channels: the layout map.
     """
     cross = args.conditioning in ("cross_attention", "both")
     attn = "CrossAttn" if cross else "Attn"
@@ -253,7 +259,7 @@ def build_unet(args: argparse.Namespace, num_labels: int = len(LABELS), layouts:
         extra |= {"encoder_hid_dim": num_labels, "encoder_hid_dim_type": "text_proj", "cross_attention_dim": args.cross_attention_dim}
     return UNet2DConditionModel(
         sample_size=args.resolution // args.patch_size,
-        in_channels=3 * args.patch_size**2 + (num_labels if layouts else 0),
+        in_channels=3 * args.patch_size**2 + map_channels,
         out_channels=3 * args.patch_size**2,
         down_block_types=down,
         up_block_types=up,
@@ -409,10 +415,16 @@ def diffusion_loss(unet, noise_scheduler, pixels, conditions, args, pixel_weight
     return (per_sample * weights).mean()
 
 
-def training_layout_map(boxes: torch.Tensor, box_labels: torch.Tensor, num_labels: int, args: argparse.Namespace) -> torch.Tensor:
-    """A batch's layout map at the UNet's resolution (`pipeline_iclevr.layout_map`, as the pipeline paints it)."""
+def map_channels_of(args: argparse.Namespace, vocab: LabelVocabulary, layouts: bool) -> torch.Tensor | None:
+    """The layout-map channels each label paints under ``--layout_channels`` (None for a label-only model)."""
+    return label_channels(vocab, args.layout_channels) if layouts else None
+
+
+def training_layout_map(boxes: torch.Tensor, box_labels: torch.Tensor, channels: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """A batch's layout map at the UNet's resolution (`pipeline_iclevr.layout_map`, as the pipeline paints it), each
+    label painting its row of ``channels`` (`pipeline_iclevr.label_channels`)."""
     size = args.resolution // args.patch_size
-    return layout_map(boxes, box_labels, num_labels, (size, size))
+    return layout_map(boxes, box_labels, channels, (size, size))
 
 
 def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Namespace,
@@ -427,7 +439,7 @@ def sampling_pipeline(unet, noise_scheduler: DDPMScheduler, args: argparse.Names
     return ICLEVRPipeline(unet=unet, scheduler=scheduler, label2id=label2id, patch_size=args.patch_size,
                           default_num_inference_steps=args.validation_inference_steps,
                           default_guidance_scale=args.validation_guidance_scale, max_labels_per_image=max_labels_per_image,
-                          layout_prior=prior)
+                          layout_prior=prior, layout_channels=args.layout_channels)
 
 
 # --- saving ------------------------------------------------------------------------------------------------------

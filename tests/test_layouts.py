@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler
 
 from iclevr.labels import BadDataError
 from iclevr.layouts import layout_prior, read_layouts_file
-from pipeline_iclevr import ICLEVRPipeline, LabelVocabulary, layout_map, layout_tensors, sample_layout
+from pipeline_iclevr import ICLEVRPipeline, LabelVocabulary, label_channels, layout_map, layout_tensors, sample_layout
 from tests.test_pipeline import tiny_unet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_read_layouts_file(rendered_dir, tmp_path):
 def test_layout_map_paints_nearer_objects_on_top():
     red, cyan = VOCAB.index("red sphere"), VOCAB.index("cyan cube")
     boxes, box_labels = layout_tensors([[(red, [0.0, 0.0, 0.5, 0.75]), (cyan, [0.25, 0.25, 0.75, 0.5])], [(cyan, [0.9, 0.9, 0.91, 0.91])]])
-    painted = layout_map(boxes, box_labels, len(VOCAB), (4, 4))
+    painted = layout_map(boxes, box_labels, label_channels(VOCAB), (4, 4))
     assert painted.shape == (2, 24, 4, 4) and set(painted.unique().tolist()) == {0.0, 1.0}
     assert painted.sum(1).max() == 1  # one label per cell
     # red reaches lower (y1 0.75): nearer, so it covers the overlap; cyan keeps the cells only it covers
@@ -88,13 +88,29 @@ def test_layout_map_paints_nearer_objects_on_top():
     assert painted[0, :, 3, 3].sum() == 0  # the floor is empty
 
 
+def test_a_word_map_paints_each_objects_colour_and_shape():
+    words = VOCAB.words
+    assert len(words) == 11 and {"red", "cyan", "sphere", "cube", "cylinder"} <= set(words)
+    red, cyan = VOCAB.index("red sphere"), VOCAB.index("cyan cube")
+    boxes, box_labels = layout_tensors([[(red, [0.0, 0.0, 0.5, 0.75]), (cyan, [0.25, 0.25, 0.75, 0.5])]])
+    painted = layout_map(boxes, box_labels, label_channels(VOCAB, "words"), (4, 4))[0]
+    channel = {word: i for i, word in enumerate(words)}
+    assert painted.shape == (11, 4, 4) and painted.sum(0).max() == 2  # a colour and a shape per covered cell
+    assert painted[channel["red"], :3, :2].all() and painted[channel["sphere"], :3, :2].all()
+    assert painted[channel["cyan"], 1, 2] == 1 and painted[channel["cube"], 1, 2] == 1 and painted[channel["cube"], 1, 1] == 0
+    assert painted[:, 3, 3].sum() == 0
+    digits = LabelVocabulary({str(d): d for d in range(10)})  # one-word names: the same map either way
+    assert torch.equal(label_channels(digits, "words"), label_channels(digits))
+    with pytest.raises(ValueError, match="layout_channels must be one of"):
+        label_channels(VOCAB, "pixels")
+
+
 def test_layout_prior_keeps_the_data_as_it_is():
     boxes, box_labels = layout_tensors([[(0, [0.1 * i, 0.0, 0.1 * i + 0.05, 0.1])] for i in range(5)]
                                        + [[(0, [0.0, 0.0, 0.1, 0.1]), (1, [0.5, 0.5, 0.6, 0.6])]])
     prior = layout_prior(boxes, box_labels, size=3, seed=0)
     assert sorted(prior) == ["1", "2"] and len(prior["1"]) == 3 and len(prior["2"]) == 1
     assert prior == layout_prior(boxes, box_labels, size=3, seed=0)
-    assert all(box in [[[0.1 * i, 0.0, 0.1 * i + 0.05, 0.1]] for i in range(5)] or True for box in prior["1"])
     everything = layout_prior(boxes, box_labels, size=100, seed=1)["1"]
     assert sorted(layout[0][0] for layout in everything) == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])  # nothing filtered
 
@@ -212,12 +228,14 @@ TINY = ["--resolution", "16", "--patch_size", "1", "--block_out_channels", "8,16
         "--max_train_steps", "1", "--lr_warmup_steps", "0"]
 
 
-@pytest.mark.parametrize("mode, in_channels, log", [("auto", 27, "Conditioning: layouts from"), ("off", 3, "label-only: --layout_conditioning off")])
-def test_the_trainer_uses_layouts_where_the_data_has_them(rendered_dir, tmp_path, mode, in_channels, log):
+@pytest.mark.parametrize("mode, channels, in_channels, log", [("auto", "labels", 27, "Conditioning: layouts from"),
+                                                            ("auto", "words", 14, "Conditioning: layouts from"),
+                                                            ("off", "words", 3, "label-only: --layout_conditioning off")])
+def test_the_trainer_uses_layouts_where_the_data_has_them(rendered_dir, tmp_path, mode, channels, in_channels, log):
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, str(ROOT / "train_conditional_ddpm.py"), "--train_data_dir", str(rendered_dir),
-                             "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--layout_conditioning", mode, *TINY],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+                             "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"), "--layout_conditioning", mode,
+                             "--layout_channels", channels, *TINY], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert log in result.stderr
     assert json.loads((out / "unet" / "config.json").read_text())["in_channels"] == in_channels
@@ -227,6 +245,10 @@ def test_the_trainer_uses_layouts_where_the_data_has_them(rendered_dir, tmp_path
         truth = {json.dumps(item["box"]) for layout in json.loads((rendered_dir / "layouts.json").read_text()).values() for item in layout}
         assert {json.dumps(box) for layouts in index["layout_prior"].values() for layout in layouts for box in layout} <= truth
         assert "learns from the renderer's object positions" in (out / "README.md").read_text()
+        pipe = ICLEVRPipeline.from_pretrained(out)  # the saved map form is the one it trained with
+        assert pipe.config.layout_channels == channels and pipe.uses_layouts
+        result = pipe(["red sphere"], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+        assert result.images.shape == (1, 16, 16, 3) and len(result.layouts[0]) == 1
 
 
 def test_layouts_required_but_missing_is_a_clear_error(tmp_path, rendered_dir):

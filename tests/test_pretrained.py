@@ -68,7 +68,7 @@ def test_the_shipped_pipeline_is_the_main_job_s_default_model():
 
     pipe = ICLEVRPipeline.from_pretrained(PIPELINE)
     assert pipe.uses_layouts and pipe.image_size == (64, 64) and sorted(pipe.config.layout_prior) == ["1", "2", "3"]
-    default = ddpm.build_model(ddpm.parse_args(["--output_dir", "unused"]), 24, layouts=True).config
+    default = ddpm.build_model(ddpm.parse_args(["--output_dir", "unused"]), 24, map_channels=24).config
     shipped = pipe.unet.config
     same = lambda config: json.loads(json.dumps({k: config[k] for k in default if not k.startswith("_")}))  # noqa: E731
     assert same(shipped) == same(default)
