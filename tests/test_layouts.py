@@ -196,6 +196,17 @@ def test_a_layout_model_without_a_prior_asks_for_layouts():
                        layout_prior={"2": [[[0, 0, 1, 1]]]})
 
 
+def test_the_map_form_must_match_the_unets_channels():
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    words = ICLEVRPipeline(unet=tiny_unet(in_channels=3 + 11), scheduler=scheduler, layout_prior=PRIOR, layout_channels="words")
+    words.set_progress_bar_config(disable=True)
+    assert words.uses_layouts and _sample(words, ["red sphere", "cyan cube"]).images.shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="or 14 for a layout model \\(its 11 layout-map channels, one per word\\)"):
+        ICLEVRPipeline(unet=tiny_unet(in_channels=3 + 24), scheduler=scheduler, layout_channels="words")
+    with pytest.raises(ValueError, match="layout_channels must be one of"):
+        ICLEVRPipeline(unet=tiny_unet(in_channels=3 + 24), scheduler=scheduler, layout_channels="colours")
+
+
 # --- training -----------------------------------------------------------------------------------------------------
 class RecordingUNet(torch.nn.Module):
     """Stands in for the UNet in `diffusion_loss`: records what it is fed, predicts the image channels back."""
