@@ -88,8 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--patch_size", type=positive_int, default=2,
                        help="Space-to-depth factor: the UNet works at resolution / patch_size on 3 x patch_size² channels, "
                             "so the default 2 draws 64x64 images at about the cost of 32x32 ones (1: a UNet at full resolution).")
-    model.add_argument("--layers_per_block", type=positive_int, default=1, help="ResNet layers per UNet level (1: on a CPU a second costs a third of the images/s and is no better by "
-                       "1,000 steps; the GPU recipe uses 2).")
+    model.add_argument("--layers_per_block", type=positive_int, default=1,
+                       help="ResNet layers per UNet level (1: on a CPU a second costs a third of the images/s and is no "
+                            "better by 1,000 steps; the GPU recipe uses 2).")
     model.add_argument("--attention_levels", type=int_list, default=None, help="1/0 per level: self-attention there (default: the lowest level only).")
     model.add_argument("--attention_head_dim", type=positive_int, default=32, help="Channels per attention head.")
     model.add_argument("--layout_conditioning", type=str, default="auto", choices=["auto", "on", "off"],
