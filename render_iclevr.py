@@ -19,7 +19,8 @@ import sys
 
 from iclevr.argtypes import check_output_folder, non_negative_int, positive_int
 from iclevr.io import writer_lock
-from iclevr.render.dataset import MIN_VISIBLE_PIXELS, default_spp, plan_jobs, render_dataset
+from iclevr.render.dataset import default_spp, plan_jobs, render_dataset
+from iclevr.render.look import COMPONENTS, style_from_name
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--labels_json", type=str, default=None, help="Render exactly the label lists of this train.json (e.g. iclevr/conditions/train.json, real i-CLEVR's).")
     parser.add_argument("--exclude_json", type=str, default=None, help="A list of label lists to keep out of the rendered images (held-out compositions).")
     parser.add_argument("--conditions_json", type=str, default=None, help="Render one reference image per condition of this test.json-style list, as {i}.png.")
-    parser.add_argument("--min_visible_pixels", type=non_negative_int, default=MIN_VISIBLE_PIXELS, help="Unoccluded pixels each object keeps at 64x64, so every label is visible.")
+    parser.add_argument("--min_visible_pixels", type=non_negative_int, default=None,
+                        help="Unoccluded pixels each object keeps at 64x64, so every label is visible (default: the style's; "
+                             "i-CLEVR's 11 is CLEVR's 200 at 320x240).")
+    parser.add_argument("--render_style", type=str, default="iclevr", choices=["iclevr", "legacy"],
+                        help="The look: iclevr follows CLEVR's generator, which drew i-CLEVR; legacy is the project's first "
+                             "renderer (half metal, half small objects, another camera and lights), kept to reproduce it.")
+    parser.add_argument("--legacy_components", type=str, default="",
+                        help=f"Comma-separated parts of the look to revert to legacy ({', '.join(COMPONENTS)}): "
+                             "the per-change measurements of docs/renderer.md.")
     parser.add_argument("--num_workers", type=positive_int, default=os.cpu_count() or 1, help="Rendering processes (default: one per core).")
     parser.add_argument("--preview", action="store_true", help="Also write preview.png: the first 32 images with their labels.")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output_dir (only once the new dataset is complete).")
@@ -47,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--width and --height must be at least 8.")
     if args.spp is None:
         args.spp = default_spp(args.width)
+    try:
+        args.style = style_from_name(args.render_style, [c for c in args.legacy_components.split(",") if c])
+    except ValueError as error:
+        parser.error(f"--legacy_components: {error}")
     return args
 
 
@@ -58,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("Left out %d images whose label set is in --exclude_json.", len(dropped))
     with writer_lock(args.output_dir):
         records = render_dataset(args.output_dir, jobs, args.seed, args.width, args.height, args.spp, args.min_visible_pixels,
-                                 args.num_workers, args.overwrite, args.preview, conditions=args.conditions_json is not None)
+                                 args.num_workers, args.overwrite, args.preview, conditions=args.conditions_json is not None,
+                                 style=args.style)
     print(f"Wrote {len(records)} images ({args.width}x{args.height}) to {args.output_dir}", file=sys.stderr)
 
 

@@ -15,6 +15,7 @@ Training is ``train_evaluator.py``; scoring a folder of images from the command 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -230,15 +231,54 @@ def lowres_round_trip(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(small, size=(full, full), mode="bilinear", align_corners=False)
 
 
+def _uniform(batch: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(batch, 1, 1, 1, generator=generator)
+
+
+def appearance_jitter(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """What no single renderer pins down, drawn per image, on float ``(B, 3, H, W)`` in [0, 1]: a tone curve (gamma
+    0.75-1.33 and contrast ±20 %), saturation (×0.65-1.35 about each pixel's grey), a blur (σ 0.3-1.0 px, a third of
+    the images) and a small change of scale (×0.9-1.1 about the centre, half of them). Hue is never changed: colour is
+    a label."""
+    batch = pixels.shape[0]
+    pixels = pixels.clamp(0, 1) ** torch.exp(_uniform(batch, math.log(0.75), math.log(4 / 3), generator))
+    mean = pixels.mean((1, 2, 3), keepdim=True)
+    pixels = mean + (pixels - mean) * _uniform(batch, 0.8, 1.2, generator)
+    grey = (pixels * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    pixels = grey + (pixels - grey) * _uniform(batch, 0.65, 1.35, generator)
+    blurred = torch.rand(batch, generator=generator) < 1 / 3
+    if blurred.any():
+        sigma = float(0.3 + 0.7 * torch.rand(1, generator=generator))
+        radius = 2
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-x * x / (2 * sigma * sigma))
+        kernel = kernel / kernel.sum()
+        part = F.pad(pixels[blurred], (radius,) * 4, mode="replicate")
+        part = F.conv2d(part, kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+        pixels[blurred] = F.conv2d(part, kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+    scaled = torch.rand(batch, generator=generator) < 0.5
+    if scaled.any():
+        count = int(scaled.sum())
+        zoom = 1 / (0.9 + 0.2 * torch.rand(count, generator=generator))
+        theta = torch.zeros(count, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = zoom
+        grid = F.affine_grid(theta, list(pixels[scaled].shape), align_corners=False)
+        pixels[scaled] = F.grid_sample(pixels[scaled], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return pixels.clamp(0, 1)
+
+
 def augment(images: torch.Tensor, generator: torch.Generator, lowres_prob: float, lowres_sizes: Sequence[int],
-            flip: bool = True) -> torch.Tensor:
+            flip: bool = True, appearance: bool = False) -> torch.Tensor:
     """uint8 ``(B, H, W, 3)`` → float ``(B, 3, H, W)`` in [-1, 1], augmented in ways that keep every label true:
-    mirror images (``flip``), a low-resolution round trip (probability ``lowres_prob``, one of ``lowres_sizes``), small
-    brightness changes and pixel noise."""
+    mirror images (``flip``), a low-resolution round trip (probability ``lowres_prob``, one of ``lowres_sizes``), with
+    ``appearance`` a tone curve, saturation, blur and scale (`appearance_jitter`), small brightness changes and pixel
+    noise."""
     pixels = images.permute(0, 3, 1, 2).float() / 255.0
     batch = pixels.shape[0]
     if flip:
         pixels = random_hflip(pixels, generator)
+    if appearance:
+        pixels = appearance_jitter(pixels, generator)
     lowres = torch.rand(batch, generator=generator) < lowres_prob
     if lowres.any():
         size = lowres_sizes[int(torch.randint(len(lowres_sizes), (1,), generator=generator))]
@@ -371,7 +411,8 @@ def reference_images(conditions: Sequence[Sequence[str]], kind: str, seed: int =
         return floor.expand(len(conditions), -1, -1, -1).clone()
     if kind == "rendered":  # the renderer's own layout of each condition, as render_iclevr --conditions_json does
         scenes = reference_scenes(conditions, seed)
-        return torch.stack([torch.from_numpy(to_uint8(render(objects, resolution, resolution, spp=4).image)) for objects in scenes])
+        return torch.stack([torch.from_numpy(to_uint8(render(objects, resolution, resolution, spp=4, view=view).image))
+                            for objects, view in scenes])
     raise ValueError(f"Unknown reference kind {kind!r}; use 'floor', 'noise' or 'rendered'.")
 
 

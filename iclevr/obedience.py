@@ -65,8 +65,8 @@ def rendered_with_layouts(conditions: list[list[str]], size: int, seed: int) -> 
     from iclevr.render.raycast import render
 
     scenes = reference_scenes(conditions, seed)
-    images = np.stack([to_uint8(render(objects, size, size, spp=4).image) for objects in scenes]).astype(np.float32) / 255.0
-    return images, [scene_layout(objects) for objects in scenes]
+    images = np.stack([to_uint8(render(objects, size, size, spp=4, view=view).image) for objects, view in scenes]).astype(np.float32) / 255.0
+    return images, [scene_layout(objects, view) for objects, view in scenes]
 
 
 def shifted(layouts: list[list[dict]]) -> list[list[dict]]:

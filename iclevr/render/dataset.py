@@ -3,9 +3,10 @@
 writing the folder in one piece (`render_dataset`). The CLI is ``render_iclevr.py``.
 
 Files: ``CLEVR_train_{scene:06d}_{k}.png`` (k + 1 objects; each scene adds one object at a time), ``train.json``,
-``objects.json``, ``scenes.json`` (every object's colour, shape, size, material, position and yaw) and ``layouts.json``
-(every object's label and box in the image, which the layout-conditioned model trains on). The same seed
-gives byte-identical files, whatever the number of workers.
+``objects.json``, ``scenes.json`` (every object's colour, shape, size, material, position and yaw), ``views.json``
+(each image's camera and lamps, jittered per scene) and ``layouts.json`` (every object's label and box in the image,
+which the layout-conditioned model trains on). The same seed and style give byte-identical files, whatever the number
+of workers.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from tqdm.auto import tqdm
 
 from iclevr.io import read_json, staged_folder
 from iclevr.labels import load_conditions, parse_train_json, scene_id
-from iclevr.render.raycast import image_box, render, visible_pixels
+from iclevr.render.look import ICLEVR, RenderStyle, View, sample_view
+from iclevr.render.raycast import ground_axes, image_box, render, visible_pixels
 from iclevr.render.scenes import SceneObject, place_objects, sample_labels, scene_rng
 from iclevr.utils import image_grid
 from pipeline_iclevr import LABELS, LabelVocabulary
 
-MIN_VISIBLE_PIXELS = 15  # unoccluded pixels every labelled object keeps at 64x64
+MIN_VISIBLE_PIXELS = ICLEVR.min_visible_pixels  # unoccluded pixels every labelled object keeps at 64x64 (CLEVR's rule)
 OBJECTS_PER_SCENE = 3
 
 
@@ -87,42 +89,50 @@ def plan_conditions(conditions: Sequence[Sequence[str]]) -> list[SceneJob]:
 
 
 # --- rendering (one process) -------------------------------------------------------------------------------------
-def layout(job: SceneJob, seed: int, min_visible: int) -> list[SceneObject]:
-    """Place the job's objects; every object keeps ``min_visible`` unoccluded pixels at 64x64 in every image."""
+def layout(job: SceneJob, seed: int, min_visible: int | None = None, style: RenderStyle = ICLEVR) -> tuple[list[SceneObject], View]:
+    """The job's view (camera and lamps, jittered per scene) and its objects, placed by the style's rules; every
+    object keeps ``min_visible`` (default: the style's) unoccluded pixels at 64x64 in every image."""
+    min_visible = style.min_visible_pixels if min_visible is None else min_visible
+    rng = scene_rng(seed, job.index)
+    view = sample_view(rng, style)
+
     def is_visible(objects: list[SceneObject]) -> bool:
-        return min(visible_pixels(objects)) >= min_visible
+        return min(visible_pixels(objects, view=view, style=style)) >= min_visible
 
-    return place_objects(scene_rng(seed, job.index), job.labels, is_visible)
+    return place_objects(rng, job.labels, is_visible, style=style, axes=ground_axes(view)), view
 
 
-def reference_scenes(conditions: Sequence[Sequence[str]], seed: int) -> list[list[SceneObject]]:
-    """The renderer's own scene of each condition, as ``render_iclevr --conditions_json`` places them: the report's
-    rendered reference rows (`iclevr.evaluator.reference_images`, `iclevr.obedience`)."""
-    return [layout(job, seed + 1_000_003, MIN_VISIBLE_PIXELS) for job in plan_conditions(conditions)]
+def reference_scenes(conditions: Sequence[Sequence[str]], seed: int, style: RenderStyle = ICLEVR) -> list[tuple[list[SceneObject], View]]:
+    """The renderer's own scene and view of each condition, as ``render_iclevr --conditions_json`` places them: the
+    report's rendered reference rows (`iclevr.evaluator.reference_images`, `iclevr.obedience`)."""
+    return [layout(job, seed + 1_000_003, style=style) for job in plan_conditions(conditions)]
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def render_jobs(jobs: Sequence[SceneJob], out_dir: str, seed: int, width: int, height: int, spp: int, min_visible: int) -> list[dict]:
-    """Render jobs into ``out_dir``; returns per-image records ``{file_name, labels, objects}``."""
+def render_jobs(jobs: Sequence[SceneJob], out_dir: str, seed: int, width: int, height: int, spp: int,
+                min_visible: int | None = None, style: RenderStyle = ICLEVR) -> list[dict]:
+    """Render jobs into ``out_dir``; returns per-image records ``{file_name, labels, objects, view, layout}``."""
     torch.set_num_threads(1)  # parallelism comes from processes; one thread each avoids oversubscription
     records = []
     for job in jobs:
-        objects = layout(job, seed, min_visible)
+        objects, view = layout(job, seed, min_visible, style)
         for file_name, count in job.images:
-            image = render(objects[:count], width, height, spp).image
+            image = render(objects[:count], width, height, spp, view=view, style=style).image
             # Level 1: half the encoding time of the default level 6, for files ~40% larger (still lossless).
             Image.fromarray(to_uint8(image)).save(Path(out_dir) / file_name, format="PNG", compress_level=1)
             records.append({"file_name": file_name, "labels": list(job.labels[:count]),
-                            "objects": [o.to_dict() for o in objects[:count]], "layout": scene_layout(objects[:count])})
+                            "objects": [o.to_dict() for o in objects[:count]], "view": view.to_dict(),
+                            "layout": scene_layout(objects[:count], view)})
     return records
 
 
-def scene_layout(objects: Sequence[SceneObject]) -> list[dict]:
-    """The objects as a layout (``layouts.json``'s format, `iclevr.layouts`): each one's label and image box."""
-    return [{"label": obj.label, "box": [round(v, 4) for v in image_box(obj)]} for obj in objects]
+def scene_layout(objects: Sequence[SceneObject], view: View | None = None) -> list[dict]:
+    """The objects as a layout (``layouts.json``'s format, `iclevr.layouts`): each one's label and its box in the image
+    seen from ``view`` (the scene's camera)."""
+    return [{"label": obj.label, "box": [round(v, 4) for v in image_box(obj, view)]} for obj in objects]
 
 
 def _chunks(jobs: Sequence[SceneJob], size: int) -> Iterator[Sequence[SceneJob]]:
@@ -130,11 +140,12 @@ def _chunks(jobs: Sequence[SceneJob], size: int) -> Iterator[Sequence[SceneJob]]
         yield jobs[start : start + size]
 
 
-def render_all(jobs: Sequence[SceneJob], out_dir: Path, seed: int, width: int, height: int, spp: int, min_visible: int, num_workers: int) -> list[dict]:
+def render_all(jobs: Sequence[SceneJob], out_dir: Path, seed: int, width: int, height: int, spp: int,
+               min_visible: int | None, num_workers: int, style: RenderStyle = ICLEVR) -> list[dict]:
     """Render every job, in order, with a progress bar; work is spread over ``num_workers`` processes."""
     total = sum(len(job.images) for job in jobs)
     chunks = list(_chunks(jobs, 16))
-    args = (str(out_dir), seed, width, height, spp, min_visible)
+    args = (str(out_dir), seed, width, height, spp, min_visible, style)
     records: list[dict] = []
     with tqdm(total=total, desc="Rendering", unit="img") as progress:
         if num_workers <= 1:
@@ -166,19 +177,21 @@ def write_json(path: Path, data) -> None:
 
 
 def render_dataset(output_dir: str | Path, jobs: Sequence[SceneJob], seed: int, width: int, height: int, spp: int,
-                   min_visible: int = MIN_VISIBLE_PIXELS, num_workers: int = 1, overwrite: bool = False,
-                   preview: bool = False, conditions: bool = False) -> list[dict]:
+                   min_visible: int | None = None, num_workers: int = 1, overwrite: bool = False,
+                   preview: bool = False, conditions: bool = False, style: RenderStyle = ICLEVR) -> list[dict]:
     """Render ``jobs`` into ``output_dir`` with its json files, written in one piece (`iclevr.io.staged_folder`):
     an interrupted render leaves the old folder (or none) in place. ``conditions`` also writes ``conditions.json``
-    (one label list per ``{i}.png``); ``preview`` a contact sheet of the first 32 images."""
+    (one label list per ``{i}.png``); ``preview`` a contact sheet of the first 32 images. ``style``: the look
+    (`iclevr.render.look`; i-CLEVR's by default); ``min_visible`` defaults to the style's visibility rule."""
     output_dir = Path(output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; pass --overwrite to replace it.")
     with staged_folder(output_dir) as folder:
-        records = render_all(jobs, folder, seed, width, height, spp, min_visible, num_workers)
+        records = render_all(jobs, folder, seed, width, height, spp, min_visible, num_workers, style)
         write_json(folder / "train.json", {r["file_name"]: r["labels"] for r in records})
         write_json(folder / "objects.json", {name: i for i, name in enumerate(LABELS)})
         write_json(folder / "scenes.json", {r["file_name"]: r["objects"] for r in records})
+        write_json(folder / "views.json", {r["file_name"]: r["view"] for r in records})
         write_json(folder / "layouts.json", {r["file_name"]: r["layout"] for r in records})
         if conditions:
             write_json(folder / "conditions.json", [r["labels"] for r in records])

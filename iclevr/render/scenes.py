@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from iclevr.render.look import ICLEVR, RenderStyle
 from pipeline_iclevr import COLORS, LABELS, SHAPES
 
 # CLEVR's colours (sRGB, 0-255) and sizes.
@@ -27,7 +28,6 @@ CLEVR_RGB = {
     "yellow": (255, 238, 51),
 }
 SIZES = {"large": 0.7, "small": 0.35}
-MATERIALS = ("rubber", "metal")
 PLACEMENT_RANGE = 3.0  # objects are placed with x, y in [-3, 3], as in CLEVR
 MIN_GAP = 0.25  # free space between two objects' bounding circles
 
@@ -68,24 +68,30 @@ def split_label(label: str) -> tuple[str, str]:
     return color, shape
 
 
-def _sample_object(rng: np.random.Generator, label: str) -> SceneObject:
+def _sample_object(rng: np.random.Generator, label: str, style: RenderStyle = ICLEVR) -> SceneObject:
     color, shape = split_label(label)
     return SceneObject(
         color=color,
         shape=shape,
-        size=str(rng.choice(list(SIZES))),
-        material=str(rng.choice(MATERIALS)),
+        size=str(rng.choice(list(style.sizes))),
+        material=str(rng.choice(list(style.materials))),
         x=float(rng.uniform(-PLACEMENT_RANGE, PLACEMENT_RANGE)),
         y=float(rng.uniform(-PLACEMENT_RANGE, PLACEMENT_RANGE)),
         yaw=float(rng.uniform(0.0, math.pi / 2)),
     )
 
 
-def _fits(candidate: SceneObject, placed: Sequence[SceneObject]) -> bool:
-    return all(
-        math.hypot(candidate.x - other.x, candidate.y - other.y) >= candidate.footprint + other.footprint + MIN_GAP
-        for other in placed
-    )
+def _fits(candidate: SceneObject, placed: Sequence[SceneObject], margin: float = 0.0,
+          axes: Sequence[tuple[float, float]] = ()) -> bool:
+    """CLEVR's rules: 0.25 free between bounding circles, and (``margin``) two objects at least that far apart along
+    each of the camera's ground ``axes`` (left-right, front-behind), so "left of" and "behind" are never ambiguous."""
+    for other in placed:
+        dx, dy = candidate.x - other.x, candidate.y - other.y
+        if math.hypot(dx, dy) < candidate.footprint + other.footprint + MIN_GAP:
+            return False
+        if any(abs(dx * ax + dy * ay) < margin for ax, ay in axes):
+            return False
+    return True
 
 
 def sample_labels(
@@ -107,6 +113,8 @@ def place_objects(
     labels: Sequence[str],
     is_visible: Callable[[list[SceneObject]], bool] | None = None,
     max_tries: int = 200,
+    style: RenderStyle = ICLEVR,
+    axes: Sequence[tuple[float, float]] = (),
 ) -> list[SceneObject]:
     """Place objects with the given labels one at a time, re-placing the newest until it fits and all are visible.
 
@@ -116,13 +124,15 @@ def place_objects(
         is_visible: callback telling whether every object of a candidate scene is visible enough; objects only
             get more occluded as the scene grows, so checking each prefix as it is built checks every image.
         max_tries: re-placements of one object before the whole scene is re-placed from scratch.
+        style: the look, which sets the sizes, materials and the placement margin (`iclevr.render.look`).
+        axes: the camera's ground axes the margin is measured along (`iclevr.render.raycast.ground_axes`).
     """
     for _ in range(max_tries):
         placed: list[SceneObject] = []
         for label in labels:
             for _ in range(max_tries):
-                candidate = _sample_object(rng, label)
-                if _fits(candidate, placed) and (is_visible is None or is_visible([*placed, candidate])):
+                candidate = _sample_object(rng, label, style)
+                if _fits(candidate, placed, style.margin, axes) and (is_visible is None or is_visible([*placed, candidate])):
                     placed.append(candidate)
                     break
             else:
