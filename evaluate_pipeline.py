@@ -32,9 +32,10 @@ from PIL import Image, ImageDraw
 
 from iclevr.argtypes import check_output_folder, non_negative_float, non_negative_int, positive_int
 from iclevr.evaluator import Evaluator, sanity_report
-from iclevr.labels import COURSE_TEST, SYNTHETIC_TEST, load_conditions
+from iclevr.labels import COURSE_NEW_TEST, COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.metrics import mean_std, total_misses
 from iclevr.obedience import layout_figure, layout_obedience
+from iclevr.panel import panel_table, read_panel
 from iclevr.sampling import (
     SCHEDULERS,
     generate,
@@ -57,8 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Generate, score and report on an ICLEVRPipeline.")
     parser.add_argument("--pipeline", type=str, required=True, help="Saved pipeline folder (or Hub id).")
     parser.add_argument("--evaluator", type=str, required=True, help="Evaluator folder or the course's checkpoint.pth.")
-    parser.add_argument("--conditions_json", type=str, nargs="+", default=[str(COURSE_TEST), str(SYNTHETIC_TEST)],
-                        help="Condition sets (test.json format); default: the course's test.json and the project's synthetic set.")
+    parser.add_argument("--conditions_json", type=str, nargs="+", default=[str(COURSE_TEST), str(COURSE_NEW_TEST), str(SYNTHETIC_TEST)],
+                        help="Condition sets (test.json format); default: the course's test.json and new_test.json and the "
+                             "project's synthetic set.")
     parser.add_argument("--output_dir", type=str, default="outputs/report", help="Where images, metrics.json and report.md go.")
     parser.add_argument("--scheduler", type=str, default=None, choices=sorted(SCHEDULERS),
                         help="Sampler (default: the one the pipeline was saved with, i.e. validated with).")
@@ -83,9 +85,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Sample N candidates per condition and keep the one the model's own lift score ranks first "
                              "(CompLift; the evaluator never ranks): extra sampling compute, reported in s/image. 1: off.")
     parser.add_argument("--lift_timesteps", type=positive_int, default=8, help="Noise levels the lift score averages over (--best_of).")
+    parser.add_argument("--panel_dir", type=str, default=None,
+                        help="A panel of other models' i-CLEVR pictures with the course evaluator's figures (iclevr/panel.py): "
+                             "the report adds each set read by this evaluator beside that figure, so a reader sees how "
+                             "far the evaluator is from the course's.")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device.")
     args = parser.parse_args(argv)
     check_output_folder(parser, args.output_dir, "--output_dir")
+    if args.panel_dir is not None and not (Path(args.panel_dir) / "manifest.json").is_file():
+        parser.error(f"--panel_dir {args.panel_dir} has no manifest.json; give a panel folder (see iclevr/panel.py).")
     for name in args.sweep_schedulers.split(","):
         if name not in SCHEDULERS:
             parser.error(f"--sweep_schedulers: unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}.")
@@ -234,7 +242,8 @@ def reference(references: dict, kind: str) -> str:
     return f"{references[kind]['accuracy']:.3f}" if kind in references else "n/a"
 
 
-def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies: dict, layouts: dict | None = None) -> None:
+def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies: dict, layouts: dict | None = None,
+                 panel: dict | None = None) -> None:
     sampling = (f"Sampler {args.sampler}, {args.num_inference_steps} steps, guidance {args.guidance_scale}" if not args.one_step
                 else "A GAN generator (one forward pass: no sampler, steps or guidance)")
     if args.best_of > 1:
@@ -258,6 +267,10 @@ def write_report(out: Path, args, results: dict, sweep_rows: list[dict], studies
               "colour on another shape; object: neither, a different object or none):", ""]
     for name, r in results.items():
         lines.append(f"- {name}: " + ", ".join(f"{kind} {count}" for kind, count in r["misses"].items()))
+    if panel:
+        lines += ["", "## Panel", "", f"Pictures drawn by models trained on the real i-CLEVR images (`{args.panel_dir}`), read by this "
+                  "evaluator beside the figure the course's own evaluator gave them (each in its author's metric): how far "
+                  "this evaluator, and so the figures above, are from the course's.", "", panel_table(panel)]
     if layouts:
         lines += ["", "## Layouts", "", "A layout model learns from the renderer's object positions (each object's box in the image). "
                   "Here each condition is sampled at a layout drawn from the model's own prior (seeded, as a user would give "
@@ -335,13 +348,17 @@ def main(argv: list[str] | None = None) -> dict:
         studies["eta"] = eta_study(args, evaluator, first, out)
     if args.interpolation_study:
         studies["interpolation"] = interpolation_study(args, evaluator, first, out)
-    metrics = {"args": vars(args), "sets": results, "layouts": layouts, "sweep": sweep_rows, "studies": studies}
+    panel = read_panel(evaluator, args.panel_dir) if args.panel_dir else None
+    metrics = {"args": vars(args), "sets": results, "layouts": layouts, "sweep": sweep_rows, "studies": studies, "panel": panel}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_report(out, args, results, sweep_rows, studies, layouts)
+    write_report(out, args, results, sweep_rows, studies, layouts, panel)
     for name, r in results.items():
         print(f"{name}: accuracy {r['accuracy']['mean']:.3f} ± {r['accuracy']['std']:.3f} "
               f"(rendered {reference(r['references'], 'rendered')}, floor {reference(r['references'], 'floor')}, "
               f"noise {reference(r['references'], 'noise')})")
+    if panel:
+        print(f"panel: mean gap to the course evaluator {panel['mean_gap']:+.3f} (mean abs {panel['mean_abs_gap']:.3f}, "
+              f"max abs {panel['max_abs_gap']:.3f}, {len(panel['rows'])} sets)")
     for name, r in layouts.items():
         print(f"{name}: objects read in their boxes {r['obeyed']['mean']:.3f} ± {r['obeyed']['std']:.3f} "
               f"(chance {r['chance']['mean']:.3f}, rendered {r['rendered']:.3f})")

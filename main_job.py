@@ -81,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Cap on the schedule's steps (default: as many as a calibration run shows fit --train_minutes).")
     parser.add_argument("--validation_steps", type=positive_int, default=500, help="Course accuracy logged every N training steps.")
     parser.add_argument("--num_seeds", type=positive_int, default=3, help="Sampling seeds of the report (mean ± std).")
+    parser.add_argument("--panel_dir", type=str, default=None,
+                        help="A panel of other models' i-CLEVR pictures with the course evaluator's figures: the report reads it "
+                             "too, to show how far the evaluator is from the course's (evaluate_pipeline.py --panel_dir).")
     parser.add_argument("--accelerate_config", type=str, default=None,
                         help="accelerate config for both training stages (default: on a CPU the project's, one process with "
                              "every core; with CUDA GPUs one process per GPU).")
@@ -106,7 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.mixed_precision = auto_mixed_precision()
     if args.recipe == "auto":
         args.recipe = "gpu" if torch.cuda.is_available() else "cpu"
-    for name in ("output_dir", "evaluator", "cache_dir", "accelerate_config"):  # the stages run in the project folder
+    if args.panel_dir and not (Path(args.panel_dir) / "manifest.json").is_file():
+        parser.error(f"--panel_dir {args.panel_dir} has no manifest.json; give a panel folder (see iclevr/panel.py).")
+    for name in ("output_dir", "evaluator", "cache_dir", "accelerate_config", "panel_dir"):  # the stages run in the project folder
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
     return args
@@ -258,7 +263,8 @@ def run_job(args: argparse.Namespace) -> dict:
         "--validation_conditions_json", str(COURSE_TEST), "--resume_from_checkpoint", "latest",
         *recipe_flags(args), *plan["warmup_flags"]], timings)
     run_stage("report", [sys.executable, str(PROJECT_DIR / "evaluate_pipeline.py"), "--pipeline", str(pipeline),
-                         "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds)], timings)
+                         "--evaluator", str(evaluator), "--output_dir", str(out / "report"), "--num_seeds", str(args.num_seeds),
+                         *(["--panel_dir", args.panel_dir] if args.panel_dir else [])], timings)
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     summary = {"wall_seconds": round(time.time() - start, 1), "stage_seconds": timings, "evaluator": str(evaluator),
                "mixed_precision": args.mixed_precision, "recipe": args.recipe,

@@ -25,6 +25,7 @@ CONDITIONS_DIR = Path(__file__).resolve().parent / "conditions"
 
 
 COURSE_TEST = CONDITIONS_DIR / "test.json"  # the course's 32 test conditions: the headline set
+COURSE_NEW_TEST = CONDITIONS_DIR / "new_test.json"  # the course's second set of 32 conditions
 
 
 COURSE_OBJECTS = CONDITIONS_DIR / "objects.json"

@@ -90,3 +90,10 @@ def rendered_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def rendered_scenes(rendered_dir) -> dict:
     return json.loads((rendered_dir / "scenes.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def rendered_views(rendered_dir) -> dict:
+    from iclevr.render.look import View
+
+    return {name: View.from_dict(view) for name, view in json.loads((rendered_dir / "views.json").read_text()).items()}

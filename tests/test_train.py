@@ -691,3 +691,26 @@ def test_runs_sharing_a_cache_render_the_embedded_set_once(tmp_path, monkeypatch
     datasets = run_side_by_side(lambda: ddpm.load_training_data(args, accelerator)[0])
     assert len(renders) == 1
     assert datasets[0]["file_name"] == datasets[1]["file_name"] and len(datasets[0]) == 12
+
+
+def test_a_course_folder_trains_the_label_only_model_scored_by_the_course_checkpoint(rendered_dir, tmp_path):
+    """The real-data path: a folder in the course's layout (PNGs and train.json, no scenes, views or layouts) trains
+    the label-only model, and the course's checkpoint.pth (a torchvision ResNet-18 state dict) scores its validation."""
+    from .test_evaluator import TorchvisionLayoutResNet18
+
+    course = tmp_path / "iclevr"
+    course.mkdir()
+    train = json.loads((rendered_dir / "train.json").read_text())
+    for name in train:
+        shutil.copy(rendered_dir / name, course / name)
+    (course / "train.json").write_text(json.dumps(train))
+    torch.save({"model": TorchvisionLayoutResNet18().state_dict()}, tmp_path / "checkpoint.pth")
+    out = tmp_path / "out"
+    _launch(course, out, "--max_train_steps", "2", "--validation_steps", "2", "--validation_inference_steps", "2",
+            "--evaluator", str(tmp_path / "checkpoint.pth"))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["layouts"] is False and summary["steps"] == 2
+    assert 0.0 <= summary["validation"]["accuracy"] <= 1.0 and summary["validation"]["step"] == 2
+    pipe = ICLEVRPipeline.from_pretrained(out)
+    assert pipe.unet.config.in_channels == 3  # no layout map beside the noisy image
+    assert pipe(["red sphere"], num_inference_steps=2, output_type="pt").images.shape == (1, 3, 16, 16)

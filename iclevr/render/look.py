@@ -123,8 +123,7 @@ class View:
     lamps: tuple[tuple[float, float, float], ...] = ()  # positions of CLEVR_LAMPS (empty: the legacy lights)
 
     def to_dict(self) -> dict:
-        return {"camera": [round(v, 5) for v in self.camera], "fov_x": round(self.fov_x, 6),
-                "lamps": [[round(v, 5) for v in lamp] for lamp in self.lamps]}
+        return {"camera": list(self.camera), "fov_x": self.fov_x, "lamps": [list(lamp) for lamp in self.lamps]}
 
     @classmethod
     def from_dict(cls, data: dict) -> View:
@@ -146,10 +145,11 @@ def default_view(style: RenderStyle = ICLEVR) -> View:
 
 
 def sample_view(rng: np.random.Generator, style: RenderStyle = ICLEVR) -> View:
-    """A scene's view: CLEVR jitters the camera by ±0.5 and each lamp by ±1.0 per axis, uniformly."""
+    """A scene's view: CLEVR jitters the camera by ±0.5 and each lamp by ±1.0 per axis, uniformly. Rounded to 5
+    decimals, so the view saved in ``views.json`` re-renders the saved image exactly."""
     base = default_view(style)
     camera = base.camera
     if style.is_iclevr("camera"):
-        camera = tuple(float(v + rng.uniform(-CLEVR_CAMERA_JITTER, CLEVR_CAMERA_JITTER)) for v in camera)
-    lamps = tuple(tuple(float(v + rng.uniform(-CLEVR_LAMP_JITTER, CLEVR_LAMP_JITTER)) for v in lamp) for lamp in base.lamps)
+        camera = tuple(round(float(v + rng.uniform(-CLEVR_CAMERA_JITTER, CLEVR_CAMERA_JITTER)), 5) for v in camera)
+    lamps = tuple(tuple(round(float(v + rng.uniform(-CLEVR_LAMP_JITTER, CLEVR_LAMP_JITTER)), 5) for v in lamp) for lamp in base.lamps)
     return View(camera, base.fov_x, lamps)
