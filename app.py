@@ -29,6 +29,7 @@ import gradio as gr
 import torch
 
 from iclevr.argtypes import port
+from iclevr.cli import run
 from iclevr.evaluator import shipped_evaluator
 from pipeline_iclevr import ICLEVRPipeline
 
@@ -238,4 +239,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # the project's own errors as one line (iclevr.cli)

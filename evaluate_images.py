@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from iclevr.argtypes import check_output_folder, non_negative_int
+from iclevr.cli import run
 from iclevr.evaluator import Evaluator, read_image_folder, sanity_report
 from iclevr.labels import COURSE_TEST, load_conditions
 from iclevr.panel import panel_table, read_panel
@@ -71,4 +72,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # the project's own errors as one line (iclevr.cli)

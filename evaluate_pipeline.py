@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from iclevr.argtypes import check_output_folder, non_negative_float, non_negative_int, positive_int
+from iclevr.cli import run
 from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.labels import COURSE_NEW_TEST, COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.metrics import mean_std, total_misses
@@ -366,4 +367,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # the project's own errors as one line (iclevr.cli)

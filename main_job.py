@@ -36,6 +36,7 @@ from filelock import FileLock
 
 from iclevr.argtypes import check_output_folder, positive_float, positive_int
 from iclevr.checkpoints import latest_checkpoint
+from iclevr.cli import run
 from iclevr.data import cache_root
 from iclevr.ddpm import DEFAULT_LR_WARMUP_STEPS
 from iclevr.evaluator import SHIPPED_EVALUATOR, shipped_evaluator
@@ -279,4 +280,4 @@ def run_job(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # the project's own errors as one line (iclevr.cli)

@@ -18,6 +18,7 @@ import os
 import sys
 
 from iclevr.argtypes import check_output_folder, non_negative_int, positive_int
+from iclevr.cli import run
 from iclevr.io import writer_lock
 from iclevr.render.dataset import default_spp, plan_jobs, render_dataset
 from iclevr.render.look import COMPONENTS, style_from_name
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # the project's own errors as one line (iclevr.cli)

@@ -24,6 +24,7 @@ from diffusers.training_utils import EMAModel
 
 from iclevr import ddpm, gan
 from iclevr.checkpoints import save_in_diffusers_layout
+from iclevr.cli import run
 from iclevr.images import random_hflip, to_model_input
 from iclevr.io import is_main_rank, writer_lock
 from iclevr.loop import TrainingRun, check_finite, train
@@ -152,4 +153,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # the project's own errors as one line (iclevr.cli)

@@ -36,6 +36,7 @@ from iclevr.argtypes import (
     positive_int,
     probability,
 )
+from iclevr.cli import run
 from iclevr.data import add_data_args, dataset_to_tensors, load_dataset_from_args, split_by_scene
 from iclevr.evaluator import (
     EVALUATOR_RESOLUTION,
@@ -214,4 +215,4 @@ def save_evaluator(args, accelerator: Accelerator, model, data: tuple, figures: 
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # the project's own errors as one line (iclevr.cli)
