@@ -28,7 +28,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from iclevr.argtypes import port
+from iclevr.argtypes import port, positive_int
 from iclevr.cli import run
 from iclevr.evaluator import shipped_evaluator
 from pipeline_iclevr import ICLEVRPipeline
@@ -37,6 +37,7 @@ SHIPPED_PIPELINE = Path(__file__).resolve().parent / "pretrained" / "iclevr-ddpm
 MAX_OBJECTS = 3  # i-CLEVR scenes hold 1-3 objects
 MAX_IMAGES = 8
 NONE = "(none)"
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; the page keeps to the non-negative half
 # Shown unsmoothed and enlarged: the pipeline draws 32x32 or 64x64 images.
 CSS = "#gallery img { image-rendering: pixelated; }"
 
@@ -60,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", type=str, default=None, help="Address to serve on (default: Gradio's, 127.0.0.1 or $GRADIO_SERVER_NAME).")
     parser.add_argument("--port", type=port, default=None, help="Port to serve on (default: Gradio's, 7860 or $GRADIO_SERVER_PORT).")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device to sample on.")
+    parser.add_argument("--concurrency_limit", type=positive_int, default=1,
+                        help="Requests sampled at once. 1: on a CPU one sampling already uses every core, and two at once "
+                             "each take twice as long.")
+    parser.add_argument("--max_queue", type=positive_int, default=16,
+                        help="Requests that may wait; one more is told the page is busy and to retry, instead of waiting "
+                             "without limit (16 of the shipped model's ~4 s calls on 2 CPU cores: about a minute's wait).")
     args = parser.parse_args(argv)
     args.pipeline = args.pipeline or default_pipeline()
     local = Path(args.pipeline)
@@ -109,6 +116,17 @@ def read_condition(slots) -> list[str]:
         raise gr.Error(f"{', '.join(duplicates)} is asked for twice: each label may appear once in an i-CLEVR scene. "
                        "Change one of the objects.")
     return labels
+
+
+def read_seed(seed) -> int:
+    """The page's seed as the generator's: a whole number in 0..2^63-1, else a message on the page."""
+    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, float)) or seed != seed:
+        raise gr.Error(f"The seed must be a whole number from 0 to {MAX_SEED}; got {seed!r}.")
+    if isinstance(seed, float) and not seed.is_integer():
+        raise gr.Error(f"The seed must be a whole number from 0 to {MAX_SEED}; got {seed}.")
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise gr.Error(f"The seed must be a whole number from 0 to {MAX_SEED} (2^63 - 1); got {int(seed)}. Pick a smaller one.")
+    return int(seed)
 
 
 def box_sizes(prior: dict) -> dict[str, tuple[float, float]]:
@@ -178,6 +196,7 @@ class Demo:
             placements = list(zip(flat[0::3], flat[1::3], flat[2::3], strict=True))
         guidance, steps, count, seed = rest
         condition = read_condition(slots)
+        seed = read_seed(seed)
         if self.pipe.uses_layouts and place:
             layouts = [self.layout(slots, placements)]
         steps, count = int(steps), int(count)
@@ -186,9 +205,12 @@ class Demo:
             progress((step + 1, steps), desc="Sampling")
             return tensors
 
-        images = self.pipe([condition], layouts=layouts, num_inference_steps=steps, guidance_scale=float(guidance),
-                           num_images_per_prompt=count, generator=torch.Generator().manual_seed(int(seed)),
-                           callback_on_step_end=report).images
+        try:
+            images = self.pipe([condition], layouts=layouts, num_inference_steps=steps, guidance_scale=float(guidance),
+                               num_images_per_prompt=count, generator=torch.Generator().manual_seed(seed),
+                               callback_on_step_end=report).images
+        except ValueError as error:  # the pipeline's check_inputs: the problem and the fix, shown on the page
+            raise gr.Error(str(error)) from error
         captions = [self.caption(image, condition) for image in images]
         return list(zip(images, captions, strict=True)), self.summary(captions)
 
@@ -235,7 +257,10 @@ def build_page(demo: Demo) -> gr.Blocks:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     page = build_page(Demo(args.pipeline, args.evaluator, args.device))
-    page.queue().launch(server_name=args.host, server_port=args.port, css=CSS)
+    # A bounded queue: a user past it gets Gradio's "Queue is full, please try again" instead of an endless wait.
+    # show_error: any other failure reaches the page as its own message, not Gradio's generic line.
+    page.queue(max_size=args.max_queue, default_concurrency_limit=args.concurrency_limit)
+    page.launch(server_name=args.host, server_port=args.port, css=CSS, show_error=True)
 
 
 if __name__ == "__main__":

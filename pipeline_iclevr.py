@@ -430,6 +430,17 @@ def sample_layout(prior: Mapping, labels: list[int], generator: torch.Generator 
     return [(index, list(box)) for index, box in zip(order, boxes)]
 
 
+class HubUploadError(ConnectionError):
+    """An upload to the Hub failed. One line names the repository, the cause and how to retry; the upload is one
+    commit, so the repository keeps its previous state, and every retry sends the whole folder again."""
+
+    def __init__(self, repo_id: str, cause: BaseException, retry: str):
+        self.repo_id = repo_id
+        super().__init__(f"Uploading to the Hub repository {repo_id} failed ({type(cause).__name__}: {cause}). Nothing "
+                         f"local was changed, and the repository keeps its previous state. To retry, {retry}: each "
+                         "upload sends the whole folder.")
+
+
 class ICLEVRPipeline(DiffusionPipeline):
     r"""Generate i-CLEVR scenes from multi-hot label conditions with classifier-free guidance.
 
@@ -499,11 +510,21 @@ class ICLEVRPipeline(DiffusionPipeline):
     def upload_saved_folder(self, folder: str | os.PathLike, repo_id: str | None = None, token: str | None = None,
                             private: bool | None = None, commit_message: str | None = None, create_pr: bool = False):
         """Create the Hub repository and upload a saved folder as it is; a folder without a model card gets
-        diffusers' generic one."""
-        repo_id = create_repo(repo_id or Path(folder).name, exist_ok=True, private=private, token=token).repo_id
-        if not (Path(folder) / "README.md").is_file():
-            populate_model_card(load_or_create_model_card(repo_id, token=token, is_pipeline=True)).save(Path(folder) / "README.md")
-        return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
+        diffusers' generic one.
+
+        Raises:
+            HubUploadError: the Hub or the connection failed; it names the repository and how to retry. The upload is
+                one commit, so the repository keeps its previous state, and nothing local is touched.
+        """
+        repo_id = repo_id or Path(folder).name
+        try:
+            repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+            if not (Path(folder) / "README.md").is_file():
+                populate_model_card(load_or_create_model_card(repo_id, token=token, is_pipeline=True)).save(Path(folder) / "README.md")
+            return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
+        except Exception as error:  # any failure of the Hub client (HTTP 5xx, a dropped connection, ...) at this boundary
+            raise HubUploadError(repo_id, error, f"call push_to_hub({repo_id!r}) again on this pipeline (or on "
+                                 "ICLEVRPipeline.from_pretrained(<its saved folder>))") from error
 
     @classmethod
     def load_config(cls, *args, **kwargs):

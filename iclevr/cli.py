@@ -3,7 +3,7 @@
 
 The project's own errors are the ones a user can fix: bad data (`iclevr.labels.BadDataError`), bad flags, layouts or
 condition files (``ValueError`` raised with a message that names the problem and the fix), and paths that are
-missing, taken or unwritable. The disk-space checks, the writer lock and checkpoint verification already stop with a
+missing, taken or unwritable, and a failed Hub upload (which names how to retry). The disk-space checks, the writer lock and checkpoint verification already stop with a
 one-line ``SystemExit``. Anything else (``RuntimeError``, ``TypeError``, ``KeyError``, ...) is a bug, and keeps its
 traceback. ``ICLEVR_DEBUG=1`` keeps the traceback for every error.
 """
@@ -14,7 +14,9 @@ import os
 import sys
 from collections.abc import Callable
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+# ConnectionError: a failed Hub upload (pipeline_iclevr.HubUploadError), which the user retries.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
+               ConnectionError)
 DEBUG_VARIABLE = "ICLEVR_DEBUG"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline_iclevr import LABELS, LabelVocabulary
+from pipeline_iclevr import LABELS, HubUploadError, LabelVocabulary
 
 # How the model card shows each figure of the training summary (a dict of numbers, also saved as train_summary.json).
 CARD_FIGURES = {
@@ -100,11 +100,21 @@ def card_repo(args) -> str:
 
 
 def push_to_hub(args) -> str:
-    """Create the Hub repository and upload the saved pipeline folder (checkpoints and logs excluded)."""
+    """Create the Hub repository and upload the saved pipeline folder (checkpoints and logs excluded).
+
+    Raises:
+        HubUploadError: the Hub or the connection failed; the message names the repository and the command that
+            uploads the (complete, loadable) folder again.
+    """
     from huggingface_hub import HfApi
 
-    api = HfApi(token=args.hub_token)
-    repo_id = api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo).repo_id
-    api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload the pipeline",
-                      ignore_patterns=list(HUB_IGNORE))  # upload_folder extends the list it is given
+    try:
+        api = HfApi(token=args.hub_token)
+        repo_id = api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo).repo_id
+        api.upload_folder(repo_id=repo_id, folder_path=args.output_dir, commit_message="Upload the pipeline",
+                          ignore_patterns=list(HUB_IGNORE))  # upload_folder extends the list it is given
+    except Exception as error:  # any failure of the Hub client (HTTP 5xx, a dropped connection, ...) at this boundary
+        excludes = " ".join(f'--exclude "{pattern}"' for pattern in HUB_IGNORE)
+        raise HubUploadError(args.hub_model_id, error, f"the pipeline in {args.output_dir} is saved and loads; run "
+                             f"`hf upload {args.hub_model_id} {args.output_dir} . {excludes}`") from error
     return repo_id

@@ -4,10 +4,6 @@ import importlib.util
 import os
 import shutil
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -98,27 +94,46 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """app.py serving a tiny pipeline on a free port of 127.0.0.1; stopped after the module's tests."""
+    """app.py serving a tiny pipeline on a free port of 127.0.0.1 with a queue of 2; stopped after the module's tests."""
+    from iclevr.demo_load import start_app
+
     folder = tiny_pipeline(tmp_path_factory.mktemp("app") / "pipeline")
     port = free_port()
-    url, log_path = f"http://127.0.0.1:{port}/", folder.parent / "server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--pipeline", str(folder), "--host", "127.0.0.1",
-                                   "--port", str(port)], cwd=folder.parent, stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    server.kill()
-                    pytest.fail("app.py did not serve: " + log_path.read_text()[-3000:])
-                time.sleep(0.5)
-        yield url, folder.parent
-        server.terminate()
-        server.wait(timeout=30)
+    try:
+        server = start_app(folder, port, folder.parent / "server.log", ["--max_queue", "2"])
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    yield f"http://127.0.0.1:{port}/", folder.parent
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _inputs(seed, steps=2, images=1):
+    from app import MAX_OBJECTS, NONE
+    from iclevr.demo_load import page_inputs
+
+    return page_inputs(False, "red sphere", 1.0, steps, images, seed, MAX_OBJECTS, NONE)
+
+
+@pytest.mark.parametrize("seed, message", [(10**30, "The seed must be a whole number from 0 to 9223372036854775807"),
+                                           (-1, "got -1")])
+def test_a_bad_seed_gets_its_own_message_on_the_page(served, seed, message):
+    from iclevr.demo_load import one_request
+
+    result = one_request(served[0], _inputs(seed))
+    assert result["outcome"] == "message" and message in result["message"], result
+    assert one_request(served[0], _inputs(2**63 - 1))["outcome"] == "answered"  # the largest seed works, and it still serves
+
+
+def test_a_crowd_is_answered_or_told_the_page_is_busy(served):
+    """Eight clients at once against a queue of two: each is answered or told to retry, none fails any other way."""
+    from iclevr.demo_load import drive, summarise
+
+    results = drive(served[0], 8, _inputs(0, steps=60, images=8), timeout=300)
+    summary = summarise(results)
+    assert summary["failed"] == 0 and summary["message"] == 0, results
+    assert summary["answered"] >= 1 and summary["answered"] + summary["busy"] == 8, summary
+    assert summary["busy"] >= 1 and all("try again" in r["message"] for r in results if r["outcome"] == "busy"), summary
 
 
 @pytest.fixture(scope="module")

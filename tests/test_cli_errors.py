@@ -128,3 +128,22 @@ def test_a_bug_keeps_its_traceback():
     code = "from iclevr.cli import run\ndef main():\n    raise TypeError('a bug')\nrun(main)\n"
     result, lines = _run([sys.executable, "-c", code])
     assert result.returncode == 1 and "Traceback" in result.stderr and lines[-1] == "TypeError: a bug"
+
+
+def test_a_push_to_an_unreachable_hub_ends_in_one_line_and_keeps_the_pipeline(course_folder, tmp_path):
+    """The trainer's ``--push_to_hub`` with the Hub endpoint on a closed port of this machine (a refused connection):
+    one line naming the repository and how to retry, and the trained pipeline is saved and loads."""
+    import socket
+
+    from pipeline_iclevr import ICLEVRPipeline
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again once the block ends: nothing listens there
+    out = tmp_path / "out"
+    _assert_one_line([*_script("train_conditional_ddpm.py"), "--train_data_dir", str(course_folder), "--output_dir", str(out),
+                      "--cache_dir", str(tmp_path / "cache"), *TINY, "--train_batch_size", "4", "--max_train_steps", "1", "--push_to_hub",
+                      "--hub_model_id", "user/iclevr-ddpm", "--hub_token", "hf_dummy"],
+                     "Uploading to the Hub repository user/iclevr-ddpm failed",
+                     env={"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_DISABLE_TELEMETRY": "1"})
+    ICLEVRPipeline.from_pretrained(out)

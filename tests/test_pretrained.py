@@ -60,6 +60,13 @@ def test_the_shipped_evaluator_reads_fresh_renders_and_not_the_empty_floor(evalu
 PIPELINE = EVALUATOR.parent / "iclevr-ddpm"
 
 
+def test_the_shipped_pipeline_carries_the_current_remote_code():
+    """A Hub user of the shipped folder runs its pipeline_iclevr.py: it must be the repository's own, byte for byte."""
+    root = PIPELINE.parent.parent
+    assert (PIPELINE / "pipeline_iclevr.py").read_bytes() == (root / "pipeline_iclevr.py").read_bytes(), (
+        "cp pipeline_iclevr.py pretrained/iclevr-ddpm/ after changing the pipeline")
+
+
 def test_the_shipped_pipeline_is_the_main_job_s_default_model():
     """It loads from a clean clone with nothing trained, and is what the main job trains now: a layout model at 64x64
     with the trainer's default UNet, its layout prior and its card."""

@@ -714,3 +714,71 @@ def test_a_course_folder_trains_the_label_only_model_scored_by_the_course_checkp
     pipe = ICLEVRPipeline.from_pretrained(out)
     assert pipe.unet.config.in_channels == 3  # no layout map beside the noisy image
     assert pipe(["red sphere"], num_inference_steps=2, output_type="pt").images.shape == (1, 3, 16, 16)
+
+
+def test_a_failed_upload_names_the_repository_keeps_the_folder_and_a_retry_uploads_it_whole(trained, tmp_path, monkeypatch):
+    """The stand-in Hub drops the connection half-way through the first upload (as a commit, nothing lands), then
+    works: the error names the repository and how to retry, the local folder is byte-for-byte the same and loads, and
+    the retry uploads every file."""
+    import diffusers.utils.hub_utils
+
+    import pipeline_iclevr
+
+    hub_root, attempts = tmp_path / "hub", []
+
+    class Repo:
+        def __init__(self, repo_id):
+            self.repo_id = repo_id
+
+    def upload_folder(repo_id, folder_path, path_in_repo=None, **kwargs):
+        files = sorted(p for p in Path(folder_path).rglob("*") if p.is_file())
+        attempts.append((repo_id, {p.relative_to(folder_path) for p in files}))
+        staged = tmp_path / "staged" / str(len(attempts))
+        for path in files[: len(files) // 2]:  # half the files sent ...
+            (staged / path.relative_to(folder_path)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, staged / path.relative_to(folder_path))
+        if len(attempts) == 1:
+            raise ConnectionError("Connection reset by peer")  # ... then the connection drops: no commit
+        shutil.copytree(folder_path, hub_root / repo_id, dirs_exist_ok=True)
+
+    monkeypatch.setattr(pipeline_iclevr, "create_repo", lambda repo_id, **kwargs: Repo(repo_id))
+    monkeypatch.setattr(diffusers.utils.hub_utils, "upload_folder", upload_folder)
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    pipe = ICLEVRPipeline.from_pretrained(out)
+    with pytest.raises(pipeline_iclevr.HubUploadError) as info:
+        pipe.push_to_hub("user/iclevr-ddpm")
+    message = str(info.value)
+    assert "user/iclevr-ddpm" in message and "Connection reset by peer" in message and "push_to_hub('user/iclevr-ddpm')" in message
+    assert not (hub_root / "user" / "iclevr-ddpm").exists()  # nothing landed
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    ICLEVRPipeline.from_pretrained(out)  # the local folder still loads
+    pipe.push_to_hub("user/iclevr-ddpm")  # the retry
+    uploaded = hub_root / "user" / "iclevr-ddpm"
+    assert [repo for repo, _ in attempts] == ["user/iclevr-ddpm"] * 2 and attempts[0][1] == attempts[1][1]  # whole again
+    assert {p.relative_to(uploaded) for p in uploaded.rglob("*") if p.is_file()} == attempts[1][1]
+    assert (uploaded / "README.md").read_text() == (out / "README.md").read_text()
+
+
+def test_the_trainers_failed_push_says_how_to_upload_the_saved_folder(trained, tmp_path, monkeypatch):
+    """``--push_to_hub`` when the Hub answers 503: the message names the repository and the `hf upload` command."""
+    from huggingface_hub import HfApi
+
+    import pipeline_iclevr
+
+    def unavailable(self, **kwargs):
+        raise OSError("503 Server Error: Service Unavailable")
+
+    class Repo:
+        repo_id = "user/iclevr-ddpm"
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, exist_ok, private: Repo())
+    monkeypatch.setattr(HfApi, "upload_folder", unavailable)
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    args = ddpm.parse_args([*TINY, "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "user/iclevr-ddpm"])
+    with pytest.raises(pipeline_iclevr.HubUploadError, match="503 Server Error") as info:
+        hub.push_to_hub(args)
+    assert f"hf upload user/iclevr-ddpm {out} . --exclude \"checkpoint-*\"" in str(info.value)
+    ICLEVRPipeline.from_pretrained(out)

@@ -100,6 +100,11 @@ class LabelVocabulary:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The distinct words of the label names, in order of first use (i-CLEVR's 24 labels hold 11: 8 colours, 3 shapes)."""
+        return tuple(dict.fromkeys(word for name in self.labels for word in name.split()))
+
     def __repr__(self) -> str:
         return f"LabelVocabulary({len(self)} labels: {', '.join(self.labels)})"
 
@@ -293,16 +298,37 @@ class ICLEVRPipelineOutput(BaseOutput):
     layouts: list | None = None
 
 
-def layout_map(boxes: torch.Tensor, box_labels: torch.Tensor, num_labels: int, size: tuple[int, int]) -> torch.Tensor:
-    """Paint layouts into the map the UNet reads beside the noisy image: ``(B, num_labels, H, W)``, where each object
-    sets its label's channel to 1 (and the others to 0) on every cell its box overlaps; nearer objects, whose boxes
-    reach lower in the image (a camera looking down on a floor), are painted over farther ones. Training and sampling
-    both paint with this, so the model reads what it was taught.
+LAYOUT_CHANNELS = ("labels", "words")  # the forms of the layout map (`label_channels`)
+
+
+def label_channels(vocab: LabelVocabulary, form: str = "labels") -> torch.Tensor:
+    """Which layout-map channels each label paints, ``(N, C)`` of 0/1.
+
+    ``"labels"``: one channel per label (the identity). ``"words"``: one channel per distinct word of the label names
+    (`LabelVocabulary.words`), so ``"red sphere"`` paints ``red`` and ``sphere`` and every colour of a shape teaches
+    that shape's channel; a vocabulary of one-word names (digits) paints the same map either way.
+    """
+    if form not in LAYOUT_CHANNELS:
+        raise ValueError(f"layout_channels must be one of {LAYOUT_CHANNELS}, got {form!r}.")
+    if form == "labels":
+        return torch.eye(len(vocab))
+    column = {word: i for i, word in enumerate(vocab.words)}
+    channels = torch.zeros(len(vocab), len(column))
+    for i, name in enumerate(vocab.labels):
+        channels[i, [column[word] for word in name.split()]] = 1.0
+    return channels
+
+
+def layout_map(boxes: torch.Tensor, box_labels: torch.Tensor, channels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Paint layouts into the map the UNet reads beside the noisy image: ``(B, C, H, W)``, where each object sets its
+    label's channels (a row of ``channels``) on every cell its box overlaps, and the others to 0; nearer objects,
+    whose boxes reach lower in the image (a camera looking down on a floor), are painted over farther ones. Training
+    and sampling both paint with this, so the model reads what it was taught.
 
     Args:
         boxes: ``(B, K, 4)`` boxes ``x0, y0, x1, y1`` in [0, 1].
         box_labels: ``(B, K)`` label indices, -1 where an image has fewer than ``K`` objects.
-        num_labels: the vocabulary's size (the map's channels).
+        channels: ``(N, C)``: the channels each label paints (`label_channels`).
         size: ``(H, W)`` of the map: the UNet's sample size.
     """
     height, width = size
@@ -316,7 +342,7 @@ def layout_map(boxes: torch.Tensor, box_labels: torch.Tensor, num_labels: int, s
     depth = torch.where(inside_x & inside_y & (box_labels >= 0)[..., None, None], 1.0 + y1, 0.0)  # (B, K, H, W)
     nearest, covered = depth.argmax(1), depth.amax(1) > 0
     labels = box_labels.gather(1, nearest.flatten(1)).view_as(nearest).clamp(min=0)
-    painted = F.one_hot(labels, num_labels).permute(0, 3, 1, 2).float()
+    painted = channels.to(device=device, dtype=torch.float32)[labels].permute(0, 3, 1, 2)
     return painted * covered[:, None].float()
 
 
@@ -404,6 +430,17 @@ def sample_layout(prior: Mapping, labels: list[int], generator: torch.Generator 
     return [(index, list(box)) for index, box in zip(order, boxes)]
 
 
+class HubUploadError(ConnectionError):
+    """An upload to the Hub failed. One line names the repository, the cause and how to retry; the upload is one
+    commit, so the repository keeps its previous state, and every retry sends the whole folder again."""
+
+    def __init__(self, repo_id: str, cause: BaseException, retry: str):
+        self.repo_id = repo_id
+        super().__init__(f"Uploading to the Hub repository {repo_id} failed ({type(cause).__name__}: {cause}). Nothing "
+                         f"local was changed, and the repository keeps its previous state. To retry, {retry}: each "
+                         "upload sends the whole folder.")
+
+
 class ICLEVRPipeline(DiffusionPipeline):
     r"""Generate i-CLEVR scenes from multi-hot label conditions with classifier-free guidance.
 
@@ -431,8 +468,10 @@ class ICLEVRPipeline(DiffusionPipeline):
         layout_prior (`dict`, *optional*):
             A layout model's prior: training layouts by object count (``{"1": [[box]], "2": [[box, box]], ...}``, boxes
             ``[x0, y0, x1, y1]`` in fractions of the image), a uniform sample of the training data's, kept in the
-            config. A call given no ``layouts`` draws each image's from it. A UNet reads layouts when it takes ``N``
-            more input channels than the image (the layout map, see [`layout_map`]).
+            config. A call given no ``layouts`` draws each image's from it. A UNet reads layouts when it takes the
+            layout map's channels beyond the image's (see [`layout_map`]).
+        layout_channels (`str`, *optional*, defaults to ``"labels"``):
+            The layout map's form (see [`label_channels`]): a channel per label, or per word of the label names.
     """
 
     model_cpu_offload_seq = "unet"
@@ -471,11 +510,21 @@ class ICLEVRPipeline(DiffusionPipeline):
     def upload_saved_folder(self, folder: str | os.PathLike, repo_id: str | None = None, token: str | None = None,
                             private: bool | None = None, commit_message: str | None = None, create_pr: bool = False):
         """Create the Hub repository and upload a saved folder as it is; a folder without a model card gets
-        diffusers' generic one."""
-        repo_id = create_repo(repo_id or Path(folder).name, exist_ok=True, private=private, token=token).repo_id
-        if not (Path(folder) / "README.md").is_file():
-            populate_model_card(load_or_create_model_card(repo_id, token=token, is_pipeline=True)).save(Path(folder) / "README.md")
-        return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
+        diffusers' generic one.
+
+        Raises:
+            HubUploadError: the Hub or the connection failed; it names the repository and how to retry. The upload is
+                one commit, so the repository keeps its previous state, and nothing local is touched.
+        """
+        repo_id = repo_id or Path(folder).name
+        try:
+            repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+            if not (Path(folder) / "README.md").is_file():
+                populate_model_card(load_or_create_model_card(repo_id, token=token, is_pipeline=True)).save(Path(folder) / "README.md")
+            return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
+        except Exception as error:  # any failure of the Hub client (HTTP 5xx, a dropped connection, ...) at this boundary
+            raise HubUploadError(repo_id, error, f"call push_to_hub({repo_id!r}) again on this pipeline (or on "
+                                 "ICLEVRPipeline.from_pretrained(<its saved folder>))") from error
 
     @classmethod
     def load_config(cls, *args, **kwargs):
@@ -511,23 +560,26 @@ class ICLEVRPipeline(DiffusionPipeline):
 
     @property
     def uses_layouts(self) -> bool:
-        """Whether the UNet reads a layout map (``N`` input channels beyond the image's)."""
-        return self.unet.config.in_channels == 3 * self.config.patch_size**2 + len(self.vocab)
+        """Whether the UNet reads a layout map (its channels beyond the image's)."""
+        return self.unet.config.in_channels == 3 * self.config.patch_size**2 + self.map_channels.shape[1]
 
     def __init__(self, unet, scheduler, label2id: dict[str, int] | None = None, patch_size: int = 1,
                  default_num_inference_steps: int = 25, default_guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
-                 max_labels_per_image: int | None = None, layout_prior: dict | None = None):
+                 max_labels_per_image: int | None = None, layout_prior: dict | None = None,
+                 layout_channels: str = "labels"):
         super().__init__()
         label2id = dict(label2id) if label2id else dict(DEFAULT_LABEL2ID)
         self.vocab = LabelVocabulary(label2id)
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}.")
-        pixels = 3 * patch_size**2
-        if unet.config.in_channels not in (pixels, pixels + len(self.vocab)) or unet.config.out_channels != pixels:
+        self.map_channels = label_channels(self.vocab, layout_channels)
+        pixels, painted = 3 * patch_size**2, self.map_channels.shape[1]
+        if unet.config.in_channels not in (pixels, pixels + painted) or unet.config.out_channels != pixels:
             raise ValueError(
                 f"patch_size {patch_size} needs a UNet with {pixels} output channels (3 per pixel of a {patch_size}x"
-                f"{patch_size} patch) and {pixels} input channels, or {pixels + len(self.vocab)} for a layout model (one "
-                f"layout-map channel per label), got {unet.config.in_channels} in and {unet.config.out_channels} out."
+                f"{patch_size} patch) and {pixels} input channels, or {pixels + painted} for a layout model (its "
+                f"{painted} layout-map channels, one per {layout_channels[:-1]}), got {unet.config.in_channels} in and "
+                f"{unet.config.out_channels} out."
             )
         if layout_prior is not None:
             check_layout_prior(layout_prior)
@@ -544,7 +596,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(label2id=label2id, patch_size=patch_size, default_num_inference_steps=default_num_inference_steps,
                                 default_guidance_scale=float(default_guidance_scale), max_labels_per_image=max_labels_per_image,
-                                layout_prior=layout_prior)
+                                layout_prior=layout_prior, layout_channels=layout_channels)
 
     def encode_labels(self, labels, num_images_per_prompt: int = 1) -> torch.Tensor:
         """Multi-hot conditions ``(batch * num_images_per_prompt, N)`` of one condition or a batch of them
@@ -675,7 +727,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         if self.uses_layouts:
             placed = self.prepare_layouts(conditions, layouts, generator, num_images_per_prompt)
             size = (self.image_size[0] // self.config.patch_size, self.image_size[1] // self.config.patch_size)
-            layout = layout_map(*layout_tensors(placed), len(self.vocab), size).to(device=device, dtype=dtype)
+            layout = layout_map(*layout_tensors(placed), self.map_channels, size).to(device=device, dtype=dtype)
         conditions = conditions.repeat_interleave(num_images_per_prompt, dim=0).to(device=device, dtype=dtype)
         self._guidance_scale = float(guidance_scale)
         self._interrupt = False
@@ -706,7 +758,7 @@ class ICLEVRPipeline(DiffusionPipeline):
         result = latents if output_type == "latent" else postprocess_images(latents, output_type)
         self.maybe_free_model_hooks()
         if placed is not None:
-            placed = [[{"label": self.vocab.labels[index], "box": box} for index, box in layout] for layout in placed]
+            placed = [[{"label": self.vocab.labels[index], "box": box} for index, box in pairs] for pairs in placed]
         output = ICLEVRPipelineOutput(images=result, layouts=placed)
         return output if return_dict else output.to_tuple()
 
@@ -772,8 +824,8 @@ def predict(unet, sample: torch.Tensor, timestep, conditions: torch.Tensor, patc
 
     With ``patch_size`` ``p > 1`` the sample enters space-to-depth (`pixel_unshuffle`: ``(B, 3 p², H / p, W / p)``) and
     the prediction leaves through `pixel_shuffle`, so the noise, the loss and the sampler all stay in pixel space and
-    only the UNet works at the lower resolution. Training calls this too, so both see the same layout. A layout
-    model's ``layout`` map ``(B, N, H / p, W / p)`` (`layout_map`) enters beside the sample, as diffusers' inpainting
+    only the UNet works at the lower resolution. Training calls this too, so both see the same pixel order. A layout
+    model's ``layout`` map ``(B, C, H / p, W / p)`` (`layout_map`) enters beside the sample, as diffusers' inpainting
     UNets take their mask.
     """
     config = getattr(unet, "module", unet).config  # DDP wraps the model in multi-process runs
