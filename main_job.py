@@ -63,7 +63,7 @@ CALIBRATION_STEPS = 40
 # exact-set 0.95 on 3-object scenes (6 epochs reach the first only; docs/experiments.md, "Evaluator runs").
 # Saved in half precision, which halves the shipped file and keeps both targets (pretrained/README.md).
 EVALUATOR_RECIPE = {"num_scenes": 30000, "seed": 1, "num_epochs": 9, "train_batch_size": 128, "flip_average": True,
-                    "save_dtype": "float16"}
+                    "save_dtype": "float16", "render_style": "iclevr", "appearance_augment": True}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -165,24 +165,27 @@ def ensure_evaluator(args, cache: Path, timings: dict) -> Path:
         if (folder / "model.safetensors").is_file():
             print(f"Using the cached evaluator {folder}")
             return folder
-        data = cache / f"evaluator-data-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
+        data = cache / f"evaluator-data-{recipe['render_style']}-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
         if not (data / "train.json").is_file():
             run_stage("render evaluator data", [sys.executable, str(PROJECT_DIR / "render_iclevr.py"), "--output_dir", str(data),
                                                 "--num_scenes", str(recipe["num_scenes"]), "--seed", str(recipe["seed"]),
-                                                "--width", "64", "--height", "64", "--overwrite"], timings)
+                                                "--width", "64", "--height", "64", "--render_style", recipe["render_style"],
+                                                "--overwrite"], timings)
         run_stage("train evaluator", launch(args, "train_evaluator.py") + [
             "--train_data_dir", str(data), "--cache_dir", str(cache), "--output_dir", str(folder),
             "--num_epochs", str(recipe["num_epochs"]), "--train_batch_size", str(recipe["train_batch_size"]),
             "--mixed_precision", args.mixed_precision, "--report_to", "none", "--save_dtype", recipe.get("save_dtype", "float32"),
-            *(["--flip_average"] if recipe.get("flip_average") else [])], timings)
+            *(["--flip_average"] if recipe.get("flip_average") else []),
+            "--appearance_augment" if recipe.get("appearance_augment") else "--no-appearance_augment"], timings)
     return folder
 
 
 def evaluator_folder(cache: Path, recipe: dict) -> Path:
     """The cache folder of the evaluator an ``EVALUATOR_RECIPE`` trains: named by every setting that changes it, so a
     changed recipe trains a new one instead of reusing an evaluator trained another way."""
-    name = f"evaluator-seed{recipe['seed']}-scenes{recipe['num_scenes']}-epochs{recipe['num_epochs']}"
+    name = f"evaluator-{recipe['render_style']}-seed{recipe['seed']}-scenes{recipe['num_scenes']}-epochs{recipe['num_epochs']}"
     name += "-flip" if recipe.get("flip_average") else ""
+    name += "-appearance" if recipe.get("appearance_augment") else ""
     return cache / (name + ("-fp16" if recipe.get("save_dtype") == "float16" else ""))
 
 

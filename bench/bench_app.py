@@ -20,6 +20,7 @@ from app import MAX_OBJECTS, NONE, SHIPPED_PIPELINE  # noqa: E402 (the page's ow
 from iclevr.argtypes import positive_int  # noqa: E402
 from iclevr.demo_load import drive, page_inputs, rss_mb, start_app, summarise  # noqa: E402
 from iclevr.flags import int_list  # noqa: E402
+from iclevr.utils import hardware_line  # noqa: E402
 from pipeline_iclevr import ICLEVRPipeline  # noqa: E402
 
 
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--max_queue", type=positive_int, default=16, help="The page's --max_queue (its default).")
     parser.add_argument("--concurrency_limit", type=positive_int, default=1, help="The page's --concurrency_limit (its default).")
     args = parser.parse_args()
+    print(hardware_line())
     pipe = ICLEVRPipeline.from_pretrained(args.pipeline)
     inputs = page_inputs(pipe.uses_layouts, "red sphere", pipe.config.default_guidance_scale,
                          pipe.config.default_num_inference_steps, args.images, 0, MAX_OBJECTS, NONE)

@@ -18,6 +18,7 @@ from pathlib import Path
 from iclevr.argtypes import positive_int
 from iclevr.render.dataset import plan_random_scenes, render_all
 from iclevr.render.look import style_from_name
+from iclevr.utils import hardware_line
 
 REAL_ICLEVR_IMAGES = 18_009
 
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=str, default="320x240:2,64x64:4", help="Comma-separated WIDTHxHEIGHT:SPP.")
     parser.add_argument("--styles", type=str, default="legacy,iclevr", help="Looks to time (legacy first: the others are shown as a share of it).")
     args = parser.parse_args()
+    print(hardware_line())
     jobs = plan_random_scenes(args.num_scenes, seed=0, excluded=set())
     print(f"{'size':>9} {'spp':>4} {'look':>7} {'images':>7} {'seconds':>8} {'img/s':>7} {'18,009 images':>14} {'vs legacy':>9}")
     for spec in args.sizes.split(","):

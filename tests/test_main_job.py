@@ -160,11 +160,13 @@ def test_the_recipe_follows_the_device(monkeypatch, cuda, flag, recipe):
 def test_evaluator_is_rendered_trained_and_cached_when_none_is_given(tmp_path, monkeypatch):
     """The first command's path on a fresh machine: no --evaluator, nothing cached (a tiny recipe stands in)."""
     monkeypatch.setattr(main_job, "EVALUATOR_RECIPE", {"num_scenes": 20, "seed": 1, "num_epochs": 1, "train_batch_size": 8,
-                                                       "flip_average": True, "save_dtype": "float16"})
+                                                       "flip_average": True, "save_dtype": "float16", "render_style": "iclevr",
+                                                       "appearance_augment": True})
     args = main_job.parse_args(["--cache_dir", str(tmp_path), "--retrain_evaluator"])
     timings = {}
     folder = main_job.ensure_evaluator(args, tmp_path, timings)
-    assert folder == tmp_path / "evaluator-seed1-scenes20-epochs1-flip-fp16" and (folder / "model.safetensors").is_file()
+    assert folder == tmp_path / "evaluator-iclevr-seed1-scenes20-epochs1-flip-appearance-fp16" and (folder / "model.safetensors").is_file()
+    assert json.loads((folder / "evaluator_metrics.json").read_text())["args"]["appearance_augment"] is True
     assert json.loads((folder / "config.json").read_text())["flip_average"] is True  # every later score averages flips
     weights = load_file(folder / "model.safetensors")  # saved as the shipped one is, and scored as saved
     assert {w.dtype for w in weights.values() if w.is_floating_point()} == {torch.float16}  # (BatchNorm counts stay int64)
@@ -233,7 +235,7 @@ def test_jobs_sharing_a_cache_train_the_evaluator_once(tmp_path, monkeypatch):
     """Two jobs started together on one cache: the second waits for the first one's evaluator and reuses it."""
     recipe = main_job.EVALUATOR_RECIPE
     folder = main_job.evaluator_folder(tmp_path, recipe)
-    data = tmp_path / f"evaluator-data-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
+    data = tmp_path / f"evaluator-data-{recipe['render_style']}-seed{recipe['seed']}-scenes{recipe['num_scenes']}"
     stages = []
 
     def slow_stage(name, command, timings):  # both jobs look for a cached evaluator before either has one
