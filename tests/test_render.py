@@ -67,12 +67,13 @@ def test_every_object_visible_and_nothing_unlabelled(rendered_dir, rendered_scen
 
 
 def test_scenes_follow_clevrs_rules(rendered_scenes, rendered_views):
-    """Rubber, large objects; CLEVR's 0.4 margin along the camera's ground axes; camera and lamps jittered within
-    CLEVR's ranges, differently per scene."""
+    """Rubber, large objects; the first at the centre (i-CLEVR's), the others CLEVR's 0.4 apart along the camera's
+    ground axes; camera and lamps jittered within CLEVR's ranges, differently per scene."""
     cameras = set()
     for name, records in rendered_scenes.items():
         objects, view = _objects(records), rendered_views[name]
         assert all(o.material == "rubber" and o.size == "large" for o in objects)
+        assert (objects[0].x, objects[0].y) == (0.0, 0.0) and all((o.x, o.y) != (0.0, 0.0) for o in objects[1:])
         assert all(abs(c - b) <= CLEVR_CAMERA_JITTER for c, b in zip(view.camera, CLEVR_CAMERA))
         assert all(abs(v - b) <= CLEVR_LAMP_JITTER for lamp, (base, *_) in zip(view.lamps, CLEVR_LAMPS) for v, b in zip(lamp, base))
         axes = ground_axes(view)

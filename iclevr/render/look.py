@@ -34,8 +34,9 @@ class RenderStyle:
         bounce: iclevr: light bounced off the floor and the backdrop fills shadows and the undersides; legacy: a flat
             ambient term.
         bevel: iclevr: cubes and cylinder rims rounded; legacy: sharp edges.
-        placement: iclevr: CLEVR's 0.4 margin along the camera's axes and 200 visible pixels at 320x240 (11 at
-            64x64); legacy: no margin, 15 pixels at 64x64.
+        placement: iclevr: the first object at the centre (i-CLEVR's), the others placed by CLEVR's rules: its 0.4
+            margin along the camera's axes and 200 visible pixels at 320x240 (11 at 64x64); legacy: anywhere, no
+            margin, 15 pixels at 64x64.
         floor: iclevr: the floor curves up into a backdrop behind the scene; legacy: an infinite plane.
     """
 
@@ -69,6 +70,13 @@ class RenderStyle:
     def min_visible_pixels(self) -> int:
         """Unoccluded pixels each object keeps at 64x64: CLEVR's 200 of 320x240's 76,800 pixels is 10.7 of 4,096."""
         return 11 if self.is_iclevr("placement") else 15
+
+    @property
+    def first_at_centre(self) -> bool:
+        """i-CLEVR's scenes start from one object at the centre of the floor (*inferred*: every model trained on the
+        real images draws a lone object at the same spot of the frame, the projection of the origin), and the others
+        are added around it by CLEVR's rules."""
+        return self.is_iclevr("placement")
 
     @property
     def margin(self) -> float:

@@ -68,17 +68,13 @@ def split_label(label: str) -> tuple[str, str]:
     return color, shape
 
 
-def _sample_object(rng: np.random.Generator, label: str, style: RenderStyle = ICLEVR) -> SceneObject:
+def _sample_object(rng: np.random.Generator, label: str, style: RenderStyle = ICLEVR, centre: bool = False) -> SceneObject:
+    """One object of ``label`` at a random place (``centre``: at the scene's centre, as i-CLEVR's first object)."""
     color, shape = split_label(label)
-    return SceneObject(
-        color=color,
-        shape=shape,
-        size=str(rng.choice(list(style.sizes))),
-        material=str(rng.choice(list(style.materials))),
-        x=float(rng.uniform(-PLACEMENT_RANGE, PLACEMENT_RANGE)),
-        y=float(rng.uniform(-PLACEMENT_RANGE, PLACEMENT_RANGE)),
-        yaw=float(rng.uniform(0.0, math.pi / 2)),
-    )
+    size, material = str(rng.choice(list(style.sizes))), str(rng.choice(list(style.materials)))
+    x, y = (float(v) for v in rng.uniform(-PLACEMENT_RANGE, PLACEMENT_RANGE, 2))
+    return SceneObject(color=color, shape=shape, size=size, material=material, x=0.0 if centre else x,
+                       y=0.0 if centre else y, yaw=float(rng.uniform(0.0, math.pi / 2)))
 
 
 def _fits(candidate: SceneObject, placed: Sequence[SceneObject], margin: float = 0.0,
@@ -131,7 +127,7 @@ def place_objects(
         placed: list[SceneObject] = []
         for label in labels:
             for _ in range(max_tries):
-                candidate = _sample_object(rng, label, style)
+                candidate = _sample_object(rng, label, style, centre=not placed and style.first_at_centre)
                 if _fits(candidate, placed, style.margin, axes) and (is_visible is None or is_visible([*placed, candidate])):
                     placed.append(candidate)
                     break
