@@ -507,7 +507,10 @@ def _trace(scene: _Scene, directions, disc, object_boxes=None, shadow_boxes=None
         for li in range(len(scene.lights)):
             box = shadow_boxes[k][li] if shadow_boxes is not None else _EVERYWHERE
             if box is not None:
-                blocked[li][box] |= torch.isfinite(solid.intersect(origins[box], towards[li][0][box]))
+                # Every solid is convex, so it never shadows itself beyond its own n.l; testing it against its own
+                # points would also darken a bevel, whose points lie inside the sharp solid the shadow rays test.
+                others = best_k[box] != k
+                blocked[li][box] |= torch.isfinite(solid.intersect(origins[box], towards[li][0][box])) & others
     if scene.style.is_iclevr("lighting"):
         lit = 1.0 - blocked.float()
         floor_irradiance = _bounce(scene, normals) * (BOUNCE_FLOOR * _ambient_occlusion(scene, points))[..., None]
