@@ -6,8 +6,10 @@
     python render_iclevr.py --output_dir data/stand-in --labels_json iclevr/conditions/train.json
     python render_iclevr.py --output_dir data/test-ref --conditions_json iclevr/conditions/test.json
 
-Writes ``CLEVR_train_{scene:06d}_{k}.png`` (k + 1 objects), ``train.json``, ``objects.json`` and ``scenes.json``. The
-same seed gives byte-identical files, whatever the number of workers; the folder appears only once complete.
+Draws i-CLEVR's look (CLEVR's generator: docs/renderer.md) unless ``--render_style legacy``. Writes
+``CLEVR_train_{scene:06d}_{k}.png`` (k + 1 objects), ``train.json``, ``objects.json``, ``scenes.json``, ``views.json``
+(each scene's camera and lamps) and ``layouts.json``. The same seed gives byte-identical files, whatever the number of
+workers; the folder appears only once complete.
 """
 
 from __future__ import annotations
