@@ -300,7 +300,8 @@ def shifted_betas(alphas_cumprod: torch.Tensor, shift: float, max_beta: float = 
 
 # --- data --------------------------------------------------------------------------------------------------------
 def embedded_data_dir(args: argparse.Namespace) -> Path:
-    return cache_root(args.cache_dir) / f"rendered-seed{args.seed}-scenes{args.embedded_num_scenes}-{args.resolution}px"
+    """The embedded set's cache folder, named by its look too, so a set cached by the legacy renderer is never reused."""
+    return cache_root(args.cache_dir) / f"rendered-iclevr-seed{args.seed}-scenes{args.embedded_num_scenes}-{args.resolution}px"
 
 
 def load_training_data(args: argparse.Namespace, accelerator: Accelerator):
