@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 
 from iclevr.io import read_json, staged_folder
 from iclevr.labels import load_conditions, parse_train_json, scene_id
-from iclevr.render.look import ICLEVR, RenderStyle, View, sample_view
+from iclevr.render.look import DEFAULT_STYLE, RenderStyle, View, sample_view
 from iclevr.render.raycast import ground_axes, image_box, render, visible_pixels
 from iclevr.render.scenes import SceneObject, place_objects, sample_labels, scene_rng
 from iclevr.utils import image_grid
 from pipeline_iclevr import LABELS, LabelVocabulary
 
-MIN_VISIBLE_PIXELS = ICLEVR.min_visible_pixels  # unoccluded pixels every labelled object keeps at 64x64 (CLEVR's rule)
+MIN_VISIBLE_PIXELS = DEFAULT_STYLE.min_visible_pixels  # unoccluded pixels every labelled object keeps at 64x64
 OBJECTS_PER_SCENE = 3
 
 
@@ -89,7 +89,7 @@ def plan_conditions(conditions: Sequence[Sequence[str]]) -> list[SceneJob]:
 
 
 # --- rendering (one process) -------------------------------------------------------------------------------------
-def layout(job: SceneJob, seed: int, min_visible: int | None = None, style: RenderStyle = ICLEVR) -> tuple[list[SceneObject], View]:
+def layout(job: SceneJob, seed: int, min_visible: int | None = None, style: RenderStyle = DEFAULT_STYLE) -> tuple[list[SceneObject], View]:
     """The job's view (camera and lamps, jittered per scene) and its objects, placed by the style's rules; every
     object keeps ``min_visible`` (default: the style's) unoccluded pixels at 64x64 in every image."""
     min_visible = style.min_visible_pixels if min_visible is None else min_visible
@@ -102,7 +102,7 @@ def layout(job: SceneJob, seed: int, min_visible: int | None = None, style: Rend
     return place_objects(rng, job.labels, is_visible, style=style, axes=ground_axes(view)), view
 
 
-def reference_scenes(conditions: Sequence[Sequence[str]], seed: int, style: RenderStyle = ICLEVR) -> list[tuple[list[SceneObject], View]]:
+def reference_scenes(conditions: Sequence[Sequence[str]], seed: int, style: RenderStyle = DEFAULT_STYLE) -> list[tuple[list[SceneObject], View]]:
     """The renderer's own scene and view of each condition, as ``render_iclevr --conditions_json`` places them: the
     report's rendered reference rows (`iclevr.evaluator.reference_images`, `iclevr.obedience`)."""
     return [layout(job, seed + 1_000_003, style=style) for job in plan_conditions(conditions)]
@@ -113,7 +113,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def render_jobs(jobs: Sequence[SceneJob], out_dir: str, seed: int, width: int, height: int, spp: int,
-                min_visible: int | None = None, style: RenderStyle = ICLEVR) -> list[dict]:
+                min_visible: int | None = None, style: RenderStyle = DEFAULT_STYLE) -> list[dict]:
     """Render jobs into ``out_dir``; returns per-image records ``{file_name, labels, objects, view, layout}``."""
     torch.set_num_threads(1)  # parallelism comes from processes; one thread each avoids oversubscription
     records = []
@@ -141,7 +141,7 @@ def _chunks(jobs: Sequence[SceneJob], size: int) -> Iterator[Sequence[SceneJob]]
 
 
 def render_all(jobs: Sequence[SceneJob], out_dir: Path, seed: int, width: int, height: int, spp: int,
-               min_visible: int | None, num_workers: int, style: RenderStyle = ICLEVR) -> list[dict]:
+               min_visible: int | None, num_workers: int, style: RenderStyle = DEFAULT_STYLE) -> list[dict]:
     """Render every job, in order, with a progress bar; work is spread over ``num_workers`` processes."""
     total = sum(len(job.images) for job in jobs)
     chunks = list(_chunks(jobs, 16))
@@ -178,7 +178,7 @@ def write_json(path: Path, data) -> None:
 
 def render_dataset(output_dir: str | Path, jobs: Sequence[SceneJob], seed: int, width: int, height: int, spp: int,
                    min_visible: int | None = None, num_workers: int = 1, overwrite: bool = False,
-                   preview: bool = False, conditions: bool = False, style: RenderStyle = ICLEVR) -> list[dict]:
+                   preview: bool = False, conditions: bool = False, style: RenderStyle = DEFAULT_STYLE) -> list[dict]:
     """Render ``jobs`` into ``output_dir`` with its json files, written in one piece (`iclevr.io.staged_folder`):
     an interrupted render leaves the old folder (or none) in place. ``conditions`` also writes ``conditions.json``
     (one label list per ``{i}.png``); ``preview`` a contact sheet of the first 32 images. ``style``: the look

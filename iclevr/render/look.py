@@ -2,11 +2,11 @@
 """How a scene looks: the render style (which camera, lamps, materials, shapes and placement rules) and the view of
 one scene (its jittered camera and lamps). Pure data, no rendering.
 
-The default style, ``ICLEVR``, follows CLEVR's generator, which drew i-CLEVR (sources in docs/renderer.md): CLEVR's
+The style ``ICLEVR`` follows CLEVR's generator, which drew i-CLEVR (sources in docs/renderer.md): CLEVR's
 camera and lamps with their per-image jitter, soft area-lamp shadows, an approximation of bounce light, colours passed
 as linear values and encoded as sRGB, rubber objects of the large size, bevelled cubes and cylinder rims, CLEVR's
 placement margin and visibility rule, and a floor that curves up into a backdrop. ``LEGACY`` is the project's
-renderer before it (release 1's datasets and the models trained on them). Each difference is one `COMPONENTS` entry, so
+renderer before it, and for now the default (`DEFAULT_STYLE`, which says why). Each difference is one `COMPONENTS` entry, so
 a style can revert any of them (`with_legacy`) for the per-change measurements in docs/experiments.md.
 """
 
@@ -94,6 +94,11 @@ class RenderStyle:
 
 ICLEVR = RenderStyle()
 LEGACY = RenderStyle(**dict.fromkeys(COMPONENTS, "legacy"))
+# The default look, for now the legacy one: an evaluator trained on the i-CLEVR look (the shipped recipe, 90,000
+# renders, held-out 0.997) read the dev panel further from the course's evaluator (mean gap -0.404) than the shipped
+# legacy evaluator does (-0.272), mostly reading the panel's spheres as cubes (docs/experiments.md, "The renderer, one
+# change at a time"). The panel decides: the i-CLEVR look stays an option until it closes that gap.
+DEFAULT_STYLE = LEGACY
 
 
 def style_from_name(name: str, legacy_components=()) -> RenderStyle:
@@ -144,7 +149,7 @@ def legacy_camera() -> tuple[float, float, float]:
             LEGACY_DISTANCE * math.sin(LEGACY_ELEVATION))
 
 
-def default_view(style: RenderStyle = ICLEVR) -> View:
+def default_view(style: RenderStyle = DEFAULT_STYLE) -> View:
     """The style's view without jitter (reference pictures, the empty floor, the tests' fixed scenes)."""
     camera = CLEVR_CAMERA if style.is_iclevr("camera") else legacy_camera()
     fov = CLEVR_FOV_X if style.is_iclevr("camera") else LEGACY_FOV_X
@@ -152,7 +157,7 @@ def default_view(style: RenderStyle = ICLEVR) -> View:
     return View(tuple(float(v) for v in camera), fov, lamps)
 
 
-def sample_view(rng: np.random.Generator, style: RenderStyle = ICLEVR) -> View:
+def sample_view(rng: np.random.Generator, style: RenderStyle = DEFAULT_STYLE) -> View:
     """A scene's view: CLEVR jitters the camera by ±0.5 and each lamp by ±1.0 per axis, uniformly. Rounded to 5
     decimals, so the view saved in ``views.json`` re-renders the saved image exactly."""
     base = default_view(style)

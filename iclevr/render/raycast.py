@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import torch
 
-from iclevr.render.look import CLEVR_LAMPS, ICLEVR, RenderStyle, View, default_view
+from iclevr.render.look import CLEVR_LAMPS, DEFAULT_STYLE, ICLEVR, RenderStyle, View, default_view
 from iclevr.render.scenes import CLEVR_RGB, SceneObject
 
 EPS = 1e-4
@@ -83,7 +83,7 @@ def _tan_half_fov(view: View) -> tuple[float, float]:
 
 def project(points: torch.Tensor, width: int, height: int, view: View | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """World points ``(..., 3)`` → pixel coordinates ``(..., 2)`` as (x, y), and depth along the view axis."""
-    view = view or default_view()
+    view = view or default_view(DEFAULT_STYLE)
     position, forward, right, up = camera_basis(view)
     tx, ty = _tan_half_fov(view)
     rel = points - position
@@ -95,7 +95,7 @@ def project(points: torch.Tensor, width: int, height: int, view: View | None = N
 
 def ground_axes(view: View | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
     """The camera's right and forward directions on the ground (unit 2-vectors): CLEVR's left/right and front/behind."""
-    _, forward, right, _ = camera_basis(view or default_view())
+    _, forward, right, _ = camera_basis(view or default_view(DEFAULT_STYLE))
     f = forward[:2] / forward[:2].norm()
     r = right[:2] / right[:2].norm()
     return (float(r[0]), float(r[1])), (float(f[0]), float(f[1]))
@@ -198,7 +198,7 @@ class _Solid:
     bevel: float = 0.0  # rounding radius of the cube's edges / the cylinder's rims (0: sharp)
 
     @classmethod
-    def from_object(cls, obj: SceneObject, style: RenderStyle = ICLEVR) -> _Solid:
+    def from_object(cls, obj: SceneObject, style: RenderStyle = DEFAULT_STYLE) -> _Solid:
         r = obj.radius
         half_height = r / math.sqrt(2.0) if obj.shape == "cube" else r
         albedo = tuple(c / 255.0 for c in CLEVR_RGB[obj.color])
@@ -348,7 +348,7 @@ class _Solid:
 # --- the floor ---------------------------------------------------------------------------------------------------
 def _backdrop_axis(view: View) -> torch.Tensor:
     """The horizontal direction from the base camera over the origin: the backdrop stands across it."""
-    base = torch.tensor(default_view().camera[:2])
+    base = torch.tensor(default_view(ICLEVR).camera[:2])
     axis = -base / base.norm()
     return torch.tensor([float(axis[0]), float(axis[1]), 0.0])
 
@@ -550,7 +550,7 @@ def _edges(code: torch.Tensor) -> torch.Tensor:
 
 
 def render(scene: Sequence[SceneObject], width: int, height: int, spp: int = 2, shading: bool = True,
-           view: View | None = None, style: RenderStyle = ICLEVR) -> RenderOutput:
+           view: View | None = None, style: RenderStyle = DEFAULT_STYLE) -> RenderOutput:
     """Ray cast one scene.
 
     Adaptive supersampling: one ray through every pixel centre first; then every pixel whose centre sees something
@@ -620,7 +620,7 @@ def image_box(obj: SceneObject, view: View | None = None) -> tuple[float, float,
 
 
 def visible_pixels(scene: Sequence[SceneObject], width: int = 64, height: int = 64, view: View | None = None,
-                   style: RenderStyle = ICLEVR) -> list[int]:
+                   style: RenderStyle = DEFAULT_STYLE) -> list[int]:
     """Unoccluded, in-frame pixel count of each object (one ray through each pixel centre)."""
     coverage = render(scene, width, height, spp=1, shading=False, view=view, style=style).coverage
     return coverage.flatten(1).sum(1).round().long().tolist()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from iclevr.render.look import ICLEVR, RenderStyle
+from iclevr.render.look import DEFAULT_STYLE, RenderStyle
 from pipeline_iclevr import COLORS, LABELS, SHAPES
 
 # CLEVR's colours (sRGB, 0-255) and sizes.
@@ -68,7 +68,7 @@ def split_label(label: str) -> tuple[str, str]:
     return color, shape
 
 
-def _sample_object(rng: np.random.Generator, label: str, style: RenderStyle = ICLEVR, centre: bool = False) -> SceneObject:
+def _sample_object(rng: np.random.Generator, label: str, style: RenderStyle = DEFAULT_STYLE, centre: bool = False) -> SceneObject:
     """One object of ``label`` at a random place (``centre``: at the scene's centre, as i-CLEVR's first object)."""
     color, shape = split_label(label)
     size, material = str(rng.choice(list(style.sizes))), str(rng.choice(list(style.materials)))
@@ -109,7 +109,7 @@ def place_objects(
     labels: Sequence[str],
     is_visible: Callable[[list[SceneObject]], bool] | None = None,
     max_tries: int = 200,
-    style: RenderStyle = ICLEVR,
+    style: RenderStyle = DEFAULT_STYLE,
     axes: Sequence[tuple[float, float]] = (),
 ) -> list[SceneObject]:
     """Place objects with the given labels one at a time, re-placing the newest until it fits and all are visible.
