@@ -38,8 +38,8 @@ def test_main_job_end_to_end(tmp_path):
     assert saved == summary and set(saved["stage_seconds"]) == {"calibrate", "train diffusion model", "report"}
     assert saved["calibrated_seconds_per_step"] > 0 and not (job / "calibration").exists()
     assert saved["mixed_precision"] == iclevr_utils.auto_mixed_precision()  # bf16 only where the CPU computes it natively
-    # the course's test.json ships with the project: the report scores it, and training validates on it
-    assert set(saved["accuracy"]) == {"test", "synthetic_test"} and 0 <= saved["accuracy"]["test"]["mean"] <= 1
+    # the course's test.json and new_test.json ship with the project: the report scores them, training validates on test.json
+    assert set(saved["accuracy"]) == {"test", "new_test", "synthetic_test"} and 0 <= saved["accuracy"]["test"]["mean"] <= 1
     records = [json.loads(line) for line in (job / "pipeline" / "validation" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 3] and {r["conditions_json"] for r in records} == {str(COURSE_TEST)}
     assert saved["conditions_json"]["test"] == str(COURSE_TEST)
