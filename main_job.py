@@ -13,8 +13,9 @@
    schedule sized to what fits ``--train_minutes`` here (written to ``plan.json``), the course accuracy logged during
    training. Mixed precision follows the hardware (``--mixed_precision auto``). The same command after a kill resumes:
    the evaluator is cached, and training continues from its last checkpoint with the planned schedule.
-3. **Report**: ``evaluate_pipeline.py`` over the course's test.json (shipped in ``iclevr/conditions/``) and the
-   project's synthetic set, ``--num_seeds`` seeds, next to rendered / floor / noise reference rows.
+3. **Report**: ``evaluate_pipeline.py`` over the course's test.json and new_test.json (shipped in
+   ``iclevr/conditions/``) and the project's synthetic set, ``--num_seeds`` seeds, next to rendered / floor / noise
+   reference rows; with ``--panel_dir``, the panel read beside the course evaluator's figures.
 
 Each stage is a subprocess of the entry points a user would run by hand, so what this runs is what the README
 documents. Stage times and the headline figures go to ``<output_dir>/main_job.json``.
