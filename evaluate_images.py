@@ -24,7 +24,7 @@ from iclevr.argtypes import check_output_folder, non_negative_int
 from iclevr.cli import run
 from iclevr.evaluator import Evaluator, read_image_folder, sanity_report
 from iclevr.labels import COURSE_TEST, load_conditions
-from iclevr.panel import panel_table, read_panel
+from iclevr.panel import check_panel_dir, panel_table, read_panel
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,8 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_output_folder(parser, Path(args.output_json).parent, "--output_json's folder")
     if args.images_dir is None and not args.sanity and args.panel_dir is None:
         parser.error("Give --images_dir to score, --sanity for the reference rows, --panel_dir for a panel, or several.")
-    if args.panel_dir is not None and not (Path(args.panel_dir) / "manifest.json").is_file():
-        parser.error(f"--panel_dir {args.panel_dir} has no manifest.json; give a panel folder (see iclevr/panel.py).")
+    check_panel_dir(parser, args.panel_dir)
     return args
 
 

@@ -36,7 +36,7 @@ from iclevr.evaluator import Evaluator, sanity_report
 from iclevr.labels import COURSE_NEW_TEST, COURSE_TEST, SYNTHETIC_TEST, load_conditions
 from iclevr.metrics import mean_std, total_misses
 from iclevr.obedience import layout_figure, layout_obedience
-from iclevr.panel import panel_table, read_panel
+from iclevr.panel import check_panel_dir, panel_table, read_panel
 from iclevr.sampling import (
     SCHEDULERS,
     generate,
@@ -93,8 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu", help="Device.")
     args = parser.parse_args(argv)
     check_output_folder(parser, args.output_dir, "--output_dir")
-    if args.panel_dir is not None and not (Path(args.panel_dir) / "manifest.json").is_file():
-        parser.error(f"--panel_dir {args.panel_dir} has no manifest.json; give a panel folder (see iclevr/panel.py).")
+    check_panel_dir(parser, args.panel_dir)
     for name in args.sweep_schedulers.split(","):
         if name not in SCHEDULERS:
             parser.error(f"--sweep_schedulers: unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}.")

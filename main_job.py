@@ -43,6 +43,7 @@ from iclevr.ddpm import DEFAULT_LR_WARMUP_STEPS
 from iclevr.evaluator import SHIPPED_EVALUATOR, shipped_evaluator
 from iclevr.io import writer_lock
 from iclevr.labels import COURSE_TEST
+from iclevr.panel import check_panel_dir
 from iclevr.utils import auto_mixed_precision
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -111,8 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.mixed_precision = auto_mixed_precision()
     if args.recipe == "auto":
         args.recipe = "gpu" if torch.cuda.is_available() else "cpu"
-    if args.panel_dir and not (Path(args.panel_dir) / "manifest.json").is_file():
-        parser.error(f"--panel_dir {args.panel_dir} has no manifest.json; give a panel folder (see iclevr/panel.py).")
+    check_panel_dir(parser, args.panel_dir)
     for name in ("output_dir", "evaluator", "cache_dir", "accelerate_config", "panel_dir"):  # the stages run in the project folder
         if getattr(args, name):
             setattr(args, name, str(Path(getattr(args, name)).resolve()))

@@ -9,7 +9,6 @@ Traffic goes to 127.0.0.1 only; every request is bounded in time, and the server
 """
 
 import argparse
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -18,16 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import MAX_OBJECTS, NONE, SHIPPED_PIPELINE  # noqa: E402 (the page's own constants)
 from iclevr.argtypes import positive_int  # noqa: E402
-from iclevr.demo_load import drive, page_inputs, rss_mb, start_app, summarise  # noqa: E402
+from iclevr.demo_load import drive, free_port, page_inputs, rss_mb, start_app, summarise  # noqa: E402
 from iclevr.flags import int_list  # noqa: E402
 from iclevr.utils import hardware_line  # noqa: E402
 from pipeline_iclevr import ICLEVRPipeline  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ queue refused it and said to retry), a message on the page (``gr.Error``), or an
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -18,6 +19,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTCOMES = ("answered", "busy", "message", "failed")
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_app(pipeline: str | os.PathLike, port: int, log_path: Path, extra: list[str] = (), timeout: float = 180.0) -> subprocess.Popen:

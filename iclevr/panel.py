@@ -22,7 +22,7 @@ from pathlib import Path
 from iclevr.evaluator import Evaluator, read_image_folder
 from iclevr.io import read_json
 from iclevr.labels import CONDITIONS_DIR, load_conditions
-from iclevr.metrics import course_hits
+from iclevr.metrics import course_hits, evaluate_scores
 
 METRICS = ("pooled", "per_image_mean")
 
@@ -40,6 +40,12 @@ def read_manifest(panel_dir: str | os.PathLike) -> list[dict]:
         if entry.get("metric", "pooled") not in METRICS:
             raise ValueError(f"{panel_dir / 'manifest.json'}: entry {i} has metric {entry.get('metric')!r}; use one of {METRICS}.")
     return entries
+
+
+def check_panel_dir(parser, panel_dir: str | None) -> None:
+    """The entry points' ``--panel_dir`` check: a folder with a manifest.json, else ``parser.error``."""
+    if panel_dir is not None and not (Path(panel_dir) / "manifest.json").is_file():
+        parser.error(f"--panel_dir {panel_dir} has no manifest.json; give a panel folder (see iclevr/panel.py).")
 
 
 def set_conditions(panel_dir: Path, name: str) -> list[list[str]]:
@@ -72,11 +78,11 @@ def read_panel(evaluator: Evaluator, panel_dir: str | os.PathLike) -> dict:
             conditions = set_conditions(panel_dir, name)
             images = read_image_folder(panel_dir / entry["folder"] / name, len(conditions))
             targets = evaluator.vocab.encode_batch(conditions)
-            scores = evaluator.predict(images)
+            scores = evaluator.predict(images)  # once: the metric and the kinds of miss both come from these scores
             hits = course_hits(scores, targets).tolist()
             counts = targets.sum(1).long().tolist()
             ours = panel_accuracy(hits, counts, metric)
-            metrics = evaluator.score(images, conditions)
+            metrics = evaluate_scores(scores, targets, labels=evaluator.vocab.labels)
             rows.append({"folder": entry["folder"], "set": name, "metric": metric, "reported": float(reported),
                          "ours": ours, "gap": ours - float(reported), "misses": metrics["misses"]})
     gaps = [row["gap"] for row in rows]

@@ -3,7 +3,6 @@
 import importlib.util
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +85,10 @@ def test_a_folder_without_a_pipeline_is_refused_before_serving(tmp_path, capsys)
     assert "is not a saved pipeline folder (no model_index.json)" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """app.py serving a tiny pipeline on a free port of 127.0.0.1 with a queue of 2; stopped after the module's tests."""
-    from iclevr.demo_load import start_app
+    from iclevr.demo_load import free_port, start_app
 
     folder = tiny_pipeline(tmp_path_factory.mktemp("app") / "pipeline")
     port = free_port()

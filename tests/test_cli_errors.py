@@ -133,13 +133,10 @@ def test_a_bug_keeps_its_traceback():
 def test_a_push_to_an_unreachable_hub_ends_in_one_line_and_keeps_the_pipeline(course_folder, tmp_path):
     """The trainer's ``--push_to_hub`` with the Hub endpoint on a closed port of this machine (a refused connection):
     one line naming the repository and how to retry, and the trained pipeline is saved and loads."""
-    import socket
-
+    from iclevr.demo_load import free_port
     from pipeline_iclevr import ICLEVRPipeline
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again once the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     out = tmp_path / "out"
     _assert_one_line([*_script("train_conditional_ddpm.py"), "--train_data_dir", str(course_folder), "--output_dir", str(out),
                       "--cache_dir", str(tmp_path / "cache"), *TINY, "--train_batch_size", "4", "--max_train_steps", "1", "--push_to_hub",

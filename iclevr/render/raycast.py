@@ -346,20 +346,21 @@ class _Solid:
 
 
 # --- the floor ---------------------------------------------------------------------------------------------------
-def _backdrop_axis(view: View) -> torch.Tensor:
+@lru_cache(maxsize=1)
+def _backdrop_axis() -> torch.Tensor:
     """The horizontal direction from the base camera over the origin: the backdrop stands across it."""
     base = torch.tensor(default_view(ICLEVR).camera[:2])
     axis = -base / base.norm()
     return torch.tensor([float(axis[0]), float(axis[1]), 0.0])
 
 
-def _ground(position: torch.Tensor, directions: torch.Tensor, style: RenderStyle, view: View) -> tuple[torch.Tensor, torch.Tensor]:
+def _ground(position: torch.Tensor, directions: torch.Tensor, style: RenderStyle) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance to the floor (and backdrop) along each ray, and the surface normal there."""
     t_floor = torch.where(directions[..., 2] < 0, -position[2] / directions[..., 2].clamp_max(-1e-9), math.inf)
     normal = torch.zeros_like(directions)
     normal[..., 2] = 1.0
     if style.is_iclevr("floor"):
-        axis = _backdrop_axis(view)
+        axis = _backdrop_axis()
         along = directions @ axis
         start = position @ axis
         t_wall = torch.where(along > 1e-6, (BACKDROP_DISTANCE + BACKDROP_FILLET - start) / along.clamp_min(1e-6), math.inf)
@@ -484,7 +485,7 @@ def _trace(scene: _Scene, directions, disc, object_boxes=None, shadow_boxes=None
     """
     position = camera_basis(scene.view)[0]
     shape = directions.shape[:-1]
-    best_t, floor_normals = _ground(position, directions, scene.style, scene.view)
+    best_t, floor_normals = _ground(position, directions, scene.style)
     best_k = torch.full(shape, -1, dtype=torch.int8)
     for k, solid in enumerate(scene.solids):
         box = object_boxes[k] if object_boxes is not None else _EVERYWHERE
