@@ -6,8 +6,8 @@
     python render_iclevr.py --output_dir data/stand-in --labels_json iclevr/conditions/train.json
     python render_iclevr.py --output_dir data/test-ref --conditions_json iclevr/conditions/test.json
 
-Draws the legacy look unless ``--render_style iclevr`` (CLEVR's generator: docs/renderer.md, which says why legacy is
-still the default). Writes
+Draws i-CLEVR's look (CLEVR's generator, with i-CLEVR's proportions: docs/renderer.md); ``--render_style legacy`` draws
+the project's first look. Writes
 ``CLEVR_train_{scene:06d}_{k}.png`` (k + 1 objects), ``train.json``, ``objects.json``, ``scenes.json``, ``views.json``
 (each scene's camera and lamps) and ``layouts.json``. The same seed gives byte-identical files, whatever the number of
 workers; the folder appears only once complete.
@@ -43,10 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--min_visible_pixels", type=non_negative_int, default=None,
                         help="Unoccluded pixels each object keeps at 64x64, so every label is visible (default: the style's: "
                              "15 for legacy; i-CLEVR's 11 is CLEVR's 200 at 320x240).")
-    parser.add_argument("--render_style", type=str, default="legacy", choices=["iclevr", "legacy"],
-                        help="The look: iclevr follows CLEVR's generator, which drew i-CLEVR; legacy (the default until an "
-                             "evaluator trained on iclevr reads real-data models' pictures as the course's does; "
-                             "docs/renderer.md) is the project's first renderer: half metal, half small, another camera.")
+    parser.add_argument("--render_style", type=str, default="iclevr", choices=["iclevr", "legacy"],
+                        help="The look: iclevr (default) follows CLEVR's generator, which drew i-CLEVR, with i-CLEVR's "
+                             "proportions; its evaluator reads real-data models' pictures closest to the course's "
+                             "(docs/renderer.md). legacy is the project's first renderer: half metal, half small, another camera.")
     parser.add_argument("--legacy_components", type=str, default="",
                         help=f"Comma-separated parts of the look to revert to legacy ({', '.join(COMPONENTS)}): "
                              "the per-change measurements of docs/renderer.md.")

@@ -80,7 +80,7 @@ def test_scenes_follow_clevrs_rules(tmp_path):
     cameras = set()
     for name, records in scenes.items():
         objects, view = _objects(records), views[name]
-        assert all(o.material == "rubber" and o.size == "large" for o in objects)
+        assert all(o.material == "rubber" and o.size == "iclevr" for o in objects)
         assert (objects[0].x, objects[0].y) == (0.0, 0.0) and all((o.x, o.y) != (0.0, 0.0) for o in objects[1:])
         assert all(abs(c - b) <= CLEVR_CAMERA_JITTER for c, b in zip(view.camera, CLEVR_CAMERA))
         assert all(abs(v - b) <= CLEVR_LAMP_JITTER for lamp, (base, *_) in zip(view.lamps, CLEVR_LAMPS) for v, b in zip(lamp, base))
@@ -144,9 +144,9 @@ def test_object_colours_match_clevr(style, material):
             assert 0.55 < ratio < 1.25 and _angle(median, _displayed(style, color)) < 8, (label, median, ratio)
 
 
-@pytest.mark.parametrize("style, size, low, high", [(ICLEVR, "large", 7, 11), (LEGACY, "large", 10, 14), (LEGACY, "small", 5, 8)])
+@pytest.mark.parametrize("style, size, low, high", [(ICLEVR, "iclevr", 7, 11), (LEGACY, "large", 10, 14), (LEGACY, "small", 5, 8)])
 def test_object_sizes_at_64(style, size, low, high):
-    """i-CLEVR's large objects are 7-11 px wide at 64x64 (median 8, measured on images of models trained on it)."""
+    """i-CLEVR's objects are 7-11 px wide at 64x64 (median 8, measured on images of models trained on it)."""
     rng = np.random.default_rng(0)
     for shape in ("cube", "sphere", "cylinder"):
         widths, areas = [], []
@@ -160,6 +160,22 @@ def test_object_sizes_at_64(style, size, low, high):
                 areas.append(int(mask.sum()))
         assert low <= np.median(widths) <= high, (shape, size, widths)
         assert min(areas) >= 12, (shape, size, areas)  # never a speck, even at the far edge
+
+
+def test_iclevr_proportions_match_the_panel_at_the_centre():
+    """i-CLEVR's proportions, inferred from the panel's objects at the centre of the frame (median areas at 64x64:
+    sphere 58, cylinder 100, cube 116 px): every shape 0.6 in half height and half width, the cube not shrunk by
+    CLEVR's sqrt(2), so a cube covers about twice a sphere's pixels; CLEVR's proportions (the legacy component) do not."""
+    def areas(style, size):
+        return {shape: np.median([int((render([SceneObject("red", shape, size, "rubber", 0.0, 0.0, yaw)], 64, 64, spp=4,
+                                                      style=style).coverage[0] > 0.5).sum()) for yaw in (0.0, 0.4, 0.8)])
+                for shape in ("sphere", "cylinder", "cube")}
+
+    iclevr = areas(ICLEVR, "iclevr")
+    assert 50 <= iclevr["sphere"] <= 70 and 80 <= iclevr["cylinder"] <= 115 and 100 <= iclevr["cube"] <= 135, iclevr
+    assert iclevr["cube"] / iclevr["sphere"] >= 1.6
+    clevr = areas(ICLEVR.with_legacy(["proportions"]), "large")
+    assert clevr["cube"] < clevr["sphere"] < clevr["cylinder"], clevr  # CLEVR's: the cube the smallest
 
 
 @pytest.mark.parametrize("style, receiver_xy", [(ICLEVR, (-1.5, 0.75)), (LEGACY, (1.4, 1.9))])

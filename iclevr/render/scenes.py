@@ -27,7 +27,10 @@ CLEVR_RGB = {
     "cyan": (41, 208, 208),
     "yellow": (255, 238, 51),
 }
-SIZES = {"large": 0.7, "small": 0.35}
+# CLEVR's sizes: a sphere's or cylinder's radius and half height, a cube's half diagonal (CLEVR shrinks cubes by
+# sqrt(2)). "iclevr" is i-CLEVR's one size (*inferred* from the panel, docs/renderer.md): every shape 0.6 in half
+# height and half width, the cube not shrunk, so its side is 1.2 and it looks larger than the sphere beside it.
+SIZES = {"large": 0.7, "small": 0.35, "iclevr": 0.6}
 PLACEMENT_RANGE = 3.0  # objects are placed with x, y in [-3, 3], as in CLEVR
 MIN_GAP = 0.25  # free space between two objects' bounding circles
 
@@ -50,12 +53,14 @@ class SceneObject:
 
     @property
     def radius(self) -> float:
-        return SIZES[self.size]
+        """A sphere's or cylinder's radius (and half height), a cube's half diagonal."""
+        unshrunk_cube = self.shape == "cube" and self.size == "iclevr"
+        return SIZES[self.size] * (math.sqrt(2.0) if unshrunk_cube else 1.0)
 
     @property
     def footprint(self) -> float:
         """Radius of the circle the object covers on the ground (a cube's half diagonal)."""
-        return self.radius  # CLEVR shrinks cubes by sqrt(2) so their half diagonal equals the size
+        return self.radius
 
     def to_dict(self) -> dict:
         return asdict(self)
