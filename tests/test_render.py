@@ -294,3 +294,22 @@ def test_condition_sets_are_the_generator_output():
                 "synthetic_256.json": sample_condition_set(2028, [1] * 48 + [2] * 96 + [3] * 112)}
     for name, conditions in expected.items():
         assert json.loads((folder / name).read_text()) == conditions, name
+
+
+def test_the_centre_object_is_measured_by_its_label_and_skipped_where_ambiguous():
+    """The measure that set the proportions: a rendered object at the origin is found at the centre spot and named
+    by its hue; a grey object, a colour two labels share, and an empty centre give nothing."""
+    from iclevr.render.measure import centre_areas, centre_object
+
+    def picture(*objects):
+        return (render(list(objects), 64, 64, spp=4, style=ICLEVR).image * 255).round().to(torch.uint8).numpy()
+
+    sphere, cube = _single("blue sphere", size="iclevr"), _single("red cube", size="iclevr")
+    shape, area = centre_object(picture(sphere), ["blue sphere"])
+    assert shape == "sphere" and 50 <= area <= 70, area  # the sphere's 60 covered pixels, give or take its dark rim
+    assert centre_object(picture(cube), ["green sphere", "red cube"])[0] == "cube"
+    assert centre_object(picture(_single("gray cube", size="iclevr")), ["gray cube"]) is None
+    assert centre_object(picture(cube), ["red cube", "red sphere"]) is None
+    assert centre_object(picture(_single("red cube", size="iclevr", x=2.5, y=-2.5)), ["red cube"]) is None
+    table = centre_areas([(picture(sphere), ["blue sphere"]), (picture(cube), ["red cube"])])
+    assert table["sphere"]["objects"] == table["cube"]["objects"] == 1 and table["cube"]["median_area"] > 1.6 * table["sphere"]["median_area"]
