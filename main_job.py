@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Evaluator folder or course checkpoint.pth (default: the shipped pretrained/evaluator).")
     parser.add_argument("--retrain_evaluator", action="store_true",
                         help="Train the evaluator with the shipped one's recipe instead of using it (cached for later runs; "
-                             "about 35 minutes on 2 native-bf16 cores, two hours on AVX2-only ones).")
+                             "about 75 minutes on 2 native-bf16 cores, rendering included; several hours on AVX2-only ones).")
     parser.add_argument("--cache_dir", type=str, default=None, help="Rendered data and the trained evaluator are cached here.")
     parser.add_argument("--train_minutes", type=positive_float, default=57.0,
                         help="Wall-time budget of diffusion training (validation excluded); a first run's evaluator adds to "

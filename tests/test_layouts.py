@@ -294,4 +294,6 @@ def test_the_layout_measure_tells_obeyed_from_misplaced_objects():
     assert len(crops) == sum(map(len, conditions)) and np.array_equal(crops[0][0, 0], floor[0, 0]) and labels[0] == [truth[0][0]["label"]]
     evaluator = Evaluator.from_pretrained(SHIPPED_EVALUATOR)
     obeyed, chance = read_in_boxes(evaluator, images, truth, floor), read_in_boxes(evaluator, images, shifted(truth), floor)
-    assert obeyed >= 0.7 and chance <= 0.25, (obeyed, chance)
+    # i-CLEVR's first object stands at the centre of every scene, so another scene's first box still holds it: about a
+    # third of the objects are read at chance, the others not.
+    assert obeyed >= 0.7 and chance <= 0.5 and obeyed - chance >= 0.4, (obeyed, chance)
