@@ -79,8 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lowres_sizes", type=int_list, default=list(LOWRES_SIZES), help="Sizes images are shrunk to before being upsampled back to 64 (the sizes low-resolution generators emit).")
     train.add_argument("--appearance_augment", action=argparse.BooleanOptionalAction, default=False,
                        help="Jitter tone curve, saturation, blur and scale (never hue): what no single renderer pins down. Off "
-                            "by default: with it, an evaluator of the i-CLEVR look read the dev panel no closer to the course's "
-                            "(docs/experiments.md).")
+                            "by default; the shipped evaluator's recipe turns it on, as it brought the dev panel closer to the "
+                            "course's evaluator (docs/experiments.md).")
     train.add_argument("--flip_average", action="store_true",
                        help="Score with the mean of each image's and its mirror image's probabilities; saved in the config, so "
                             "every later score uses it (held-out figures are reported both ways).")

@@ -39,7 +39,7 @@ from iclevr.labels import dataset_vocabulary
 from iclevr.layouts import LAYOUTS_FILE, read_layouts_file
 from iclevr.loop import save_pipeline_folder
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
-from iclevr.render.look import DEFAULT_STYLE, LEGACY
+from iclevr.render.look import DEFAULT_STYLE
 from iclevr.sampling import SCHEDULERS
 from iclevr.utils import ema_weights
 from pipeline_iclevr import (
@@ -302,8 +302,7 @@ def shifted_betas(alphas_cumprod: torch.Tensor, shift: float, max_beta: float = 
 # --- data --------------------------------------------------------------------------------------------------------
 def embedded_data_dir(args: argparse.Namespace) -> Path:
     """The embedded set's cache folder (the default look's; a set cached in another look is never reused)."""
-    look = "legacy" if DEFAULT_STYLE == LEGACY else "iclevr"
-    return cache_root(args.cache_dir) / f"rendered-{look}-seed{args.seed}-scenes{args.embedded_num_scenes}-{args.resolution}px"
+    return cache_root(args.cache_dir) / f"rendered-{DEFAULT_STYLE.name}-seed{args.seed}-scenes{args.embedded_num_scenes}-{args.resolution}px"
 
 
 def load_training_data(args: argparse.Namespace, accelerator: Accelerator):

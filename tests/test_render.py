@@ -313,3 +313,9 @@ def test_the_centre_object_is_measured_by_its_label_and_skipped_where_ambiguous(
     assert centre_object(picture(_single("red cube", size="iclevr", x=2.5, y=-2.5)), ["red cube"]) is None
     table = centre_areas([(picture(sphere), ["blue sphere"]), (picture(cube), ["red cube"])])
     assert table["sphere"]["objects"] == table["cube"]["objects"] == 1 and table["cube"]["median_area"] > 1.6 * table["sphere"]["median_area"]
+
+
+def test_a_style_is_named_by_what_it_reverts():
+    """Cache folders are named by the look, so a set rendered in one look is never reused for another."""
+    assert (ICLEVR.name, LEGACY.name) == ("iclevr", "legacy")
+    assert ICLEVR.with_legacy(["floor", "proportions"]).name == "iclevr-legacy-floor-proportions"

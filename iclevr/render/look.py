@@ -4,7 +4,7 @@ one scene (its jittered camera and lamps). Pure data, no rendering.
 
 The style ``ICLEVR`` follows CLEVR's generator, which drew i-CLEVR (sources in docs/renderer.md): CLEVR's
 camera and lamps with their per-image jitter, soft area-lamp shadows, an approximation of bounce light, colours passed
-as linear values and encoded as sRGB, rubber objects of the large size, bevelled cubes and cylinder rims, CLEVR's
+as linear values and encoded as sRGB, rubber objects, bevelled cubes and cylinder rims, CLEVR's
 placement margin and visibility rule, a floor that curves up into a backdrop, and i-CLEVR's proportions (inferred
 from the panel); it is the default (`DEFAULT_STYLE`). ``LEGACY`` is the project's renderer before it. Each difference is one `COMPONENTS` entry, so
 a style can revert any of them (`with_legacy`) for the per-change measurements in docs/experiments.md.
@@ -66,6 +66,14 @@ class RenderStyle:
 
     def legacy_components(self) -> list[str]:
         return [name for name in COMPONENTS if getattr(self, name) == "legacy"]
+
+    @property
+    def name(self) -> str:
+        """``"iclevr"``, ``"legacy"``, or ``"iclevr-legacy-<components>"`` for a mix: what cache folders are named by."""
+        reverted = self.legacy_components()
+        if not reverted:
+            return "iclevr"
+        return "legacy" if len(reverted) == len(COMPONENTS) else "iclevr-legacy-" + "-".join(reverted)
 
     def is_iclevr(self, component: str) -> bool:
         return getattr(self, component) == "iclevr"

@@ -17,6 +17,7 @@ import argparse
 import colorsys
 import statistics
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ MAX_HUE_DISTANCE = 0.06  # of the hue circle; CLEVR's nearest hues (red and brow
 HUES = {name: colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] for name, rgb in CLEVR_RGB.items() if name != "gray"}
 
 
+@lru_cache(maxsize=8)
 def centre_spot(width: int = 64, height: int = 64) -> tuple[int, int]:
     """The pixel (x, y) where the centre of an object standing at the origin is seen by CLEVR's camera."""
     xy, _ = project(torch.tensor([[0.0, 0.0, SIZES["iclevr"]]]), width, height, default_view(ICLEVR))
@@ -74,12 +76,14 @@ def centre_areas(pictures: Iterable[tuple[np.ndarray, Sequence[str]]]) -> dict[s
 
 
 def _panel_pictures(panel_dir: Path):
+    from iclevr.evaluator import read_image_folder
     from iclevr.panel import read_manifest, set_conditions
 
     for entry in read_manifest(panel_dir):
         for name in entry["reported"]:
-            for i, labels in enumerate(set_conditions(panel_dir, name)):
-                yield np.asarray(Image.open(panel_dir / entry["folder"] / name / f"{i}.png").convert("RGB")), labels
+            conditions = set_conditions(panel_dir, name)
+            for image, labels in zip(read_image_folder(panel_dir / entry["folder"] / name, len(conditions)), conditions):
+                yield np.asarray(image), labels
 
 
 def _folder_pictures(folder: Path, limit: int):
