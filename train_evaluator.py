@@ -36,14 +36,12 @@ from iclevr.argtypes import (
     positive_int,
     probability,
 )
+from iclevr.augment import LOWRES_PROB, LOWRES_SIZES, augment
 from iclevr.cli import run
 from iclevr.data import add_data_args, dataset_to_tensors, load_dataset_from_args, split_by_scene
 from iclevr.evaluator import (
     EVALUATOR_RESOLUTION,
-    LOWRES_PROB,
-    LOWRES_SIZES,
     Evaluator,
-    augment,
     build_evaluator,
     evaluator_image_processor,
     heldout_figures,

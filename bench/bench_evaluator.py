@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from iclevr.argtypes import non_negative_int, positive_int
-from iclevr.evaluator import LOWRES_PROB, LOWRES_SIZES, augment, build_evaluator
+from iclevr.augment import LOWRES_PROB, LOWRES_SIZES, augment
+from iclevr.evaluator import build_evaluator
 from iclevr.utils import hardware_line, measure_throughput
 
 

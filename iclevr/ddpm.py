@@ -36,8 +36,9 @@ from iclevr.flags import add_length_args, add_precision_ema_args, add_run_args, 
 from iclevr.hub import CARD_TAIL, write_card
 from iclevr.images import to_model_input
 from iclevr.labels import dataset_vocabulary
-from iclevr.layouts import LAYOUTS_FILE, read_layouts_file
+from iclevr.layouts import LAYOUTS_FILE, infer_layouts, read_layouts_file
 from iclevr.loop import save_pipeline_folder
+from iclevr.object_finder import shipped_object_finder
 from iclevr.render.dataset import default_spp, plan_random_scenes, render_dataset
 from iclevr.render.look import DEFAULT_STYLE
 from iclevr.sampling import SCHEDULERS
@@ -94,10 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "better by 1,000 steps; the GPU recipe uses 2).")
     model.add_argument("--attention_levels", type=int_list, default=None, help="1/0 per level: self-attention there (default: the lowest level only).")
     model.add_argument("--attention_head_dim", type=positive_int, default=32, help="Channels per attention head.")
-    model.add_argument("--layout_conditioning", type=str, default="auto", choices=["auto", "on", "off"],
+    model.add_argument("--layout_conditioning", type=str, default="auto", choices=["auto", "on", "off", "infer"],
                        help="Also condition on where each object is (a layout map beside the noisy image): auto where the data "
-                            f"carries {LAYOUTS_FILE} (the embedded set does), on to require it, off for the label-only model. "
-                            "Placing objects first binds colour and shape locally and learns far faster.")
+                            f"carries {LAYOUTS_FILE} (the embedded set does), on to require it, off for the label-only model, "
+                            "infer to find the objects with --object_finder (data with labels only: the course's real "
+                            "images, a Hub dataset; written to the cache, never into the data's folder). Placing objects "
+                            "first binds colour and shape locally and learns far faster.")
+    model.add_argument("--object_finder", type=str, default=None,
+                       help="The object finder --layout_conditioning infer reads each image's boxes with (default: the shipped "
+                            "pretrained/object-finder, trained on renders; train_object_finder.py trains one).")
     model.add_argument("--layout_channels", type=str, default="labels", choices=list(LAYOUT_CHANNELS),
                        help="The layout map's channels: one per label, or one per word of the label names (a colour's and a "
                             "shape's channel each learnt from every object that holds it). Per word learns faster early and is level by "
@@ -197,6 +203,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--condition_dropout must be below 1: a model that never sees its labels cannot follow them.")
     if args.condition_dropout + args.layout_dropout >= 1.0 and args.layout_conditioning != "off":
         parser.error("--condition_dropout plus --layout_dropout must stay below 1: a layout model must see some maps.")
+    if args.object_finder is not None and args.layout_conditioning != "infer":
+        parser.error("--object_finder is read only with --layout_conditioning infer; add that, or drop --object_finder.")
+    if args.layout_conditioning == "infer":
+        args.object_finder = args.object_finder or shipped_object_finder()
+        if args.object_finder is None:
+            parser.error("--layout_conditioning infer needs an object finder: this installation ships none (a clone has "
+                         "pretrained/object-finder); pass one with --object_finder (train_object_finder.py trains one).")
+        args.object_finder = str(args.object_finder)
     check_run_args(parser, args)
 
 
@@ -331,14 +345,17 @@ def build_dataset(args: argparse.Namespace, accelerator: Accelerator,
     dataset, folder = load_training_data(args, accelerator)
     images, labels = dataset_to_tensors(dataset)
     vocab = dataset_vocabulary(dataset)
-    layouts, reason = use_layouts(args, dataset, folder, labels, vocab) if read_layouts else (None, "label-only")
+    layouts, reason = use_layouts(args, dataset, folder, images, labels, vocab, accelerator) if read_layouts else (None, "label-only")
     return torch.utils.data.TensorDataset(images, labels, *(layouts or ())), vocab, reason
 
 
-def use_layouts(args: argparse.Namespace, dataset, folder, labels: torch.Tensor, vocab: LabelVocabulary):
+def use_layouts(args: argparse.Namespace, dataset, folder, images: torch.Tensor, labels: torch.Tensor,
+                vocab: LabelVocabulary, accelerator: Accelerator):
     """The data's layouts (boxes, box labels) under ``--layout_conditioning``, or None, and the reason, for the log."""
     if args.layout_conditioning == "off":
         return None, "label-only: --layout_conditioning off"
+    if args.layout_conditioning == "infer":
+        return inferred_layouts(args, dataset, images, labels, vocab, accelerator)
     if folder is None or "file_name" not in dataset.column_names:
         found, why = None, "a Hub dataset carries no layouts.json"
     else:
@@ -350,6 +367,26 @@ def use_layouts(args: argparse.Namespace, dataset, folder, labels: torch.Tensor,
                              "(render_iclevr.py writes one), or train label-only (--layout_conditioning off).")
         return None, f"label-only: {why}"
     return found, f"layouts from {Path(folder) / LAYOUTS_FILE} (the objects' boxes in the image)"
+
+
+def inferred_layouts(args: argparse.Namespace, dataset, images: torch.Tensor, labels: torch.Tensor, vocab: LabelVocabulary,
+                     accelerator: Accelerator):
+    """``--layout_conditioning infer``: each image's layout found by ``--object_finder`` (`iclevr.layouts.infer_layouts`,
+    cached; the main process infers, the others read its file). An image where the finder is unsure of an object
+    trains without a map; the reason for the log says how many layouts are whole."""
+    names = list(dataset["file_name"]) if "file_name" in dataset.column_names else [str(i) for i in range(len(dataset))]
+    with accelerator.main_process_first():
+        folder, summary = infer_layouts(args.object_finder, images, labels, names, vocab, cache_root(args.cache_dir),
+                                        accelerator.device)
+    if summary["whole_layouts"] == 0:
+        raise ValueError(f"The object finder {args.object_finder} found no whole layout in {summary['images']} images (of "
+                         f"{summary['objects']} objects it found {summary['objects_found']}); these images may be far from "
+                         "its renders: train label-only (--layout_conditioning off), or train a finder on closer renders.")
+    found = read_layouts_file(folder, names, labels, vocab)
+    return found, (f"layouts inferred by {args.object_finder}: {summary['whole_layouts']} of {summary['images']} images have a "
+                   f"whole layout ({summary['objects_found']} of {summary['objects']} objects found at confidence "
+                   f">= {summary['confidence_threshold']}), the other {summary['images'] - summary['whole_layouts']} train "
+                   f"without a map ({folder / LAYOUTS_FILE})")
 
 
 def build_dataloader(dataset, args: argparse.Namespace) -> torch.utils.data.DataLoader:
@@ -478,8 +515,10 @@ pipe = DiffusionPipeline.from_pretrained("{{ repo }}", trust_remote_code=True)  
 images = pipe({{ example }}).images  # the default call: {{ sampler }}, {{ steps }} steps, guidance {{ guidance }}
 ```
 
-{% if layouts %}This is a layout model: objects are placed, then drawn. It learns from the renderer's object positions (each
-object's box in the image, from the training folder's `layouts.json`) and reads a map of the boxes beside the noisy
+{% if layouts %}This is a layout model: objects are placed, then drawn. {% if inferred %}It learns from boxes the object finder
+found in the training images (`--layout_conditioning infer`; an image where it was unsure of an object trained without
+a map){% else %}It learns from the renderer's object positions (each
+object's box in the image, from the training folder's `layouts.json`){% endif %} and reads a map of the boxes beside the noisy
 image. Place the objects yourself (boxes as fractions of the image, y down, one per label):
 
 ```python
@@ -504,4 +543,5 @@ def write_model_card(args, summary: dict, vocab: LabelVocabulary, folder: Path, 
     sampler = SCHEDULERS[args.validation_scheduler].__name__
     write_card(args, summary, vocab, CARD_TEMPLATE, "class-conditional DDPM", "ddpm",
                f"{sampler}, guidance {args.validation_guidance_scale:g}, {args.validation_inference_steps} steps", folder, samples,
-               steps=args.validation_inference_steps, guidance=f"{args.validation_guidance_scale:g}", sampler=sampler, layouts=layouts)
+               steps=args.validation_inference_steps, guidance=f"{args.validation_guidance_scale:g}", sampler=sampler, layouts=layouts,
+               inferred=args.layout_conditioning == "infer")

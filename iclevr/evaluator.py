@@ -1,5 +1,5 @@
 # Copyright 2026 The iclevr-diffusion authors. Licensed under the Apache License, Version 2.0.
-"""The i-CLEVR evaluator: a ResNet-18 multi-label classifier, its training augmentations, and the scorer.
+"""The i-CLEVR evaluator: a ResNet-18 multi-label classifier, its held-out figures, and the scorer.
 
 The model is transformers' `ResNetForImageClassification` in the torchvision ResNet-18 shape (basic blocks,
 depths 2-2-2-2, 7x7 stem with max-pool, one sigmoid output per label: i-CLEVR's 24 by default), like the course's
@@ -10,12 +10,11 @@ Inputs follow the course: 64x64 RGB normalised with mean 0.5 / std 0.5. `Evaluat
 ``(B, H, W, 3)`` tensors or float ``(B, 3, H, W)`` tensors in [0, 1] (diffusers' ``output_type="pt"``), any square
 size (a 32x32 generation is upsampled to 64x64, as the course does).
 
-Training is ``train_evaluator.py``; scoring a folder of images from the command line is ``evaluate_images.py``.
+Training is ``train_evaluator.py`` (its augmentations: `iclevr.augment`); scoring a folder of images from the command line is ``evaluate_images.py``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -26,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from iclevr.images import load_rgb_image, random_hflip
+from iclevr.augment import lowres_round_trip
+from iclevr.images import load_rgb_image
 from iclevr.labels import validate_objects_json
 from iclevr.metrics import evaluate_scores
 from pipeline_iclevr import LABELS, LabelVocabulary, describe_input
@@ -42,9 +42,6 @@ def shipped_evaluator() -> Path | None:
     whole = all((SHIPPED_EVALUATOR / name).is_file() for name in ("model.safetensors", "config.json"))
     return SHIPPED_EVALUATOR if whole else None
 MIN_INPUT_SIZE = 16
-# Training augmentation: the low-resolution round trip, at the sizes low-resolution generators emit.
-LOWRES_PROB = 0.5
-LOWRES_SIZES = (32, 40, 48)
 
 
 def evaluator_config(vocab: LabelVocabulary | None = None):
@@ -223,71 +220,7 @@ def read_image_folder(images_dir: str | os.PathLike, count: int) -> list[Image.I
     return images
 
 
-# --- training -----------------------------------------------------------------------------------------------------
-def lowres_round_trip(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    """Shrink to ``size`` (antialiased) and upsample back: what a low-resolution generator's upsampled output looks like."""
-    full = pixels.shape[-1]
-    small = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return F.interpolate(small, size=(full, full), mode="bilinear", align_corners=False)
-
-
-def _uniform(batch: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(batch, 1, 1, 1, generator=generator)
-
-
-def appearance_jitter(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """What no single renderer pins down, drawn per image, on float ``(B, 3, H, W)`` in [0, 1]: a tone curve (gamma
-    0.75-1.33 and contrast ±20 %), saturation (×0.65-1.35 about each pixel's grey), a blur (σ 0.3-1.0 px, a third of
-    the images) and a small change of scale (×0.9-1.1 about the centre, half of them). Hue is never changed: colour is
-    a label."""
-    batch = pixels.shape[0]
-    pixels = pixels.clamp(0, 1) ** torch.exp(_uniform(batch, math.log(0.75), math.log(4 / 3), generator))
-    mean = pixels.mean((1, 2, 3), keepdim=True)
-    pixels = mean + (pixels - mean) * _uniform(batch, 0.8, 1.2, generator)
-    grey = (pixels * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    pixels = grey + (pixels - grey) * _uniform(batch, 0.65, 1.35, generator)
-    blurred = torch.rand(batch, generator=generator) < 1 / 3
-    if blurred.any():
-        sigma = float(0.3 + 0.7 * torch.rand(1, generator=generator))
-        radius = 2
-        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        kernel = torch.exp(-x * x / (2 * sigma * sigma))
-        kernel = kernel / kernel.sum()
-        part = F.pad(pixels[blurred], (radius,) * 4, mode="replicate")
-        part = F.conv2d(part, kernel.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
-        pixels[blurred] = F.conv2d(part, kernel.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
-    scaled = torch.rand(batch, generator=generator) < 0.5
-    if scaled.any():
-        count = int(scaled.sum())
-        zoom = 1 / (0.9 + 0.2 * torch.rand(count, generator=generator))
-        theta = torch.zeros(count, 2, 3)
-        theta[:, 0, 0] = theta[:, 1, 1] = zoom
-        grid = F.affine_grid(theta, list(pixels[scaled].shape), align_corners=False)
-        pixels[scaled] = F.grid_sample(pixels[scaled], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return pixels.clamp(0, 1)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator, lowres_prob: float, lowres_sizes: Sequence[int],
-            flip: bool = True, appearance: bool = False) -> torch.Tensor:
-    """uint8 ``(B, H, W, 3)`` → float ``(B, 3, H, W)`` in [-1, 1], augmented in ways that keep every label true:
-    mirror images (``flip``), a low-resolution round trip (probability ``lowres_prob``, one of ``lowres_sizes``), with
-    ``appearance`` a tone curve, saturation, blur and scale (`appearance_jitter`), small brightness changes and pixel
-    noise."""
-    pixels = images.permute(0, 3, 1, 2).float() / 255.0
-    batch = pixels.shape[0]
-    if flip:
-        pixels = random_hflip(pixels, generator)
-    if appearance:
-        pixels = appearance_jitter(pixels, generator)
-    lowres = torch.rand(batch, generator=generator) < lowres_prob
-    if lowres.any():
-        size = lowres_sizes[int(torch.randint(len(lowres_sizes), (1,), generator=generator))]
-        pixels[lowres] = lowres_round_trip(pixels[lowres], size)
-    gain = 1.0 + 0.1 * (torch.rand(batch, 1, 1, 1, generator=generator) * 2 - 1)  # brightness, hue kept
-    noise = torch.rand(batch, 1, 1, 1, generator=generator) * 0.04 * torch.randn(pixels.shape, generator=generator)
-    return ((pixels * gain + noise).clamp(0, 1) * 2 - 1).contiguous(memory_format=torch.channels_last)
-
-
+# --- held-out figures --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def heldout_figures(model, images: torch.Tensor, labels: torch.Tensor, accelerator, batch_size: int = 512,
                     flip_average: bool = False) -> dict:

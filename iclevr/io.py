@@ -34,6 +34,11 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise ValueError(f"{what} {path} is not valid JSON: it is not UTF-8 text ({error.reason} at byte {error.start}).") from None
 
 
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as one line of json (the layout of the label and layout files the renderer writes)."""
+    Path(path).write_text(json.dumps(data) + "\n")
+
+
 def partial_path(final: str | os.PathLike) -> Path:
     """Where ``final`` is written before it is moved into place: ``<final>.partial``."""
     return Path(final).with_name(Path(final).name + PARTIAL)

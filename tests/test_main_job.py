@@ -297,3 +297,24 @@ def test_a_job_killed_in_any_phase_reruns_to_the_same_report(tmp_path):
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         ICLEVRPipeline.from_pretrained(tmp_path / phase / "pipeline")
         assert report(phase) == expected, phase
+
+
+@pytest.mark.slow  # a whole job (about a minute alone); the trainer's own --layout_conditioning infer test is not slow
+def test_the_main_job_trains_the_layout_model_on_a_folder_without_layouts(tmp_path, rendered_dir):
+    """A course folder with labels only: ``--train_args`` passes ``--layout_conditioning infer`` to the calibration
+    and the training run, which infer the layouts once (into the cache, not the folder), and the job ships a layout
+    model whose prior holds the inferred boxes."""
+    from iclevr.object_finder import ObjectFinder
+
+    data = tmp_path / "data"
+    shutil.copytree(rendered_dir, data)
+    (data / "layouts.json").unlink()
+    build_evaluator().save_pretrained(tmp_path / "evaluator")
+    ObjectFinder(hidden_sizes=[8, 8, 8], head_channels=8, confidence_threshold=0.001).save_pretrained(tmp_path / "finder")
+    train = f"{TINY_TRAIN} --train_data_dir {data} --layout_conditioning infer --object_finder {tmp_path / 'finder'}"
+    main_job.main(JOB_FLAGS(tmp_path)[:-2] + ["--train_args", train])
+    (inferred,) = (tmp_path / "cache").glob("inferred-layouts-*/layouts.json")
+    boxes = {json.dumps(item["box"]) for layout in json.loads(inferred.read_text()).values() if layout for item in layout}
+    prior = json.loads((tmp_path / "job" / "pipeline" / "model_index.json").read_text())["layout_prior"]
+    assert prior and {json.dumps(box) for group in prior.values() for layout in group for box in layout} <= boxes
+    assert not (data / "layouts.json").exists()

@@ -11,7 +11,6 @@ of workers.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from iclevr.io import read_json, staged_folder
+from iclevr.io import read_json, staged_folder, write_json
 from iclevr.labels import load_conditions, parse_train_json, scene_id
 from iclevr.render.look import DEFAULT_STYLE, RenderStyle, View, sample_view
 from iclevr.render.raycast import ground_axes, image_box, render, visible_pixels
@@ -170,10 +169,6 @@ def contact_sheet(folder: Path, records: Sequence[dict], count: int = 32, cell: 
         with Image.open(folder / record["file_name"]) as image:
             images.append(image.convert("RGB").resize((cell, cell * image.height // image.width), Image.Resampling.BILINEAR))
     return image_grid(images, columns=8, captions=["\n".join(record["labels"]) for record in records])
-
-
-def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data) + "\n")
 
 
 def render_dataset(output_dir: str | Path, jobs: Sequence[SceneJob], seed: int, width: int, height: int, spp: int,
