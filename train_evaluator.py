@@ -30,13 +30,9 @@ from tqdm.auto import tqdm
 from iclevr.argtypes import (
     check_output_folder,
     fraction,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
     positive_int,
-    probability,
 )
-from iclevr.augment import LOWRES_PROB, LOWRES_SIZES, augment
+from iclevr.augment import augment
 from iclevr.cli import run
 from iclevr.data import add_data_args, dataset_to_tensors, load_dataset_from_args, split_by_scene
 from iclevr.evaluator import (
@@ -47,7 +43,7 @@ from iclevr.evaluator import (
     heldout_figures,
     sanity_report,
 )
-from iclevr.flags import int_list
+from iclevr.flags import add_classifier_training_args
 from iclevr.io import is_main_rank, move_into, partial_folder, writer_lock
 from iclevr.labels import dataset_vocabulary, load_conditions
 from iclevr.run_setup import build_lr_scheduler, setup_accelerator
@@ -65,16 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", type=str, default="outputs/evaluator", help="Where the evaluator is saved.")
     train.add_argument("--num_epochs", type=positive_int, default=10, help="Passes over the training split.")
-    train.add_argument("--train_batch_size", type=positive_int, default=128, help="Batch size per process.")
-    train.add_argument("--learning_rate", type=positive_float, default=2e-3, help="Peak AdamW learning rate.")
-    train.add_argument("--weight_decay", type=non_negative_float, default=5e-4, help="AdamW weight decay.")
-    train.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"], help="Learning-rate schedule (diffusers get_scheduler).")
-    train.add_argument("--lr_warmup_steps", type=non_negative_int, default=200, help="Warm-up steps of the schedule.")
     train.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=True,
                        help="Mirror training images at random (on: a mirrored i-CLEVR scene keeps its labels; turn it off "
                             "with --no-random_flip where a mirror image changes the label, as for digits).")
-    train.add_argument("--lowres_prob", type=probability, default=LOWRES_PROB, help="Probability of the low-resolution round trip augmentation.")
-    train.add_argument("--lowres_sizes", type=int_list, default=list(LOWRES_SIZES), help="Sizes images are shrunk to before being upsampled back to 64 (the sizes low-resolution generators emit).")
     train.add_argument("--appearance_augment", action=argparse.BooleanOptionalAction, default=False,
                        help="Jitter tone curve, saturation, blur and scale (never hue): what no single renderer pins down. Off "
                             "by default; the shipped evaluator's recipe turns it on, as it brought the dev panel closer to the "
@@ -82,13 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--flip_average", action="store_true",
                        help="Score with the mean of each image's and its mirror image's probabilities; saved in the config, so "
                             "every later score uses it (held-out figures are reported both ways).")
-    train.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
     train.add_argument("--save_dtype", type=str, default="float32", choices=["float32", "float16"],
                        help="Precision of the saved weights. float16 halves the file (the shipped evaluator's 22 MB); the "
                             "final held-out figures and sanity rows are then measured with the weights as saved.")
-    train.add_argument("--seed", type=non_negative_int, default=0, help="Random seed (initialisation, shuffling, augmentation, split).")
-    train.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no tracker).")
-    train.add_argument("--tracker_project_name", type=str, default="train_evaluator", help="Project name the tracker files the run under.")
+    add_classifier_training_args(train, weight_decay=5e-4, project_name="train_evaluator")
     args = parser.parse_args(argv)
     check_output_folder(parser, args.output_dir, "--output_dir")
     check_output_folder(parser, args.cache_dir, "--cache_dir")

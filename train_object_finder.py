@@ -29,16 +29,13 @@ from tqdm.auto import tqdm
 from iclevr.argtypes import (
     check_output_folder,
     fraction,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
     positive_int,
     probability,
 )
-from iclevr.augment import LOWRES_PROB, LOWRES_SIZES, augment
+from iclevr.augment import augment
 from iclevr.cli import run
 from iclevr.data import add_data_args, dataset_to_tensors, load_dataset_from_args, split_by_scene
-from iclevr.flags import int_list
+from iclevr.flags import add_classifier_training_args, int_list
 from iclevr.io import is_main_rank, move_into, partial_folder, writer_lock
 from iclevr.labels import dataset_vocabulary
 from iclevr.layouts import LAYOUTS_FILE, read_layouts_file
@@ -62,22 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train = parser.add_argument_group("training")
     train.add_argument("--output_dir", type=str, default="outputs/object-finder", help="Where the finder is saved.")
     train.add_argument("--num_epochs", type=positive_int, default=6, help="Passes over the training split (6: about 17 minutes on 2 native-bf16 cores for 81,000 images).")
-    train.add_argument("--train_batch_size", type=positive_int, default=128, help="Batch size per process.")
-    train.add_argument("--learning_rate", type=positive_float, default=2e-3, help="Peak AdamW learning rate.")
-    train.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="AdamW weight decay.")
-    train.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"], help="Learning-rate schedule (diffusers get_scheduler).")
-    train.add_argument("--lr_warmup_steps", type=non_negative_int, default=200, help="Warm-up steps of the schedule.")
-    train.add_argument("--lowres_prob", type=probability, default=LOWRES_PROB, help="Probability of the low-resolution round trip augmentation.")
-    train.add_argument("--lowres_sizes", type=int_list, default=list(LOWRES_SIZES), help="Sizes images are shrunk to before being upsampled back (the sizes low-resolution generators emit).")
     train.add_argument("--appearance_augment", action=argparse.BooleanOptionalAction, default=True,
                        help="Jitter tone curve, saturation, blur and scale (boxes scaled along; never hue), as the shipped "
                             "evaluator's recipe does: the finder must read other renderers' pictures, not only ours.")
-    train.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
     train.add_argument("--save_dtype", type=str, default="float32", choices=["float32", "float16"],
                        help="Precision of the saved weights (float16 halves the file; the final figures are the saved weights').")
-    train.add_argument("--seed", type=non_negative_int, default=0, help="Random seed (initialisation, shuffling, augmentation, split).")
-    train.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no tracker).")
-    train.add_argument("--tracker_project_name", type=str, default="train_object_finder", help="Project name the tracker files the run under.")
+    add_classifier_training_args(train, weight_decay=1e-4, project_name="train_object_finder")
     args = parser.parse_args(argv)
     check_output_folder(parser, args.output_dir, "--output_dir")
     check_output_folder(parser, args.cache_dir, "--cache_dir")

@@ -7,7 +7,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from iclevr.argtypes import check_output_folder, non_negative_int, positive_float, positive_int, probability
+from iclevr.argtypes import (
+    check_output_folder,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from iclevr.data import check_data_source
 from iclevr.labels import SYNTHETIC_TEST
 
@@ -86,3 +93,24 @@ def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(f"--validation_conditions_json {args.validation_conditions_json} does not exist.")
     if args.evaluator and not Path(args.evaluator).exists():
         parser.error(f"--evaluator {args.evaluator} does not exist.")
+
+
+def add_classifier_training_args(group, weight_decay: float, project_name: str) -> None:
+    """The flags the two image-reading trainers share (``train_evaluator.py``, ``train_object_finder.py``): the
+    optimiser and its schedule, the low-resolution round trip, precision, seed and tracker."""
+    from iclevr.augment import LOWRES_PROB, LOWRES_SIZES  # torch: only for these two trainers
+
+    group.add_argument("--train_batch_size", type=positive_int, default=128, help="Batch size per process.")
+    group.add_argument("--learning_rate", type=positive_float, default=2e-3, help="Peak AdamW learning rate.")
+    group.add_argument("--weight_decay", type=non_negative_float, default=weight_decay, help="AdamW weight decay.")
+    group.add_argument("--lr_scheduler", type=str, default="cosine", choices=["linear", "cosine", "constant", "constant_with_warmup"],
+                       help="Learning-rate schedule (diffusers get_scheduler).")
+    group.add_argument("--lr_warmup_steps", type=non_negative_int, default=200, help="Warm-up steps of the schedule.")
+    group.add_argument("--lowres_prob", type=probability, default=LOWRES_PROB, help="Probability of the low-resolution round trip augmentation.")
+    group.add_argument("--lowres_sizes", type=int_list, default=list(LOWRES_SIZES),
+                       help="Sizes images are shrunk to before being upsampled back to 64 (the sizes low-resolution generators emit).")
+    group.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"], help="Mixed precision (default: Accelerate's config).")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="Random seed (initialisation, shuffling, augmentation, split).")
+    group.add_argument("--report_to", type=str, default="tensorboard", choices=["tensorboard", "wandb", "none"], help="Experiment tracker (none: no tracker).")
+    group.add_argument("--tracker_project_name", type=str, default=project_name, help="Project name the tracker files the run under.")
+
